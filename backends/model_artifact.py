@@ -1,0 +1,37 @@
+"""model.tar.gz as the SageMaker PyTorch serving container expects it:
+the model files at the top, the inference code under code/."""
+from __future__ import annotations
+
+import os
+import tarfile
+from pathlib import Path
+
+TRAINING_SOURCE_DIR = Path(__file__).resolve().parent.parent / "training"
+# inference.py is the entry point; model.py and data.py are what it imports.
+SERVING_CODE_FILES = ("inference.py", "model.py", "data.py")
+
+
+def pack_model_artifact(model_dir: str | os.PathLike, destination: str | os.PathLike,
+                        source_dir: str | os.PathLike = TRAINING_SOURCE_DIR) -> Path:
+    model_dir, destination, source_dir = Path(model_dir), Path(destination), Path(source_dir)
+    missing = [n for n in SERVING_CODE_FILES if not (source_dir / n).is_file()]
+    if missing:
+        raise FileNotFoundError(f"serving code missing from {source_dir}: {', '.join(missing)}")
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    tmp = destination.with_name(destination.name + ".partial")
+    with tarfile.open(tmp, "w:gz") as tar:
+        for path in sorted(model_dir.iterdir()):
+            tar.add(path, arcname=path.name)
+        for name in SERVING_CODE_FILES:
+            tar.add(source_dir / name, arcname=f"code/{name}")
+    os.replace(tmp, destination)
+    return destination
+
+
+def unpack_model_artifact(archive: str | os.PathLike, destination: str | os.PathLike) -> Path:
+    """Extract, refusing members that would land outside `destination`."""
+    destination = Path(destination)
+    destination.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(archive, "r:gz") as tar:
+        tar.extractall(destination, filter="data")
+    return destination

@@ -1,0 +1,29 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+# Fake credentials so no test can reach a real AWS account.
+for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                   "AWS_SESSION_TOKEN": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+    os.environ.setdefault(key, value)
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory) -> Path:
+    """100 digits (10 classes), 32 px PNGs, split 70/15/15."""
+    from core.demo_data import write_demo_dataset
+
+    root = tmp_path_factory.mktemp("data") / "digits"
+    write_demo_dataset(str(root), seed=0, image_size=32, per_class=10)
+    return root
+
+
+@pytest.fixture
+def local_state(tmp_path):
+    from backends.local.state import LocalState
+
+    return LocalState.resolve(tmp_path / "state")

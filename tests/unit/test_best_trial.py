@@ -1,0 +1,40 @@
+import math
+
+import pytest
+
+from core.best_trial import NoSuccessfulTrialError, TrialOutcome, choose_best_trial
+
+
+def trial(i, objective, status="Completed", reason=None):
+    return TrialOutcome(f"t{i}", status, objective, {}, reason, i)
+
+
+def test_minimize_and_maximize():
+    trials = [trial(0, 0.5), trial(1, 0.2), trial(2, 0.9)]
+    assert choose_best_trial(trials, "Minimize").name == "t1"
+    assert choose_best_trial(trials, "Maximize").name == "t2"
+
+
+def test_failed_nan_and_infinite_never_win():
+    trials = [trial(0, 0.01, "Failed", "corrupt image"), trial(1, math.nan), trial(2, -math.inf),
+              trial(3, None), trial(4, 0.7), trial(5, 0.0, "Stopped")]
+    assert choose_best_trial(trials, "Minimize").name == "t4"
+
+
+def test_ties_go_to_the_earliest_trial():
+    trials = [trial(2, 0.3), trial(0, 0.3), trial(1, 0.3)]
+    assert choose_best_trial(trials, "Minimize").name == "t0"
+    assert choose_best_trial(trials, "Maximize").name == "t0"
+
+
+def test_no_usable_trial_lists_every_reason():
+    with pytest.raises(NoSuccessfulTrialError) as info:
+        choose_best_trial([trial(0, None, "Failed", "empty class folder: train/cat"), trial(1, math.nan)], "Minimize")
+    assert "empty class folder: train/cat" in str(info.value) and "objective nan" in str(info.value)
+    with pytest.raises(NoSuccessfulTrialError, match="no trials ran"):
+        choose_best_trial([], "Maximize")
+
+
+def test_objective_type_is_checked():
+    with pytest.raises(ValueError, match="Minimize or Maximize"):
+        choose_best_trial([trial(0, 1.0)], "Lowest")
