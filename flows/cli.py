@@ -107,6 +107,72 @@ def _print_timings(console, timings) -> None:
     console.print(table)
 
 
+def _local(args: argparse.Namespace) -> int:
+    """local up | down | status: the gateway that hosts local endpoints and functions."""
+    import json
+
+    from backends.local.gateway.client import GatewayClient
+    from backends.local.gateway.server import ensure_gateway, running_gateway, stop_gateway
+    from backends.local.state import LocalState
+
+    state = LocalState.resolve(args.home)
+    if args.action == "up":
+        info = ensure_gateway(state, args.port)
+        print(f"local gateway at {info.url} (pid {info.pid})")
+        return 0
+    if args.action == "down":
+        print("local gateway stopped" if stop_gateway(state) else "no local gateway was running")
+        return 0
+    info = running_gateway(state)
+    if info is None:
+        print(json.dumps({"gateway": None, "endpoints": [], "functions": []}) if args.json else "no local gateway running")
+        return 0 if args.json else 1
+    status = GatewayClient(info.url).status()
+    if args.json:
+        print(json.dumps(_status_for_scripts(status), indent=2))
+    else:
+        _print_status(status)
+    return 0
+
+
+def _status_for_scripts(status: dict) -> dict:
+    return {
+        "gateway": status["gateway"],
+        "endpoints": [{"name": e["name"], "invoke_url": e["invoke_url"], "instances": e["instance_count"],
+                       "model_version": e["model_version"], "autoscaling": e.get("autoscaling"),
+                       "status": e["status"]} for e in status["endpoints"]],
+        "functions": [{"name": f["name"], "invoke_url": f["invoke_url"],
+                       "reserved_concurrency": f["reserved_concurrency"],
+                       "provisioned_concurrency": f["provisioned_concurrency"]} for f in status["functions"]],
+    }
+
+
+def _print_status(status: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    console.print(f"local gateway at {status['gateway']['url']} (pid {status['gateway']['pid']})")
+    endpoints = Table(title="endpoints")
+    for column in ("name", "status", "instances", "model version", "autoscaling", "invoke URL"):
+        endpoints.add_column(column)
+    for e in status["endpoints"]:
+        scaling = e.get("autoscaling") or {}
+        scaling_text = f"{scaling.get('min_capacity')}..{scaling.get('max_capacity')}" if scaling else "off"
+        instances = ", ".join(f"{i.get('pid')}:{i.get('state')}" for i in e.get("instances", []))
+        endpoints.add_row(e["name"], e["status"], f"{e['instance_count']} ({instances})", e["model_version"],
+                          scaling_text, e["invoke_url"])
+    console.print(endpoints)
+    functions = Table(title="functions")
+    for column in ("name", "reserved", "provisioned", "environments", "invocations", "cold starts", "throttles", "invoke URL"):
+        functions.add_column(column)
+    for f in status["functions"]:
+        functions.add_row(f["name"], str(f["reserved_concurrency"]), str(f["provisioned_concurrency"]),
+                          str(f.get("environments", "")), str(f.get("invocations", "")), str(f.get("cold_starts", "")),
+                          str(f.get("throttles", "")), f["invoke_url"])
+    console.print(functions)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sagemaker-flows", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -121,6 +187,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="run the demo on the local backend")
     demo.add_argument("--data-dir", default="demo-data")
     demo.set_defaults(handler=_demo)
+
+    local = commands.add_parser("local", help="the local gateway: up, down, status")
+    local.add_argument("action", choices=("up", "down", "status"))
+    local.add_argument("--json", action="store_true", help="status as JSON, for scripts")
+    local.add_argument("--port", type=int, default=0, help="port for `up` (default: any free port)")
+    local.add_argument("--home", default=None, help="state folder (default: $SAGEMAKER_FLOWS_HOME or ./.sagemaker-flows)")
+    local.set_defaults(handler=_local)
     return parser
 
 

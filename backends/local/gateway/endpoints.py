@@ -1,0 +1,351 @@
+"""Local real-time endpoints: named, versioned, load-balanced groups of model_worker processes.
+
+One EndpointManager lives in the gateway process and owns every worker it starts. Updates are
+blue/green (new instances must pass /ping before traffic switches; the old ones are drained,
+then stopped; a failed update leaves the old ones serving), requests go to the instance with
+the fewest outstanding requests, and a monitor replaces instances whose process died.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import httpx
+
+from backends.local.gateway.instances import (Deployment, EndpointState, Instance, check_arguments, drain_and_stop,
+                                              sha256_file, start_instance, stop)
+from backends.model_artifact import unpack_model_artifact
+
+log = logging.getLogger(__name__)
+
+
+class EndpointError(Exception):
+    """Base of every endpoint error."""
+
+
+class EndpointNotFound(EndpointError):
+    """No endpoint of that name."""
+
+
+class EndpointUpdateError(EndpointError):
+    """A create, update or scale-out failed; the instances serving before still serve."""
+
+
+class EndpointUnavailable(EndpointError):
+    """No instance of the endpoint could answer (all dead, or it timed out)."""
+
+
+@dataclass
+class EndpointInfo:
+    name: str
+    status: str  # Creating | Updating | InService | Failed | Deleting
+    model_version: str
+    model_artifact: str
+    instance_count: int  # desired
+    instances: list[dict]  # {id, pid, port, state}, every live worker (Pending / InService / Draining)
+    created_at: float
+    updated_at: float
+    failure_reason: str | None = None
+    autoscaling: dict | None = None
+    replacements: int = 0  # instances started to replace ones that died
+    current_instance_count: int = 0  # instances in service now
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class InvocationResult:
+    status_code: int
+    body: bytes
+    content_type: str
+    instance_id: str
+
+
+class EndpointManager:
+    def __init__(self, state_dir: Path, python: str = sys.executable, *, ready_timeout: float = 120.0,
+                 drain_timeout: float = 60.0, invoke_timeout: float = 60.0,
+                 threads_per_instance: int | None = None, monitor_interval: float = 0.5):
+        self.state_dir = Path(state_dir)
+        self.python = python
+        self.ready_timeout = ready_timeout
+        self.drain_timeout = drain_timeout
+        self.invoke_timeout = invoke_timeout
+        self.threads_per_instance = threads_per_instance
+        self.monitor_interval = monitor_interval
+        self._endpoints: dict[str, EndpointState] = {}
+        self._workers: set[Instance] = set()  # every worker process started and not yet stopped
+        self._client: httpx.AsyncClient | None = None
+        self._monitor_task: asyncio.Task | None = None
+        self._wake: asyncio.Event | None = None
+        self._tasks: set[asyncio.Task] = set()  # instances being stopped in the background
+
+    async def start(self) -> None:
+        self._http()
+        self._wake = asyncio.Event()
+        if self._monitor_task is None:
+            self._monitor_task = asyncio.create_task(self._monitor(), name="endpoint-monitor")
+
+    async def close(self) -> None:
+        """Stop the monitor and every worker this manager started."""
+        tasks = [t for t in [self._monitor_task, *(ep.repair for ep in self._endpoints.values()), *self._tasks] if t]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._monitor_task = None
+        self._endpoints.clear()
+        await asyncio.gather(*(stop(inst, grace=3.0) for inst in list(self._workers)), return_exceptions=True)
+        self._workers.clear()
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    async def create_or_update(self, name: str, model_artifact: str, instance_count: int = 1,
+                               model_version: str = "", environment: dict[str, str] | None = None) -> EndpointInfo:
+        check_arguments(name, instance_count)
+        environment = {str(k): str(v) for k, v in (environment or {}).items()}
+        ep = self._endpoints.get(name)
+        if ep is None:
+            ep = self._endpoints[name] = EndpointState(name, "Creating", instance_count)
+        async with ep.lock:
+            if self._endpoints.get(name) is not ep:  # deleted while we waited: start over
+                return await self.create_or_update(name, model_artifact, instance_count, model_version, environment)
+            try:
+                sha256 = await asyncio.to_thread(sha256_file, model_artifact)
+            except OSError as exc:
+                self._fail(ep, f"cannot read the model artifact {model_artifact}: {exc}")
+            if ep.deployment is not None and ep.deployment.same_as(sha256, model_version, environment):
+                return await self._scale(ep, instance_count)
+            ep.status, ep.updated_at = ("Updating" if ep.deployment else "Creating"), time.time()
+            dep_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+            model_dir = self._folder(name) / "deployments" / dep_id
+            dep = Deployment(dep_id, name, str(model_artifact), sha256, model_dir, model_version, environment)
+            ep.deployments[dep_id] = model_dir
+            try:
+                await asyncio.to_thread(unpack_model_artifact, model_artifact, model_dir)
+                if not (model_dir / "code" / "inference.py").is_file():
+                    raise ValueError("it has no code/inference.py")
+                new = await self._start(ep, dep, instance_count)
+            except BaseException as exc:  # a bad archive, a worker that crashed or never passed /ping
+                shutil.rmtree(ep.deployments.pop(dep_id), ignore_errors=True)
+                if isinstance(exc, Exception):
+                    self._fail(ep, f"deploying {model_artifact} failed: {exc}")
+                ep.status = "InService" if ep.deployment else "Failed"  # cancelled
+                raise
+            old, old_dep = ep.instances, ep.deployment
+            ep.instances, ep.deployment, ep.desired = new, dep, instance_count  # the switch
+            ep.status, ep.failure_reason, ep.updated_at = "InService", None, time.time()
+            log.info("endpoint %s: %s serving %s on %d instance(s)", name, dep.id, model_artifact, len(new))
+            await self._retire(old)
+            if old_dep is not None:
+                shutil.rmtree(ep.deployments.pop(old_dep.id), ignore_errors=True)
+            return self._info(ep)
+
+    async def set_instance_count(self, name: str, count: int) -> EndpointInfo:
+        check_arguments(name, count)
+        ep = self._get(name)
+        async with ep.lock:
+            if self._endpoints.get(name) is not ep:
+                raise EndpointNotFound(f"endpoint {name} not found")
+            if ep.deployment is None:
+                raise EndpointUpdateError(f"endpoint {name} has no model in service (status {ep.status})")
+            return await self._scale(ep, count)
+
+    async def delete(self, name: str) -> None:
+        ep = self._get(name)
+        del self._endpoints[name]  # from now on: not found, no new requests
+        ep.status = "Deleting"
+        if ep.repair is not None:
+            ep.repair.cancel()
+        async with ep.lock:
+            ep.instances = []
+            await asyncio.gather(*(stop(i, grace=5.0) for i in self._workers_of(ep)), return_exceptions=True)
+            self._prune()
+            for folder in ep.deployments.values():
+                shutil.rmtree(folder, ignore_errors=True)
+        log.info("endpoint %s deleted", name)
+
+    def describe(self, name: str) -> EndpointInfo:
+        return self._info(self._get(name))
+
+    def list(self) -> list[EndpointInfo]:
+        return [self._info(ep) for ep in sorted(self._endpoints.values(), key=lambda e: e.name)]
+
+    def set_autoscaling(self, name: str, policy: dict | None) -> EndpointInfo:
+        ep = self._get(name)
+        ep.autoscaling, ep.updated_at = (dict(policy) if policy else None), time.time()
+        return self._info(ep)
+
+    async def invoke(self, name: str, body: bytes, content_type: str, accept: str) -> InvocationResult:
+        ep = self._get(name)
+        headers = {k: v for k, v in (("Content-Type", content_type), ("Accept", accept)) if v}
+        tried: set[str] = set()
+        lost = False  # a request may take one instance down with it, not all of them
+        while True:
+            ready = [i for i in ep.instances if i.state == "InService" and not i.exited() and i.id not in tried]
+            if not ready:
+                raise EndpointUnavailable(f"endpoint {name} has no instance able to answer (status {ep.status})")
+            start = next(ep.turn) % len(ready)  # least outstanding requests, ties taken in turn
+            inst = min(ready[start:] + ready[:start], key=lambda i: i.outstanding)
+            inst.outstanding += 1
+            try:
+                response = await self._http().post(f"{inst.url}/invocations", content=body, headers=headers,
+                                                   timeout=httpx.Timeout(self.invoke_timeout, connect=5.0))
+            except httpx.TransportError as exc:
+                tried.add(inst.id)
+                unsent = isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout))  # it never got the request
+                if isinstance(exc, httpx.TimeoutException) and not unsent:
+                    raise EndpointUnavailable(f"instance {inst.id} of endpoint {name} did not answer within "
+                                              f"{self.invoke_timeout:.0f} s") from None
+                if isinstance(exc, httpx.ConnectError) or inst.exited():
+                    self._mark_dead(ep, inst, f"{type(exc).__name__}: {exc}")
+                if not unsent and lost:
+                    raise EndpointUnavailable(f"endpoint {name}: the connection to instance {inst.id} broke "
+                                              f"during the request ({type(exc).__name__}: {exc})") from None
+                lost = lost or not unsent
+                continue
+            finally:
+                inst.outstanding -= 1
+            return InvocationResult(response.status_code, response.content,
+                                    response.headers.get("content-type", ""), inst.id)
+
+    def _http(self) -> httpx.AsyncClient:
+        if self._client is None:
+            limits = httpx.Limits(max_connections=256, max_keepalive_connections=64, keepalive_expiry=30.0)
+            self._client = httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(30.0, connect=5.0))
+        return self._client
+
+    def _get(self, name: str) -> EndpointState:
+        ep = self._endpoints.get(name)
+        if ep is None:
+            raise EndpointNotFound(f"endpoint {name} not found")
+        return ep
+
+    def _folder(self, name: str) -> Path:
+        return self.state_dir / name
+
+    def _workers_of(self, ep: EndpointState) -> list[Instance]:
+        return [i for i in self._workers if i.deployment.id in ep.deployments and not i.exited()]
+
+    def _prune(self) -> None:
+        self._workers = {i for i in self._workers if not i.exited()}
+
+    def _info(self, ep: EndpointState) -> EndpointInfo:
+        dep = ep.deployment
+        workers = sorted(self._workers_of(ep), key=lambda i: i.started_at)
+        return EndpointInfo(
+            ep.name, ep.status, (dep.model_version or dep.served_version) if dep else "",
+            dep.model_artifact if dep else "", ep.desired, [i.describe() for i in workers], ep.created_at,
+            ep.updated_at, ep.failure_reason, ep.autoscaling, ep.replacements,
+            sum(1 for i in ep.instances if i.state == "InService" and not i.exited()))
+
+    def _fail(self, ep: EndpointState, reason: str):
+        """A failed change: a new endpoint is Failed, an existing one keeps serving as it was."""
+        ep.status = "InService" if ep.deployment is not None else "Failed"
+        ep.failure_reason, ep.updated_at = reason, time.time()
+        log.error("endpoint %s: %s", ep.name, reason)
+        raise EndpointUpdateError(reason)
+
+    async def _start(self, ep: EndpointState, dep: Deployment, count: int) -> list[Instance]:
+        """Start `count` instances in parallel: all of them pass /ping, or none is left running."""
+        threads = self.threads_per_instance or max(1, (os.cpu_count() or 1) // max(1, ep.desired, count))
+        folder = self._folder(ep.name) / "instances"
+        results = await asyncio.gather(
+            *(start_instance(dep, folder, self._http(), threads, self.ready_timeout, self.python, self._workers)
+              for _ in range(count)), return_exceptions=True)
+        started = [r for r in results if isinstance(r, Instance)]
+        errors = [r for r in results if not isinstance(r, Instance)]
+        if errors:
+            await asyncio.gather(*(stop(i, grace=2.0) for i in started), return_exceptions=True)
+            self._prune()
+            raise errors[0]
+        return started
+
+    async def _scale(self, ep: EndpointState, count: int) -> EndpointInfo:
+        missing = count - len(ep.instances)
+        if missing > 0:
+            ep.status, ep.updated_at = "Updating", time.time()
+            try:
+                new = await self._start(ep, ep.deployment, missing)
+            except Exception as exc:
+                self._fail(ep, f"scaling {ep.name} to {count} instances failed: {exc}")
+            ep.instances = ep.instances + new
+        elif missing < 0:
+            ep.status, ep.updated_at = "Updating", time.time()
+            extra = sorted(ep.instances, key=lambda i: i.outstanding)[:-missing]
+            ep.instances = [i for i in ep.instances if i not in extra]
+            ep.desired = count
+            await self._retire(extra)
+        changed = missing != 0 or ep.desired != count or ep.status != "InService"
+        ep.desired, ep.status = count, "InService"
+        if changed:
+            ep.updated_at = time.time()
+        return self._info(ep)
+
+    async def _retire(self, instances: list[Instance]) -> None:
+        """Drain and stop instances already taken out of routing."""
+        await asyncio.gather(*(drain_and_stop(i, self.drain_timeout) for i in instances), return_exceptions=True)
+        self._prune()
+
+    def _mark_dead(self, ep: EndpointState, inst: Instance, why: str) -> None:
+        if inst.state == "Failed":
+            return
+        log.warning("endpoint %s: instance %s (pid %s) cannot be reached (%s); replacing it",
+                    ep.name, inst.id, inst.pid, why)
+        inst.state = "Failed"
+        ep.instances = [i for i in ep.instances if i is not inst]
+        task = asyncio.get_running_loop().create_task(stop(inst, grace=1.0))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        if self._wake is not None:
+            self._wake.set()
+
+    async def _monitor(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.monitor_interval)
+            except asyncio.TimeoutError:
+                pass
+            self._wake.clear()
+            try:
+                self._check_instances()
+            except Exception:
+                log.exception("endpoint monitor failed; going on")
+
+    def _check_instances(self) -> None:
+        for ep in list(self._endpoints.values()):
+            for inst in [i for i in ep.instances if i.exited()]:
+                ep.instances = [i for i in ep.instances if i is not inst]
+                inst.state = "Failed"
+                log.warning("endpoint %s: instance %s (pid %s) exited unexpectedly with code %s; replacing it. "
+                            "Log tail:\n%s", ep.name, inst.id, inst.pid, inst.process.returncode, inst.log_tail(5))
+            if (ep.deployment is not None and len(ep.instances) < ep.desired and not ep.lock.locked()
+                    and (ep.repair is None or ep.repair.done()) and time.monotonic() >= ep.next_repair):
+                ep.repair = asyncio.create_task(self._repair(ep), name=f"repair-{ep.name}")
+        self._prune()
+
+    async def _repair(self, ep: EndpointState) -> None:
+        async with ep.lock:
+            missing = ep.desired - len(ep.instances)
+            if self._endpoints.get(ep.name) is not ep or ep.deployment is None or missing <= 0:
+                return
+            try:
+                new = await self._start(ep, ep.deployment, missing)
+            except Exception as exc:
+                ep.repair_backoff = min(60.0, max(2.0, ep.repair_backoff * 2))
+                ep.next_repair = time.monotonic() + ep.repair_backoff
+                log.error("endpoint %s: replacing %d instance(s) failed, next try in %.0f s: %s",
+                          ep.name, missing, ep.repair_backoff, exc)
+                return
+            ep.instances = ep.instances + new
+            ep.replacements += len(new)
+            ep.repair_backoff, ep.updated_at = 0.0, time.time()
+            log.info("endpoint %s: %d replacement instance(s) in service: %s", ep.name, len(new),
+                     ", ".join(i.id for i in new))

@@ -1,0 +1,373 @@
+"""Local Lambda functions: a function's real handler runs in execution environments (one process
+each, see lambda_runtime.py) under Lambda's rules: one invocation per environment at a time, idle
+environments reused, a cold start when none is idle, provisioned environments initialized ahead,
+reserved concurrency as a hard cap (429 beyond it), the function timeout enforced by killing the
+environment, and code/configuration updates served by new environments while old ones drain.
+
+State lives under ``state_dir/<name>/``: ``code/<sha>/`` (an immutable copy of the code folder),
+``logs/<generation>-<n>.log`` (one per environment: START/END/REPORT lines and the handler's output)
+and ``function.json`` (the configuration, re-created on ``start()`` when ``restore=True``).
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import os
+import shutil
+import sys
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from backends.local.gateway.environments import (
+    Config, Environment, EnvironmentGone, FunctionState, Generation, copy_and_hash, error_payload, now_iso, process_env,
+    validate,
+)
+
+ACCOUNT_ID = "000000000000"
+_SPEC_KEYS = ("name", "code_dir", "handler", "environment", "memory_mb", "timeout_s", "reserved_concurrency",
+              "provisioned_concurrency")
+
+
+class FunctionError(Exception):
+    status_code, error_type = 500, "ServiceException"
+
+
+class FunctionNotFound(FunctionError):
+    status_code, error_type = 404, "ResourceNotFoundException"
+
+
+class TooManyRequests(FunctionError):
+    status_code, error_type = 429, "TooManyRequestsException"
+
+    def __init__(self, name: str, reason: str = "ReservedFunctionConcurrentInvocationLimitExceeded"):
+        super().__init__(f"Rate Exceeded. ({name}: {reason})")
+        self.reason = reason
+
+
+@dataclass
+class FunctionInfo:
+    name: str
+    code_sha256: str  # base64 of a sha256 over the folder's files (Lambda's CodeSha256 format)
+    handler: str
+    environment: dict[str, str]
+    memory_mb: int
+    timeout_s: int
+    reserved_concurrency: int | None
+    provisioned_concurrency: int
+    last_modified: str
+    invocations: int = 0
+    cold_starts: int = 0
+    throttles: int = 0
+    errors: int = 0
+    environments: int = 0  # alive (starting, idle or busy), old configurations' draining ones included
+    busy: int = 0  # invocations in flight
+    arn: str = ""
+    code_dir: str = ""  # the immutable copy the environments run
+    last_init_error: str | None = None
+
+
+@dataclass
+class InvocationResult:
+    payload: bytes
+    status_code: int = 200
+    function_error: str | None = None  # "Unhandled": the handler raised, timed out, or its runtime failed
+    executed_version: str = "$LATEST"
+    log_result: str = ""  # the invocation's log lines (last 4 KB), plain text
+    cold_start: bool = False
+    duration_ms: float = 0.0
+    request_id: str = ""
+    init_duration_ms: float | None = None
+
+
+class FunctionManager:
+    def __init__(self, state_dir: Path, python: str = sys.executable, idle_timeout_s: float = 300,
+                 init_timeout_s: float = 10, max_concurrency: int = 1000, base_env: dict[str, str] | None = None,
+                 region: str | None = None, restore: bool = False):
+        self.state_dir = Path(state_dir)
+        self.python = python
+        self.idle_timeout_s, self.init_timeout_s, self.max_concurrency = idle_timeout_s, init_timeout_s, max_concurrency
+        self.base_env = dict(base_env or {})  # under every function's own environment
+        self.region = region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+        self.restore = restore
+        self._functions: dict[str, FunctionState] = {}
+        self._gens: set[Generation] = set()
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._tasks: set[asyncio.Task] = set()
+        self._alive: set[Environment] = set()  # every environment process not yet reaped
+        self._reaper: asyncio.Task | None = None
+        self._busy = 0
+        self._numbers = itertools.count(1)
+
+    # -- lifecycle ------------------------------------------------------------------------
+    async def start(self) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        if self.restore:
+            for spec_file in sorted(self.state_dir.glob("*/function.json")):
+                spec = json.loads(spec_file.read_text())
+                with contextlib.suppress(Exception):  # a function whose code is gone is dropped
+                    await self.create_or_update(**{key: spec[key] for key in _SPEC_KEYS})
+        if self._reaper is None:
+            self._reaper = asyncio.get_running_loop().create_task(self._reap_loop())
+
+    async def close(self) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reaper
+            self._reaper = None
+        for task in list(self._tasks):
+            task.cancel()
+        envs = list(self._alive)
+        for env in envs:
+            env.kill()
+        await asyncio.gather(*(env.reap() for env in envs), *list(self._tasks), return_exceptions=True)
+        self._alive.clear()
+        self._functions.clear()
+        self._gens.clear()
+
+    # -- control ------------------------------------------------------------------------
+    async def create_or_update(self, name: str, code_dir: str, handler: str = "handler.lambda_handler",
+                               environment: dict[str, str] | None = None, memory_mb: int = 512, timeout_s: int = 30,
+                               reserved_concurrency: int | None = None, provisioned_concurrency: int = 0) -> FunctionInfo:
+        environment = dict(environment or {})
+        validate(name, handler, environment, memory_mb, timeout_s, reserved_concurrency, provisioned_concurrency)
+        if not Path(code_dir).is_dir():
+            raise FileNotFoundError(f"code_dir {code_dir} is not a folder")
+        reserved = None if reserved_concurrency is None else int(reserved_concurrency)
+        provisioned = int(provisioned_concurrency)
+        async with self._locks.setdefault(name, asyncio.Lock()):
+            sha, stored = await asyncio.to_thread(copy_and_hash, Path(code_dir), self.state_dir / name / "code")
+            config = Config(sha, stored, handler, tuple(sorted(environment.items())), int(memory_mb), int(timeout_s))
+            fn = self._functions.get(name)
+            if fn is not None and fn.gen.config == config:  # same code and configuration: concurrency only
+                if (fn.reserved, fn.provisioned) != (reserved, provisioned):
+                    fn.reserved, fn.provisioned, fn.last_modified = reserved, provisioned, now_iso()
+                    for env in [e for e in fn.gen.envs if e.provisioned][provisioned:]:
+                        env.provisioned, env.last_used = False, time.monotonic()  # demoted: reaped once idle
+                    await self._refill(fn, fn.gen, provisioned)
+                    self._save(fn)
+                return self.describe(name)
+            gen = Generation(name, config, next(self._numbers))
+            self._gens.add(gen)
+            fn = fn or FunctionState(name, gen, reserved, provisioned, now_iso())
+            try:
+                await self._refill(fn, gen, provisioned)  # warm the new configuration before it takes traffic
+            except BaseException:
+                self._retire(gen)
+                raise
+            old, fn.gen = fn.gen, gen
+            fn.reserved, fn.provisioned, fn.last_modified = reserved, provisioned, now_iso()
+            self._functions[name] = fn
+            if old is not gen:
+                self._retire(old)  # idle ones stop now, busy ones once their invocation is answered
+            self._save(fn)
+        self._gc(name)
+        return self.describe(name)
+
+    async def delete(self, name: str) -> None:
+        async with self._locks.setdefault(name, asyncio.Lock()):
+            fn = self._functions.pop(name, None)
+            if fn is None:
+                raise FunctionNotFound(name)
+            self._retire(fn.gen)
+            with contextlib.suppress(FileNotFoundError):
+                (self.state_dir / name / "function.json").unlink()
+        self._gc(name)
+
+    def describe(self, name: str) -> FunctionInfo:
+        fn = self._functions.get(name)
+        if fn is None:
+            raise FunctionNotFound(name)
+        cfg = fn.gen.config
+        alive = sum(len(g.envs) for g in self._gens if g.name == name)
+        return FunctionInfo(name, cfg.code_sha256, cfg.handler, dict(cfg.environment), cfg.memory_mb, cfg.timeout_s,
+                            fn.reserved, fn.provisioned, fn.last_modified, fn.invocations, fn.cold_starts,
+                            fn.throttles, fn.errors, alive, fn.busy, self._arn(name), str(cfg.code_dir),
+                            fn.last_init_error)
+
+    def list(self) -> list[FunctionInfo]:
+        return [self.describe(name) for name in sorted(self._functions)]
+
+    # -- invoke -------------------------------------------------------------------------
+    async def invoke(self, name: str, payload: bytes) -> InvocationResult:
+        fn = self._functions.get(name)
+        if fn is None:
+            raise FunctionNotFound(name)
+        if fn.reserved is not None and fn.busy >= fn.reserved:
+            fn.throttles += 1
+            raise TooManyRequests(name)
+        if self._busy >= self.max_concurrency:
+            fn.throttles += 1
+            raise TooManyRequests(name, "ConcurrentInvocationLimitExceeded")
+        fn.busy += 1
+        fn.invocations += 1
+        self._busy += 1
+        try:
+            result = await self._invoke(fn, fn.gen, payload)
+        finally:
+            fn.busy -= 1
+            self._busy -= 1
+        if result.function_error:
+            fn.errors += 1
+        return result
+
+    async def _invoke(self, fn: FunctionState, gen: Generation, payload: bytes) -> InvocationResult:
+        request_id, began = str(uuid.uuid4()), time.perf_counter()
+        env = None
+        while gen.idle and env is None:
+            env = gen.idle.pop()
+            if not env.alive:  # its process ended while idle
+                self._discard(env, kill=True, replace=True)
+                env = None
+        cold = env is None
+        if cold:
+            fn.cold_starts += 1
+            env, init_error = await self._start_env(fn, gen, provisioned=False)
+            if init_error is not None:
+                return InvocationResult(init_error, function_error="Unhandled", cold_start=True, request_id=request_id,
+                                        duration_ms=(time.perf_counter() - began) * 1000, log_result=env.log_tail(0))
+        since, timeout_s, keep = env.log_position(), gen.config.timeout_s, True
+        began = time.perf_counter()
+        try:
+            async with asyncio.timeout(timeout_s):
+                is_error, body = await env.invoke(request_id, time.time() * 1000 + timeout_s * 1000, payload)
+        except TimeoutError:
+            is_error, keep = True, False
+            body = error_payload("Sandbox.Timedout", f"{now_iso('Z')} {request_id} Task timed out after {timeout_s:.2f} seconds")
+        except EnvironmentGone as gone:
+            is_error, keep = True, False
+            body = error_payload("Runtime.ExitError", f"RequestId: {request_id} Error: Runtime exited with error: {gone.describe()}")
+        except BaseException:  # cancelled mid-invocation: the environment's channel is out of step
+            self._discard(env, kill=True, replace=True)
+            raise
+        duration_ms = (time.perf_counter() - began) * 1000
+        log = env.log_tail(since)
+        if keep and env.alive:
+            self._release(env)
+        else:
+            self._discard(env, kill=True, replace=True)
+        return InvocationResult(body, function_error="Unhandled" if is_error else None, log_result=log,
+                                cold_start=cold, duration_ms=duration_ms, request_id=request_id,
+                                init_duration_ms=env.init_ms if cold else None)
+
+    # -- environments ---------------------------------------------------------------------
+    async def _start_env(self, fn: FunctionState, gen: Generation, provisioned: bool) -> tuple[Environment, bytes | None]:
+        """Spawn and init one environment of ``gen``: (env, None) when ready, else (env, error payload)."""
+        cfg = gen.config
+        log_path = self.state_dir / fn.name / "logs" / f"{gen.number}-{uuid.uuid4().hex[:8]}.log"
+        gen.starting += 1
+        try:
+            env = await Environment.spawn(self.python, cfg.code_dir, cfg.handler, fn.name, cfg.memory_mb, cfg.timeout_s,
+                                          process_env(fn.name, cfg, provisioned, self.region, self.base_env),
+                                          log_path, gen, provisioned)
+        finally:
+            gen.starting -= 1
+        gen.envs.add(env)
+        self._alive.add(env)
+        try:
+            error = await env.init(self.init_timeout_s)
+        except BaseException:
+            self._discard(env, kill=True)
+            raise
+        if error is not None:
+            fn.last_init_error = json.loads(error).get("errorMessage")
+            self._discard(env, kill=True)
+        return env, error
+
+    async def _refill(self, fn: FunctionState, gen: Generation, provisioned: int) -> None:
+        """Start provisioned environments of ``gen`` until it has ``provisioned`` of them."""
+        missing = provisioned - sum(1 for env in gen.envs if env.provisioned) - gen.provisioning
+        if missing <= 0 or gen.retired:
+            return
+        gen.provisioning += missing
+        try:
+            started = await asyncio.gather(*(self._start_env(fn, gen, provisioned=True) for _ in range(missing)),
+                                           return_exceptions=True)
+        finally:
+            gen.provisioning -= missing
+        for item in started:
+            if not isinstance(item, BaseException) and item[1] is None:
+                self._release(item[0])
+        for item in started:
+            if isinstance(item, BaseException):
+                raise item
+
+    def _release(self, env: Environment) -> None:
+        env.last_used = time.monotonic()
+        if env.generation.retired:
+            self._discard(env, kill=False)
+        else:
+            env.generation.idle.append(env)
+
+    def _discard(self, env: Environment, kill: bool, replace: bool = False) -> None:
+        gen = env.generation
+        gen.envs.discard(env)
+        with contextlib.suppress(ValueError):
+            gen.idle.remove(env)
+        if kill:
+            env.kill()
+
+        def gone():
+            self._alive.discard(env)
+            self._gc(gen.name)
+        self._background(env.reap() if kill else env.stop(), after=gone)
+        fn = self._functions.get(gen.name)
+        if replace and env.provisioned and fn is not None and fn.gen is gen:
+            self._background(self._refill(fn, gen, fn.provisioned))  # Lambda replaces a lost provisioned environment
+
+    def _retire(self, gen: Generation) -> None:
+        gen.retired = True
+        for env in list(gen.idle):
+            self._discard(env, kill=False)
+
+    async def _reap_loop(self) -> None:
+        while True:
+            await asyncio.sleep(max(0.05, min(30.0, self.idle_timeout_s / 4)))
+            self.reap_idle()
+
+    def reap_idle(self) -> None:
+        """Stop idle non-provisioned environments unused for idle_timeout_s."""
+        cutoff = time.monotonic() - self.idle_timeout_s
+        for fn in list(self._functions.values()):
+            for env in [e for e in fn.gen.idle if not e.provisioned and e.last_used <= cutoff]:
+                self._discard(env, kill=False)
+
+    def _background(self, coro, after=lambda: None) -> None:
+        async def run():
+            try:
+                await coro
+            finally:
+                after()
+        task = asyncio.get_running_loop().create_task(run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- bookkeeping ----------------------------------------------------------------------
+    def _gc(self, name: str) -> None:
+        """Drop drained generations; remove code copies nothing uses, and a deleted function's folder."""
+        self._gens = {g for g in self._gens if g.live}
+        lock = self._locks.get(name)
+        if lock is not None and lock.locked():
+            return
+        root = self.state_dir / name
+        if name not in self._functions and not any(g.name == name for g in self._gens):
+            shutil.rmtree(root, ignore_errors=True)
+            return
+        keep = {g.config.code_dir for g in self._gens}
+        for folder in (root / "code").glob("[!.]*"):
+            if folder not in keep:
+                shutil.rmtree(folder, ignore_errors=True)
+
+    def _save(self, fn: FunctionState) -> None:
+        info = asdict(self.describe(fn.name))
+        spec = {key: info[key] for key in (*_SPEC_KEYS, "code_sha256", "last_modified")}
+        path = self.state_dir / fn.name / "function.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(spec, indent=2))
+
+    def _arn(self, name: str) -> str:
+        return f"arn:aws:lambda:{self.region}:{ACCOUNT_ID}:function:{name}"

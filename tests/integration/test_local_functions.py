@@ -1,0 +1,305 @@
+"""Local Lambda functions: real handlers in execution-environment processes under Lambda's rules
+(cold starts, reuse, provisioned and reserved concurrency, timeouts, errors, updates)."""
+import asyncio
+import base64
+import contextlib
+import functools
+import json
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from backends.local.gateway.functions import FunctionManager, FunctionNotFound, TooManyRequests
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+
+ECHO = """
+import os, time
+
+def lambda_handler(event, context):
+    print("echo handler says hi")  # must land in the log, not in the protocol
+    before = context.get_remaining_time_in_millis()
+    time.sleep(event.get("sleep", 0))
+    return {"event": event, "request_id": context.aws_request_id, "function_name": context.function_name,
+            "function_version": context.function_version, "memory": context.memory_limit_in_mb,
+            "arn": context.invoked_function_arn, "log_group": context.log_group_name,
+            "log_stream": context.log_stream_name, "remaining_before": before,
+            "remaining_after": context.get_remaining_time_in_millis(), "pid": os.getpid(),
+            "greeting": os.environ.get("GREETING"), "version": VERSION,
+            "lambda_env": {k: os.environ.get(k) for k in ("AWS_LAMBDA_FUNCTION_NAME", "AWS_LAMBDA_FUNCTION_MEMORY_SIZE",
+                                                           "AWS_LAMBDA_FUNCTION_VERSION", "AWS_REGION",
+                                                           "AWS_ACCESS_KEY_ID", "AWS_LAMBDA_INITIALIZATION_TYPE")}}
+"""
+SLEEPER = """
+import time
+
+def lambda_handler(event, context):
+    time.sleep(event["sleep"])
+    return {"slept": event["sleep"]}
+"""
+RAISER = """
+def lambda_handler(event, context):
+    raise ValueError("boom: " + event.get("why", ""))
+"""
+BROKEN_IMPORT = """
+import no_such_module_for_this_test
+
+def lambda_handler(event, context):
+    return "unreachable"
+"""
+CRASHER = """
+import os
+
+def lambda_handler(event, context):
+    os._exit(3)
+"""
+
+
+def write_code(folder: Path, source: str, version: str = "v1") -> str:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "handler.py").write_text(textwrap.dedent(source) + f"\nVERSION = {version!r}\n")
+    return str(folder)
+
+
+def runtime_pids(tmp_path: Path) -> list[int]:
+    """Live lambda_runtime processes whose code lies under this test's tmp_path."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            with contextlib.suppress(OSError):
+                cmdline = (proc / "cmdline").read_bytes().decode(errors="replace")
+                if "lambda_runtime" in cmdline and str(tmp_path) in cmdline:
+                    pids.append(int(proc.name))
+    return pids
+
+
+def run_async(test):
+    @functools.wraps(test)
+    def wrapper(*args, **kwargs):
+        return asyncio.run(test(*args, **kwargs))
+    return wrapper
+
+
+@contextlib.asynccontextmanager
+async def functions(tmp_path: Path, **kwargs):
+    manager = FunctionManager(tmp_path / "state", **kwargs)
+    await manager.start()
+    try:
+        yield manager
+    finally:
+        await manager.close()
+        assert runtime_pids(tmp_path) == []
+
+
+async def eventually(condition, timeout_s: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.02)
+    return True
+
+
+async def invoke_json(manager, name, event):
+    result = await manager.invoke(name, json.dumps(event).encode())
+    return result, json.loads(result.payload)
+
+
+@run_async
+async def test_handler_result_context_and_environment_reuse(tmp_path):
+    code = write_code(tmp_path / "echo", ECHO)
+    async with functions(tmp_path) as manager:
+        info = await manager.create_or_update("echo", code, environment={"GREETING": "hello"}, memory_mb=256,
+                                              timeout_s=5)
+        assert info.environments == 0 and info.code_sha256
+
+        first, body = await invoke_json(manager, "echo", {"n": 1, "sleep": 0.05})
+        assert first.status_code == 200 and first.function_error is None and first.executed_version == "$LATEST"
+        assert first.cold_start and first.init_duration_ms is not None
+        assert body["event"] == {"n": 1, "sleep": 0.05} and body["greeting"] == "hello"
+        assert body["function_name"] == "echo" and body["function_version"] == "$LATEST" and body["memory"] == "256"
+        assert body["arn"].endswith(":function:echo") and body["log_group"] == "/aws/lambda/echo"
+        assert "[$LATEST]" in body["log_stream"]
+        assert 4000 < body["remaining_before"] <= 5000
+        assert body["remaining_after"] <= body["remaining_before"] - 40  # the deadline is real
+        assert body["request_id"] == first.request_id
+        assert body["lambda_env"] == {"AWS_LAMBDA_FUNCTION_NAME": "echo", "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "256",
+                                      "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST", "AWS_REGION": manager.region,
+                                      "AWS_ACCESS_KEY_ID": "testing", "AWS_LAMBDA_INITIALIZATION_TYPE": "on-demand"}
+        assert "echo handler says hi" in first.log_result and f"REPORT RequestId: {first.request_id}" in first.log_result
+
+        second, body2 = await invoke_json(manager, "echo", {"n": 2})
+        assert not second.cold_start and body2["pid"] == body["pid"]  # the idle environment was reused
+        assert body2["request_id"] != body["request_id"]
+        assert "Init Duration" not in second.log_result and first.request_id not in second.log_result
+
+        empty = await manager.invoke("echo", b"")  # Lambda passes {} for an empty payload
+        assert json.loads(empty.payload)["event"] == {}
+
+        info = manager.describe("echo")
+        assert (info.invocations, info.cold_starts, info.errors, info.environments, info.busy) == (3, 1, 0, 1, 0)
+        assert [f.name for f in manager.list()] == ["echo"]
+
+        started = time.perf_counter()
+        for _ in range(200):
+            await manager.invoke("echo", b'{"n": 3}')
+        per_call_ms = (time.perf_counter() - started) / 200 * 1000
+        assert per_call_ms < 5, per_call_ms  # a warm hop is ~0.2-0.3 ms here; generous for busy CI machines
+
+
+@run_async
+async def test_provisioned_environments_are_warm(tmp_path):
+    code = write_code(tmp_path / "echo", ECHO)
+    async with functions(tmp_path) as manager:
+        with pytest.raises(ValueError, match="cannot exceed reserved"):
+            await manager.create_or_update("warm", code, reserved_concurrency=1, provisioned_concurrency=2)
+        info = await manager.create_or_update("warm", code, provisioned_concurrency=2)
+        assert info.environments == 2 and info.provisioned_concurrency == 2
+
+        results = await asyncio.gather(*(invoke_json(manager, "warm", {"sleep": 0.2}) for _ in range(2)))
+        assert not any(result.cold_start for result, _ in results)
+        assert {body["lambda_env"]["AWS_LAMBDA_INITIALIZATION_TYPE"] for _, body in results} == {"provisioned-concurrency"}
+        assert len({body["pid"] for _, body in results}) == 2
+
+        third = await asyncio.gather(*(invoke_json(manager, "warm", {"sleep": 0.2}) for _ in range(3)))
+        assert sum(result.cold_start for result, _ in third) == 1  # beyond provisioned: on-demand spill-over
+        assert manager.describe("warm").cold_starts == 1
+
+
+@run_async
+async def test_idle_on_demand_environments_are_stopped(tmp_path):
+    code = write_code(tmp_path / "echo", ECHO)
+    async with functions(tmp_path, idle_timeout_s=0.3) as manager:
+        await manager.create_or_update("idle", code, provisioned_concurrency=1)
+        await asyncio.gather(*(manager.invoke("idle", b'{"sleep": 0.1}') for _ in range(2)))  # one on-demand extra
+        assert manager.describe("idle").environments == 2
+        assert await eventually(lambda: manager.describe("idle").environments == 1)  # the provisioned one stays
+        await asyncio.sleep(0.5)
+        assert manager.describe("idle").environments == 1
+        result = await manager.invoke("idle", b"{}")
+        assert not result.cold_start
+
+
+@run_async
+async def test_reserved_concurrency_throttles_beyond_the_cap(tmp_path):
+    code = write_code(tmp_path / "sleeper", SLEEPER)
+    async with functions(tmp_path) as manager:
+        await manager.create_or_update("capped", code, reserved_concurrency=2)
+        outcomes = await asyncio.gather(*(manager.invoke("capped", b'{"sleep": 0.5}') for _ in range(4)),
+                                        return_exceptions=True)
+        throttled = [o for o in outcomes if isinstance(o, TooManyRequests)]
+        answered = [o for o in outcomes if not isinstance(o, BaseException)]
+        assert len(throttled) == 2 and len(answered) == 2
+        assert all(json.loads(o.payload) == {"slept": 0.5} for o in answered)
+        assert throttled[0].reason == "ReservedFunctionConcurrentInvocationLimitExceeded"
+        assert throttled[0].status_code == 429
+        info = manager.describe("capped")
+        assert (info.throttles, info.invocations, info.busy) == (2, 2, 0)
+
+        await manager.create_or_update("off", code, reserved_concurrency=0)
+        with pytest.raises(TooManyRequests):
+            await manager.invoke("off", b'{"sleep": 0}')
+        assert manager.describe("off").throttles == 1 and manager.describe("off").environments == 0
+
+
+@run_async
+async def test_timeout_kills_the_environment_and_the_next_call_works(tmp_path):
+    code = write_code(tmp_path / "sleeper", SLEEPER)
+    async with functions(tmp_path) as manager:
+        await manager.create_or_update("slow", code, timeout_s=1)
+        began = time.perf_counter()
+        result = await manager.invoke("slow", b'{"sleep": 5}')
+        assert time.perf_counter() - began < 4
+        error = json.loads(result.payload)
+        assert result.function_error == "Unhandled" and result.status_code == 200
+        assert "Task timed out after 1.00 seconds" in error["errorMessage"] and result.request_id in error["errorMessage"]
+        assert error["errorType"] == "Sandbox.Timedout"
+        assert manager.describe("slow").environments == 0  # killed
+
+        after = await manager.invoke("slow", b'{"sleep": 0}')
+        assert after.function_error is None and json.loads(after.payload) == {"slept": 0} and after.cold_start
+        assert manager.describe("slow").errors == 1
+
+
+@run_async
+async def test_handler_exceptions_crashes_and_init_errors(tmp_path):
+    async with functions(tmp_path) as manager:
+        await manager.create_or_update("raiser", write_code(tmp_path / "raiser", RAISER))
+        result, error = await invoke_json(manager, "raiser", {"why": "testing"})
+        assert result.function_error == "Unhandled"
+        assert error["errorType"] == "ValueError" and error["errorMessage"] == "boom: testing"
+        assert any("handler.py" in line and "lambda_handler" in line for line in error["stackTrace"])
+        assert "ValueError: boom: testing" in result.log_result
+        again, _ = await invoke_json(manager, "raiser", {})
+        assert not again.cold_start  # an exception does not cost the environment
+        assert manager.describe("raiser").errors == 2
+
+        await manager.create_or_update("broken", write_code(tmp_path / "broken", BROKEN_IMPORT))
+        result, error = await invoke_json(manager, "broken", {})
+        assert result.function_error == "Unhandled" and result.cold_start
+        assert error["errorType"] == "Runtime.ImportModuleError"
+        assert "Unable to import module 'handler'" in error["errorMessage"]
+        assert "no_such_module_for_this_test" in error["errorMessage"]
+        assert manager.describe("broken").environments == 0
+
+        await manager.create_or_update("nohandler", write_code(tmp_path / "echo", ECHO), handler="handler.missing")
+        _, error = await invoke_json(manager, "nohandler", {})
+        assert error["errorType"] == "Runtime.HandlerNotFound"
+
+        await manager.create_or_update("crasher", write_code(tmp_path / "crasher", CRASHER))
+        result, error = await invoke_json(manager, "crasher", {})
+        assert result.function_error == "Unhandled" and error["errorType"] == "Runtime.ExitError"
+        assert "exit status 3" in error["errorMessage"]
+
+
+@run_async
+async def test_update_delete_and_idempotence(tmp_path):
+    source = tmp_path / "echo"
+    write_code(source, ECHO, version="v1")
+    async with functions(tmp_path) as manager:
+        first = await manager.create_or_update("fn", str(source), environment={"GREETING": "a"})
+        same = await manager.create_or_update("fn", str(source), environment={"GREETING": "a"})
+        assert same.code_sha256 == first.code_sha256 and same.last_modified == first.last_modified
+
+        _, body = await invoke_json(manager, "fn", {})
+        assert body["version"] == "v1"
+        write_code(source, ECHO, version="v2")  # editing the source does not change the deployed copy
+        _, body = await invoke_json(manager, "fn", {})
+        assert body["version"] == "v1"
+
+        slow = asyncio.ensure_future(invoke_json(manager, "fn", {"sleep": 0.5}))
+        await asyncio.sleep(0.1)
+        updated = await manager.create_or_update("fn", str(source), environment={"GREETING": "b"})
+        assert updated.code_sha256 != first.code_sha256
+        new, new_body = await invoke_json(manager, "fn", {})
+        assert new.cold_start and new_body["version"] == "v2" and new_body["greeting"] == "b"
+        _, old_body = await slow  # the in-flight invocation finished on the old environment
+        assert old_body["version"] == "v1" and old_body["greeting"] == "a"
+        assert manager.describe("fn").environments == 1  # the old environment was retired once done
+        assert await eventually(lambda: len(list((tmp_path / "state" / "fn" / "code").glob("[!.]*"))) == 1)
+
+        await manager.delete("fn")
+        with pytest.raises(FunctionNotFound):
+            await manager.invoke("fn", b"{}")
+        with pytest.raises(FunctionNotFound):
+            manager.describe("fn")
+        with pytest.raises(FunctionNotFound):
+            await manager.delete("fn")
+        assert await eventually(lambda: not (tmp_path / "state" / "fn").exists())
+
+
+@run_async
+async def test_the_real_lambda_handler_runs(tmp_path):
+    """lambda_src/handler.py itself, in an environment: without ENDPOINT_NAME it answers its own 502."""
+    async with functions(tmp_path) as manager:
+        await manager.create_or_update("front", str(ROOT / "lambda_src"), timeout_s=10)
+        image = base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"\x00" * 16).decode()
+        result, body = await invoke_json(manager, "front", {"image": image})
+        assert result.function_error is None, result.payload
+        assert body["statusCode"] == 502 and body["headers"]["Content-Type"] == "application/json"
+        answer = json.loads(body["body"])
+        assert answer["error"]["code"] == "ConfigurationError" and answer["request_id"] == result.request_id
+        assert '"request completed"' in result.log_result  # the handler's JSON log line went to the log
