@@ -67,3 +67,11 @@ def is_better(candidate: float, incumbent: float, objective_type: str) -> bool:
     if math.isnan(incumbent):
         return True
     return candidate > incumbent if objective_type == "Maximize" else candidate < incumbent
+
+
+MODEL_METRICS = ("valid_loss", "valid_accuracy", "test_loss", "test_accuracy", "best_epoch")
+
+
+def model_metrics(final: dict[str, float]) -> dict[str, float]:
+    """What a trained model is judged and registered by (not per-epoch bookkeeping)."""
+    return {k: final[k] for k in MODEL_METRICS if k in final}

@@ -30,3 +30,16 @@ def timestamped_name(prefix: str, max_length: int = TRAINING_JOB_MAX, now: datet
 def trial_job_name(tuning_job_name: str, index: int, token: str) -> str:
     """SageMaker's form for a tuning job's training jobs: `<tuning job>-<NNN>-<8 hex>`."""
     return f"{tuning_job_name}-{index:03d}-{token[:8]}"
+
+
+def pipeline_names(project: str, stage: str) -> dict[str, str]:
+    """The names of everything one pipeline makes; the same on both backends."""
+    return {
+        "endpoint": resource_name(project, stage, "endpoint"),
+        "endpoint_config_prefix": resource_name(project, stage, "config", 40),
+        "model_group": resource_name(project, stage, "models"),
+        "function": resource_name(project, stage, "predict", 64),
+        "training_job_prefix": resource_name(project, stage, "train", 40),
+        # Tuning job names are limited to 32 characters: the stage keeps them apart.
+        "tuning_job_prefix": _clean(f"{stage}-tune"),
+    }

@@ -17,82 +17,87 @@ def _demo_data(args: argparse.Namespace) -> int:
     return 0
 
 
-def _demo(args: argparse.Namespace) -> int:
-    """Demo data, then a local tuning job (4 trials, 2 at a time) with a live trial table."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+def _load(args: argparse.Namespace):
+    from core.config_io import load_config
 
-    from backends.local.state import DEFAULT_BUCKET, LocalState
-    from backends.local.store import LocalStore
-    from backends.local.tuning import LocalTuning, TuningJobSpec
-    from core.demo import demo_config
-    from core.demo_data import write_demo_dataset
-    from core.hyperparameters import static_hyperparameters
-    from core.names import TUNING_JOB_MAX, timestamped_name
+    return load_config(args.config, overrides=args.set or ())
 
-    console = Console()
-    timings: list[tuple[str, float]] = []
-    started = time.perf_counter()
-    summary = write_demo_dataset(args.data_dir)
-    config = demo_config(str(Path(args.data_dir).resolve()))
-    timings.append(("demo data", time.perf_counter() - started))
 
-    state = LocalState.resolve(config.local.home)
-    store = LocalStore(state.store)
-    step = time.perf_counter()
-    staged = store.sync_folder(config.data.source, f"s3://{DEFAULT_BUCKET}/{config.project}/{config.stage}/datasets/digits")
-    timings.append(("stage dataset", time.perf_counter() - step))
-    console.print(f"dataset: {sum(summary.counts.values())} images, staged at {staged.uri} "
-                  f"({staged.uploaded} uploaded, {staged.unchanged} unchanged)")
+def _run(args: argparse.Namespace) -> int:
+    from flows.train_and_deploy import train_and_deploy
 
-    tuning = config.training.tuning
-    spec = TuningJobSpec(
-        name=timestamped_name(f"{config.stage}-tune", TUNING_JOB_MAX),
-        static_hyperparameters=static_hyperparameters(config.training, tuning.parameter_ranges.names),
-        parameter_ranges=tuning.parameter_ranges.to_sagemaker(), inputs={"training": staged.uri},
-        output_uri=f"s3://{DEFAULT_BUCKET}/{config.project}/{config.stage}/jobs",
-        objective_metric=tuning.objective.metric, objective_type=tuning.objective.type, strategy=tuning.strategy,
-        max_jobs=tuning.max_jobs, max_parallel_jobs=tuning.max_parallel_jobs, cpus=config.local.cpus,
-        seed=config.training.seed)
-    step = time.perf_counter()
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console) as progress:
-        bar = progress.add_task(f"tuning {spec.name} ({spec.strategy})", total=spec.max_jobs)
-
-        def on_trial(trial, done, total):
-            objective = f"{trial.objective:.4f}" if trial.objective is not None else trial.failure_reason
-            progress.console.print(f"  trial {trial.name}: {trial.status} {tuning.objective.metric}={objective}")
-            progress.update(bar, completed=done, total=total)
-
-        result = LocalTuning(state).run(spec, on_trial=on_trial)
-    timings.append(("tune hyperparameters", time.perf_counter() - step))
-    _print_trials(console, result)
-    _print_timings(console, timings)
-    if result.status != "Completed":
-        console.print(f"[red]tuning failed: {result.failure_reason}[/red]")
-        return 1
-    best = result.best
-    console.print(f"best trial {best.name}: {tuning.objective.metric}={best.objective:.4f} "
-                  f"test_accuracy={best.final_metrics.get('test_accuracy', float('nan')):.4f}\n"
-                  f"model: {best.model_artifact} (on disk: {store.path(best.model_artifact)})")
+    config = _load(args)
+    result = train_and_deploy(config)
+    _print_result(result)
     return 0
 
 
-def _print_trials(console, result) -> None:
-    from rich.table import Table
+def _demo(args: argparse.Namespace) -> int:
+    """Demo data, then the whole pipeline on the local backend: tuning (4 trials, 2 at a time) to a Lambda."""
+    import time
 
-    table = Table(title=f"tuning job {result.name}: {result.objective_metric} ({result.objective_type})")
-    for column in ("trial", "hyperparameters", result.objective_metric, "test_accuracy", "status", "seconds"):
-        table.add_column(column)
-    for t in result.trials:
-        hps = " ".join(f"{k}={v}" for k, v in t.tuned_hyperparameters.items())
-        objective = "" if t.objective is None else f"{t.objective:.4f}"
-        accuracy = f"{t.final_metrics['test_accuracy']:.4f}" if "test_accuracy" in t.final_metrics else ""
-        status = t.status + (" (best)" if t.name == result.best_trial else "")
-        if t.failure_reason:
-            status += f": {t.failure_reason}"
-        table.add_row(t.name, hps, objective, accuracy, status, f"{t.duration_seconds:.1f}")
-    console.print(table)
+    from core.config_io import apply_overrides, validate_config
+    from core.demo import demo_config
+    from core.demo_data import write_demo_dataset
+    from flows.train_and_deploy import train_and_deploy
+
+    started = time.perf_counter()
+    summary = write_demo_dataset(args.data_dir)
+    base = demo_config(str(Path(args.data_dir).resolve())).model_dump(mode="json")
+    config = validate_config(apply_overrides(base, args.set or ()))
+    data_seconds = time.perf_counter() - started
+    result = train_and_deploy(config)
+    _print_result(result, {"demo data": data_seconds, **result.step_seconds})
+    sample = next(Path(summary.root, "test").rglob("*.png"))
+    _print_how_to_call(result, sample)
+    return 0
+
+
+def _teardown(args: argparse.Namespace) -> int:
+    from flows.teardown import teardown
+
+    report = teardown(_load(args))
+    for item in report.removed or ["nothing to remove"]:
+        print(f"removed {item}" if report.removed else item)
+    for item in report.kept:
+        print(f"kept {item}")
+    return 0
+
+
+def _print_result(result, timings: dict[str, float] | None = None) -> None:
+    from rich.console import Console
+
+    console = Console()
+    m = result.metrics
+    console.print(f"model {result.model_group} version {result.model_version} from {result.job_name}: "
+                  f"test_accuracy={m.get('test_accuracy', float('nan')):.4f} valid_loss={m.get('valid_loss', float('nan')):.4f}")
+    console.print(f"endpoint {result.endpoint_name}: {result.endpoint_invoke_url}")
+    console.print(f"function {result.function_name}: {result.function_invoke_url}")
+    console.print(f"smoke test through the function: accuracy {result.smoke_test_accuracy:.2%}, "
+                  f"p50 {result.smoke_test_p50_ms:.1f} ms")
+    _print_timings(console, list((timings or result.step_seconds).items()))
+
+
+def _print_how_to_call(result, sample: Path) -> None:
+    url = result.aws_endpoint_url
+    print(f"""
+The endpoint and the function keep running (stop them with `sagemaker-flows teardown` or
+`sagemaker-flows local down`). Call them:
+
+  curl -s -H 'Content-Type: image/png' --data-binary @{sample} \\
+    {result.endpoint_invoke_url}
+
+  curl -s -d '{{"image": "'$(base64 -w0 {sample})'"}}' \\
+    {result.function_invoke_url}
+
+  import base64, json, boto3
+  runtime = boto3.client("sagemaker-runtime", endpoint_url="{url}", region_name="us-east-1")
+  print(runtime.invoke_endpoint(EndpointName="{result.endpoint_name}", ContentType="image/png",
+                                Body=open("{sample}", "rb").read())["Body"].read())
+  lam = boto3.client("lambda", endpoint_url="{url}", region_name="us-east-1")
+  event = {{"image": base64.b64encode(open("{sample}", "rb").read()).decode()}}
+  print(json.loads(lam.invoke(FunctionName="{result.function_name}", Payload=json.dumps(event))["Payload"].read()))
+""")
 
 
 def _print_timings(console, timings) -> None:
@@ -184,9 +189,17 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--per-class", type=int, default=None, help="at most this many images per class")
     data.set_defaults(handler=_demo_data)
 
-    demo = commands.add_parser("demo", help="run the demo on the local backend")
+    demo = commands.add_parser("demo", help="the whole pipeline on the local backend, on the digits demo data")
     demo.add_argument("--data-dir", default="demo-data")
+    demo.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE", help="override a setting")
     demo.set_defaults(handler=_demo)
+
+    for command, handler, text in (("run", _run, "run the train-and-deploy pipeline"),
+                                   ("teardown", _teardown, "remove what the pipeline made (registered models stay)")):
+        sub = commands.add_parser(command, help=text)
+        sub.add_argument("--config", help="a YAML file of PipelineConfig settings")
+        sub.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE", help="override a setting")
+        sub.set_defaults(handler=handler)
 
     local = commands.add_parser("local", help="the local gateway: up, down, status")
     local.add_argument("action", choices=("up", "down", "status"))
@@ -198,10 +211,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import os
+
+    from core.retry import PermanentError
+
+    # Offline first: Prefect's temporary server would otherwise try to send telemetry and log a failure.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
-    except (FileExistsError, FileNotFoundError, ValueError) as exc:
+    except (FileExistsError, FileNotFoundError, ValueError, PermanentError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

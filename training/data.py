@@ -103,7 +103,7 @@ def load_image(path: str, image_size: int, root: str | None = None) -> Image.Ima
     try:
         with Image.open(path) as img:
             if img.format == "JPEG":
-                img.draft("RGB", (image_size, image_size))  # DCT-domain downscale: decodes big photos faster
+                img.draft("RGB", (image_size, image_size))  # DCT-domain downscale when the photo is >= 2x the target
             img = ImageOps.exif_transpose(img)
             img = to_rgb(img)
             return img.resize((image_size, image_size), Image.Resampling.BILINEAR, reducing_gap=3.0)

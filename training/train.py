@@ -155,6 +155,9 @@ class Trainer:
         self.splits = data_lib.scan_splits(env.training_dir)
         self.mean, self.std = model_lib.IMAGENET_MEAN, model_lib.IMAGENET_STD
         self.model = model_lib.build_model(args.architecture, len(self.splits.class_names), self._pretrained_state())
+        if args.freeze_backbone and not self.env.pretrained_dir:
+            log("warning: --freeze-backbone with no pretrained weights trains a head on random features; "
+                "give a `pretrained` channel or use --freeze-backbone false")
         if args.freeze_backbone:
             for p in self.model.backbone.parameters():
                 p.requires_grad_(False)
@@ -344,6 +347,9 @@ class Trainer:
                     break
         if best_state is not None:
             (self.model.head if args.freeze_backbone else self.model).load_state_dict(best_state)
+        else:  # validation loss was never finite: keep the last epoch, and say so
+            result.best_epoch = len(result.history)
+            self.log("warning: validation loss was never finite; keeping the last epoch's model")
         best = result.history[result.best_epoch - 1]
         # Printed last so that a metric's final value is the restored model's (what SageMaker tuning reads).
         self.log(metric_line(best_epoch=best.epoch, valid_loss=best.valid_loss, valid_accuracy=best.valid_accuracy))

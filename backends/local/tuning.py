@@ -55,6 +55,7 @@ class TrialRecord:
     final_metrics: dict[str, float] = field(default_factory=dict)
     model_artifact: str | None = None
     log_path: str = ""
+    epochs: list[dict[str, float]] = field(default_factory=list)
 
     def outcome(self) -> TrialOutcome:
         return TrialOutcome(self.name, self.status, self.objective, self.tuned_hyperparameters, self.failure_reason, self.index)
@@ -258,7 +259,7 @@ class LocalTuning:
 def _trial_record(index: int, tuned: dict[str, str], outcome: TrainingJobResult, metric: str) -> TrialRecord:
     record = TrialRecord(index, outcome.name, outcome.status, tuned, failure_reason=outcome.failure_reason,
                          duration_seconds=outcome.duration_seconds, final_metrics=outcome.final_metrics,
-                         model_artifact=outcome.model_artifact, log_path=outcome.log_path)
+                         model_artifact=outcome.model_artifact, log_path=outcome.log_path, epochs=outcome.epochs)
     if outcome.status == "Completed":
         record.objective = outcome.final_metrics.get(metric)
         if record.objective is None:

@@ -1,0 +1,81 @@
+"""Dataset folders: layout checks, content checksums and safe zip extraction."""
+from __future__ import annotations
+
+import hashlib
+import os
+import zipfile
+from pathlib import Path
+
+SPLITS = ("train", "valid", "test")
+
+
+class DatasetError(ValueError):
+    """The dataset cannot be used; the message says what to fix."""
+
+
+def check_layout(folder: str | os.PathLike) -> None:
+    root = Path(folder)
+    if not root.is_dir():
+        raise DatasetError(f"data.source {root} is not a folder")
+    missing = [s for s in SPLITS if not (root / s).is_dir()]
+    if missing:
+        raise DatasetError(f"{root} has no {', '.join(m + '/' for m in missing)}: a dataset holds train/, valid/ and test/, "
+                           "each with one folder per class")
+
+
+def folder_checksum(folder: str | os.PathLike) -> str:
+    """SHA-256 over every file's relative path and SHA-256 (hidden files skipped), as the store computes it."""
+    root = Path(folder)
+    manifest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")):
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+        manifest.update(f"{path.relative_to(root).as_posix()}\0{digest.hexdigest()}\n".encode())
+    return manifest.hexdigest()
+
+
+def safe_extract_zip(archive: str | os.PathLike, destination: str | os.PathLike,
+                     max_total_bytes: int = 50 * 1024**3) -> Path:
+    """Extract, refusing absolute paths, `..` and links that would land outside `destination`."""
+    target = Path(destination).resolve()
+    target.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(archive) as zf:
+        total = 0
+        for info in zf.infolist():
+            path = (target / info.filename).resolve()
+            if not str(path).startswith(str(target) + os.sep) and path != target:
+                raise DatasetError(f"zip member {info.filename!r} would be written outside {target}; refusing the archive")
+            if (info.external_attr >> 16) & 0o170000 == 0o120000:
+                raise DatasetError(f"zip member {info.filename!r} is a symbolic link; refusing the archive")
+            total += info.file_size
+            if total > max_total_bytes:
+                raise DatasetError(f"zip expands to more than {max_total_bytes} bytes; refusing the archive")
+        zf.extractall(target)
+    return dataset_root(target)
+
+
+def dataset_root(folder: Path) -> Path:
+    """The folder holding train/valid/test: the folder itself or its single top-level subfolder."""
+    if all((folder / s).is_dir() for s in SPLITS):
+        return folder
+    children = [c for c in folder.iterdir() if c.is_dir() and not c.name.startswith(("__MACOSX", "."))]
+    if len(children) == 1 and all((children[0] / s).is_dir() for s in SPLITS):
+        return children[0]
+    return folder
+
+
+def pick_samples(keys: list[str], count: int) -> list[str]:
+    """Up to `count` test images spread over the classes (round robin, in sorted order): `class/file` keys."""
+    by_class: dict[str, list[str]] = {}
+    for key in sorted(keys):
+        if "/" in key:
+            by_class.setdefault(key.split("/", 1)[0], []).append(key)
+    picked, round_ = [], 0
+    while len(picked) < count and any(round_ < len(v) for v in by_class.values()):
+        for files in by_class.values():
+            if round_ < len(files) and len(picked) < count:
+                picked.append(files[round_])
+        round_ += 1
+    return picked

@@ -1,0 +1,23 @@
+"""publish_lambda: the function in front of the endpoint, with its concurrency settings."""
+from __future__ import annotations
+
+from prefect import task
+
+from backends.base import Backend, EndpointState, FunctionState
+from core.config import PipelineConfig
+from core.names import pipeline_names
+from tasks import artifacts
+from tasks.retry_policy import TASK_OPTIONS
+
+
+@task(name="publish_lambda", **TASK_OPTIONS)
+def publish_lambda(config: PipelineConfig, backend: Backend, endpoint: EndpointState) -> FunctionState:
+    name = pipeline_names(config.project, config.stage)["function"]
+    state = backend.publish_function(name, endpoint.name, config.function)
+    artifacts.link(f"{config.stage}-function", state.invoke_url, f"{name} invoke", "Lambda Invoke URL")
+    artifacts.markdown(f"{config.stage}-function-summary", "\n".join([
+        f"## Lambda `{name}`", f"- calls endpoint `{endpoint.name}`",
+        f"- reserved concurrency: {state.reserved_concurrency}, provisioned: {state.provisioned_concurrency}",
+        f"- memory {config.function.memory_mb} MB, timeout {config.function.timeout_seconds} s",
+        f"- invoke: `{state.invoke_url}`"]))
+    return state

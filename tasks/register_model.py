@@ -1,0 +1,27 @@
+"""register_model: a registry version with metrics, hyperparameters, dataset checksum and job."""
+from __future__ import annotations
+
+from prefect import task
+
+from backends.base import Backend, ModelCandidate, ModelVersion, StagedDataset
+from core.config import PipelineConfig
+from core.names import pipeline_names
+from tasks import artifacts
+from tasks.retry_policy import TASK_OPTIONS
+
+
+@task(name="register_model", **TASK_OPTIONS)
+def register_model(config: PipelineConfig, backend: Backend, candidate: ModelCandidate, dataset: StagedDataset,
+                   promote: bool = True) -> ModelVersion:
+    group = pipeline_names(config.project, config.stage)["model_group"]
+    version = backend.register_model_version(group, candidate.model_artifact, candidate.metrics,
+                                             candidate.hyperparameters, dataset.checksum, candidate.job_name)
+    if promote:
+        version = backend.promote_model_version(group, version.version)
+    history = backend.list_model_versions(group)
+    artifacts.table(f"{config.stage}-model-versions", [
+        {"version": v.version, "champion": v.champion, "job": v.job_name,
+         "test_accuracy": round(v.metrics.get("test_accuracy", float("nan")), 4),
+         "valid_loss": round(v.metrics.get("valid_loss", float("nan")), 4), "dataset": v.dataset_checksum[:12]}
+        for v in history], f"versions of {group}")
+    return version

@@ -1,0 +1,33 @@
+"""select_best_model: the tuning job's best trial, chosen by core's pure rule."""
+from __future__ import annotations
+
+from prefect import task
+
+from backends.base import ModelCandidate, TuningOutcome
+from core.best_trial import NoSuccessfulTrialError, TrialOutcome, choose_best_trial
+from core.metrics import model_metrics
+from core.retry import PermanentError
+from tasks import artifacts
+from tasks.retry_policy import TASK_OPTIONS
+
+
+@task(name="select_best_model", **TASK_OPTIONS)
+def select_best_model(tuning: TuningOutcome) -> ModelCandidate:
+    outcomes = [TrialOutcome(t.job_name, t.status, t.objective, t.tuned_hyperparameters, t.failure_reason, t.index)
+                for t in tuning.trials]
+    try:
+        best = choose_best_trial(outcomes, tuning.objective_type)
+    except NoSuccessfulTrialError as exc:
+        raise PermanentError(str(exc)) from None
+    trial = next(t for t in tuning.trials if t.job_name == best.name)
+    artifacts.markdown("best-trial", "\n".join([
+        f"## Best trial `{trial.job_name}`",
+        f"- {tuning.objective_metric} = {trial.objective:.4f} ({tuning.objective_type})",
+        f"- hyperparameters: {', '.join(f'{k}={v}' for k, v in trial.tuned_hyperparameters.items())}",
+        f"- model: `{trial.model_artifact}`"]))
+    if trial.epochs:
+        artifacts.table("best-trial-epochs", artifacts.epoch_rows(trial.epochs), f"per-epoch metrics of {trial.job_name}")
+        artifacts.markdown("best-trial-training-curve", artifacts.training_curve_markdown(trial.epochs, trial.job_name),
+                           f"training curve of {trial.job_name}")
+    hyperparameters = dict(trial.tuned_hyperparameters)
+    return ModelCandidate(trial.job_name, trial.model_artifact, model_metrics(trial.final_metrics), hyperparameters)

@@ -1,0 +1,51 @@
+"""train_model: one training job with fixed hyperparameters (the EC2-style path)."""
+from __future__ import annotations
+
+from prefect import get_run_logger, task
+
+from backends.base import Backend, ModelCandidate, StagedDataset, TrainingRequest
+from core.config import PipelineConfig
+from core.hyperparameters import static_hyperparameters
+from core.names import pipeline_names, timestamped_name
+from core.metrics import model_metrics
+from core.retry import PermanentError
+from tasks import artifacts
+from tasks.retry_policy import TASK_OPTIONS
+
+
+def output_uri(config: PipelineConfig, backend: Backend) -> str:
+    return f"s3://{backend.default_bucket()}/{config.project}/{config.stage}/jobs"
+
+
+@task(name="train_model", **TASK_OPTIONS)
+def train_model(config: PipelineConfig, backend: Backend, dataset: StagedDataset,
+                pretrained_uri: str | None = None, job_name: str | None = None) -> ModelCandidate:
+    logger = get_run_logger()
+    training = config.training
+    name = job_name or timestamped_name(pipeline_names(config.project, config.stage)["training_job_prefix"])
+    progress = artifacts.Progress(f"{config.stage}-training", f"training job {name}")
+
+    def on_epoch(values: dict[str, float]) -> None:
+        progress.update(values["epoch"] / training.epochs,
+                        f"epoch {int(values['epoch'])}/{training.epochs}: valid_loss={values.get('valid_loss', float('nan')):.4f}")
+        logger.info("epoch %d: %s", int(values["epoch"]),
+                    " ".join(f"{k}={v:.4f}" for k, v in values.items() if k != "epoch"))
+
+    request = TrainingRequest(name, static_hyperparameters(training), dataset.uri, output_uri(config, backend),
+                              pretrained_uri, training.instance_type, training.max_runtime_seconds)
+    outcome = backend.run_training_job(request, on_epoch=on_epoch)
+    if outcome.status != "Completed":
+        raise PermanentError(f"training job {name} {outcome.status.lower()}: {outcome.failure_reason} "
+                             f"(log: {outcome.log_location})")
+    progress.update(1.0, f"{name} completed")
+    metrics = outcome.final_metrics
+    artifacts.table(f"{config.stage}-epochs", artifacts.epoch_rows(outcome.epochs), f"per-epoch metrics of {name}")
+    if outcome.epochs:
+        artifacts.markdown(f"{config.stage}-training-curve", artifacts.training_curve_markdown(outcome.epochs, name),
+                           f"training curve of {name}")
+    artifacts.markdown(f"{config.stage}-training", "\n".join([
+        f"## Training job `{name}`", f"- status: {outcome.status} in {outcome.duration_seconds:.1f} s",
+        f"- test accuracy: {metrics.get('test_accuracy', float('nan')):.4f}, "
+        f"valid loss: {metrics.get('valid_loss', float('nan')):.4f} (best epoch {int(metrics.get('best_epoch', 0))})",
+        f"- model: `{outcome.model_artifact}`", f"- log: `{outcome.log_location}`"]))
+    return ModelCandidate(name, outcome.model_artifact, model_metrics(metrics), outcome.hyperparameters)

@@ -1,0 +1,55 @@
+"""tune_hyperparameters: a tuning job (SageMaker HPO, or local parallel trials)."""
+from __future__ import annotations
+
+import math
+
+from prefect import get_run_logger, task
+
+from backends.base import Backend, StagedDataset, TuningOutcome, TuningRequest
+from core.config import PipelineConfig
+from core.hyperparameters import static_hyperparameters
+from core.names import TUNING_JOB_MAX, pipeline_names, timestamped_name
+from core.retry import PermanentError
+from tasks import artifacts
+from tasks.retry_policy import TASK_OPTIONS
+from tasks.train_model import output_uri
+
+
+def trial_rows(outcome: TuningOutcome) -> list[dict]:
+    rows = []
+    for t in outcome.trials:
+        objective = t.objective if t.objective is not None and math.isfinite(t.objective) else None
+        rows.append({"trial": t.job_name, **t.tuned_hyperparameters,
+                     outcome.objective_metric: None if objective is None else round(objective, 4),
+                     "test_accuracy": round(t.final_metrics["test_accuracy"], 4) if "test_accuracy" in t.final_metrics else None,
+                     "status": t.status, "reason": t.failure_reason or "", "seconds": round(t.duration_seconds, 1)})
+    return rows
+
+
+@task(name="tune_hyperparameters", **TASK_OPTIONS)
+def tune_hyperparameters(config: PipelineConfig, backend: Backend, dataset: StagedDataset,
+                         pretrained_uri: str | None = None) -> TuningOutcome:
+    logger = get_run_logger()
+    training, tuning = config.training, config.training.tuning
+    name = timestamped_name(pipeline_names(config.project, config.stage)["tuning_job_prefix"], TUNING_JOB_MAX)
+    progress = artifacts.Progress(f"{config.stage}-tuning", f"tuning job {name}: 0/{tuning.max_jobs} trials")
+
+    def on_trial(trial, done: int, total: int) -> None:
+        progress.update(done / total, f"{done}/{total} trials")
+        logger.info("trial %s %s: %s=%s %s", trial.job_name, trial.status, tuning.objective.metric, trial.objective,
+                    trial.failure_reason or trial.tuned_hyperparameters)
+
+    request = TuningRequest(
+        name, static_hyperparameters(training, tuning.parameter_ranges.names), tuning.parameter_ranges.to_sagemaker(),
+        tuning.strategy, tuning.objective.metric, tuning.objective.type, tuning.max_jobs, tuning.max_parallel_jobs,
+        dataset.uri, output_uri(config, backend), pretrained_uri, training.instance_type, training.max_runtime_seconds,
+        training.seed)
+    outcome = backend.run_tuning_job(request, on_trial=on_trial)
+    artifacts.table(f"{config.stage}-trials", trial_rows(outcome), f"trials of tuning job {name}")
+    if outcome.status != "Completed":
+        raise PermanentError(f"tuning job {name} failed: {outcome.failure_reason}")
+    completed = sum(t.status == "Completed" for t in outcome.trials)
+    artifacts.markdown(f"{config.stage}-tuning", "\n".join([
+        f"## Tuning job `{name}`", f"- strategy: {tuning.strategy}, objective: {tuning.objective.type} {tuning.objective.metric}",
+        f"- trials: {completed} completed of {len(outcome.trials)} ({tuning.max_parallel_jobs} at a time)"]))
+    return outcome
