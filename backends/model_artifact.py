@@ -1,5 +1,6 @@
 """model.tar.gz as the SageMaker PyTorch serving container expects it:
-the model files at the top, the inference code under code/."""
+the model files at the top, the inference code under code/. training/train.py already writes
+code/ into the model folder; a model folder without it gets the project's serving code."""
 from __future__ import annotations
 
 import os
@@ -14,16 +15,18 @@ SERVING_CODE_FILES = ("inference.py", "model.py", "data.py")
 def pack_model_artifact(model_dir: str | os.PathLike, destination: str | os.PathLike,
                         source_dir: str | os.PathLike = TRAINING_SOURCE_DIR) -> Path:
     model_dir, destination, source_dir = Path(model_dir), Path(destination), Path(source_dir)
+    has_code = (model_dir / "code" / "inference.py").is_file()
     missing = [n for n in SERVING_CODE_FILES if not (source_dir / n).is_file()]
-    if missing:
+    if missing and not has_code:
         raise FileNotFoundError(f"serving code missing from {source_dir}: {', '.join(missing)}")
     destination.parent.mkdir(parents=True, exist_ok=True)
     tmp = destination.with_name(destination.name + ".partial")
     with tarfile.open(tmp, "w:gz") as tar:
         for path in sorted(model_dir.iterdir()):
             tar.add(path, arcname=path.name)
-        for name in SERVING_CODE_FILES:
-            tar.add(source_dir / name, arcname=f"code/{name}")
+        if not has_code:
+            for name in SERVING_CODE_FILES:
+                tar.add(source_dir / name, arcname=f"code/{name}")
     os.replace(tmp, destination)
     return destination
 

@@ -12,6 +12,7 @@ import copy
 import json
 import math
 import os
+import shutil
 import sys
 import time
 import traceback
@@ -368,10 +369,24 @@ class Trainer:
         )
         self.model.to("cpu", memory_format=torch.contiguous_format)
         model_lib.save_model(self.model, config, self.env.model_dir)
+        copy_serving_code(self.env.model_dir)
         os.makedirs(self.env.output_data_dir, exist_ok=True)
         with open(os.path.join(self.env.output_data_dir, "history.json"), "w") as f:
             json.dump({"epochs": [e.__dict__ for e in result.history], "best_epoch": result.best_epoch,
                        "test_loss": result.test_loss, "test_accuracy": result.test_accuracy}, f, indent=2)
+
+
+SERVING_CODE_FILES = ("inference.py", "model.py", "data.py")
+
+
+def copy_serving_code(model_dir: str) -> None:
+    """Put the serving code beside the weights (model/code/), so the model.tar.gz that SageMaker,
+    an EC2 instance or the local backend packs from the model folder is servable as it is."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    code_dir = os.path.join(model_dir, "code")
+    os.makedirs(code_dir, exist_ok=True)
+    for name in SERVING_CODE_FILES:
+        shutil.copyfile(os.path.join(here, name), os.path.join(code_dir, name))
 
 
 def failure_reason(exc: BaseException) -> str:
