@@ -223,6 +223,10 @@ class Backend(ABC):
     def aws_client(self, service: str):
         """A boto3 client for `service` that reaches this backend (the real AWS, or the local gateway)."""
 
+    def delete_support_resources(self) -> list[str]:
+        """Remove what the backend made to support a pipeline (roles, profiles); what was removed."""
+        return []
+
     def close(self) -> None:
         """Release what the backend holds open (clients, connections)."""
 

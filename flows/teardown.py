@@ -26,6 +26,11 @@ def delete_endpoint(backend: Backend, name: str) -> bool:
     return backend.delete_endpoint(name)
 
 
+@task(name="delete_support_resources", **TASK_OPTIONS)
+def delete_support_resources(backend: Backend) -> list[str]:
+    return backend.delete_support_resources()
+
+
 @flow(name="teardown", log_prints=True)
 def teardown(config: PipelineConfig, stop_local_gateway: bool = True) -> TeardownReport:
     names = pipeline_names(config.project, config.stage)
@@ -38,6 +43,7 @@ def teardown(config: PipelineConfig, stop_local_gateway: bool = True) -> Teardow
             removed.append(f"autoscaling of {names['endpoint']}")
         if delete_endpoint(backend, names["endpoint"]):
             removed.append(f"endpoint {names['endpoint']}")
+        removed += delete_support_resources(backend)
         if config.backend == "local" and stop_local_gateway and _gateway_running(backend):
             from backends.local.gateway.server import stop_gateway
 

@@ -1,0 +1,146 @@
+"""The generated IAM documents grant only what the pipeline needs, on the resources it uses."""
+import json
+
+import pytest
+
+from core import iam
+
+BUCKET, PREFIX, ACCOUNT, REGION = "my-bucket", "proj/dev", "123456789012", "eu-west-1"
+FUNCTION = "proj-dev-predict"
+ENDPOINT = iam.endpoint_arn(REGION, ACCOUNT, "proj-dev-endpoint")
+
+
+def _documents() -> dict[str, dict]:
+    return {
+        "sagemaker": iam.sagemaker_execution_policy(BUCKET, PREFIX, ACCOUNT, REGION),
+        "lambda": iam.lambda_policy(ENDPOINT, BUCKET, PREFIX, ACCOUNT, REGION, FUNCTION),
+        "ec2": iam.ec2_training_policy(BUCKET, PREFIX, ACCOUNT, REGION),
+    }
+
+
+def _listify(value) -> list[str]:
+    return [value] if isinstance(value, str) else list(value)
+
+
+def _grants(document: dict) -> list[tuple[str, str, dict]]:
+    """(action, resource, statement) for every Allow pair."""
+    return [(action, resource, s) for s in document["Statement"] if s["Effect"] == "Allow"
+            for action in _listify(s["Action"]) for resource in _listify(s["Resource"])]
+
+
+@pytest.mark.parametrize("kind", ["sagemaker", "lambda", "ec2"])
+def test_documents_are_valid_json_with_unique_sids(kind):
+    document = json.loads(json.dumps(_documents()[kind]))
+    assert document["Version"] == "2012-10-17"
+    assert document["Statement"]
+    sids = [s["Sid"] for s in document["Statement"]]
+    assert len(sids) == len(set(sids)) and all(sid.isalnum() for sid in sids)
+    assert all("Action" in s and "Resource" in s and s["Effect"] == "Allow" for s in document["Statement"])
+
+
+@pytest.mark.parametrize("kind", ["sagemaker", "lambda", "ec2"])
+def test_only_documented_statements_use_wildcard_resource(kind):
+    document = _documents()[kind]
+    wildcards = iam.wildcard_resources(document)
+    assert set(wildcards) <= iam.UNAVOIDABLE_WILDCARD_SIDS
+    for action, resource, _ in _grants(document):
+        if resource == "*":
+            assert action in ("ecr:GetAuthorizationToken", "cloudwatch:PutMetricData")
+
+
+def test_put_metric_data_is_limited_to_sagemaker_namespaces():
+    [statement] = [s for s in _documents()["sagemaker"]["Statement"] if s["Sid"] == iam.PUT_METRIC_DATA_SID]
+    assert statement["Condition"] == {"StringLike": {"cloudwatch:namespace": "/aws/sagemaker/*"}}
+
+
+def test_no_action_wildcards_anywhere():
+    for document in _documents().values():
+        for action, _, _ in _grants(document):
+            assert "*" not in action
+
+
+def test_lambda_invokes_exactly_one_endpoint():
+    document = _documents()["lambda"]
+    sagemaker = [(a, r) for a, r, _ in _grants(document) if a.startswith("sagemaker:")]
+    arn = f"arn:aws:sagemaker:{REGION}:{ACCOUNT}:endpoint/proj-dev-endpoint"
+    assert sagemaker == [("sagemaker:InvokeEndpoint", arn)]
+    logs = {r for a, r, _ in _grants(document) if a.startswith("logs:")}
+    assert logs == {f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:/aws/lambda/{FUNCTION}",
+                    f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:/aws/lambda/{FUNCTION}:log-stream:*"}
+    assert iam.wildcard_resources(document) == []
+
+
+def test_lambda_refuses_a_wildcard_endpoint():
+    with pytest.raises(ValueError):
+        iam.lambda_policy(f"arn:aws:sagemaker:{REGION}:{ACCOUNT}:endpoint/*", BUCKET, PREFIX, ACCOUNT, REGION, FUNCTION)
+
+
+@pytest.mark.parametrize("kind", ["sagemaker", "lambda", "ec2"])
+def test_s3_is_limited_to_the_prefix(kind):
+    for action, resource, statement in _grants(_documents()[kind]):
+        if not action.startswith("s3:"):
+            continue
+        if action in ("s3:ListBucket", "s3:GetBucketLocation"):
+            assert resource == f"arn:aws:s3:::{BUCKET}"
+            if action == "s3:ListBucket":
+                assert statement["Condition"] == {"StringLike": {"s3:prefix": [PREFIX, f"{PREFIX}/*"]}}
+        else:
+            assert action in ("s3:GetObject", "s3:PutObject")
+            assert resource == f"arn:aws:s3:::{BUCKET}/{PREFIX}/*"
+
+
+def test_lambda_only_reads_s3():
+    assert {a for a, _, _ in _grants(_documents()["lambda"]) if a.startswith("s3:")} == {"s3:GetObject"}
+
+
+@pytest.mark.parametrize("prefix", ["", "/", "data/*", "a?"])
+def test_bad_prefixes_are_refused(prefix):
+    with pytest.raises(ValueError):
+        iam.sagemaker_execution_policy(BUCKET, prefix, ACCOUNT, REGION)
+
+
+def test_prefix_slashes_are_normalized():
+    assert iam.ec2_training_policy(BUCKET, "/proj/dev/", ACCOUNT, REGION) == _documents()["ec2"]
+
+
+def test_ec2_has_no_sagemaker_ecr_or_metric_actions():
+    services = {a.split(":")[0] for a, _, _ in _grants(_documents()["ec2"])}
+    assert services == {"s3", "logs"}
+    logs = {r for a, r, _ in _grants(_documents()["ec2"]) if a.startswith("logs:")}
+    assert all(r.startswith(f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:/sagemaker-flows/ec2/") for r in logs)
+
+
+def test_sagemaker_logs_and_images():
+    grants = _grants(_documents()["sagemaker"])
+    logs = {r for a, r, _ in grants if a.startswith("logs:")}
+    assert logs == {f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:/aws/sagemaker/*",
+                    f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:/aws/sagemaker/*:log-stream:*"}
+    pulls = {r for a, r, _ in grants if a in ("ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer")}
+    assert pulls == {f"arn:aws:ecr:{REGION}:*:repository/*"}
+    narrowed = iam.sagemaker_execution_policy(BUCKET, PREFIX, ACCOUNT, REGION, image_account_ids=["763104351884"])
+    assert {r for a, r, _ in _grants(narrowed) if a == "ecr:BatchGetImage"} == {
+        f"arn:aws:ecr:{REGION}:763104351884:repository/*"}
+
+
+@pytest.mark.parametrize("service", iam.TRUSTED_SERVICES)
+def test_assume_role_policy(service):
+    assert iam.assume_role_policy(service) == {"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Principal": {"Service": service}, "Action": "sts:AssumeRole"}]}
+
+
+def test_assume_role_policy_refuses_other_principals():
+    with pytest.raises(ValueError):
+        iam.assume_role_policy("*")
+
+
+def test_arn_helpers():
+    assert iam.role_arn(ACCOUNT, "r") == f"arn:aws:iam::{ACCOUNT}:role/r"
+    china = iam.endpoint_arn("cn-north-1", ACCOUNT, "My-Endpoint")
+    assert china == f"arn:aws-cn:sagemaker:cn-north-1:{ACCOUNT}:endpoint/my-endpoint"
+
+
+def test_wildcard_resources_reads_lists_strings_and_not_resource():
+    document = {"Statement": [
+        {"Sid": "A", "Resource": "*"}, {"Sid": "B", "Resource": ["x", "*"]},
+        {"Sid": "C", "Resource": "arn:aws:s3:::b/p/*"}, {"Sid": "D", "NotResource": "x"}]}
+    assert iam.wildcard_resources(document) == ["A", "B", "D"]
