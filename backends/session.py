@@ -18,8 +18,9 @@ def aws_session(region: str | None = None, profile: str | None = None, credentia
 
 
 def make_client(session: boto3.Session, service: str, endpoint_url: str | None = None, read_timeout: int = 120):
+    # Pool sized for parallel S3 uploads (8 files x 4 multipart threads).
     config = Config(retries={"mode": "standard", "max_attempts": 3}, read_timeout=read_timeout,
-                    user_agent_extra="sagemaker-flows")
+                    max_pool_connections=32, user_agent_extra="sagemaker-flows")
     return session.client(service, endpoint_url=endpoint_url, region_name=session.region_name or DEFAULT_REGION,
                           config=config)
 

@@ -1,0 +1,134 @@
+"""Application Auto Scaling of a SageMaker endpoint variant (service "application-autoscaling").
+
+The documents come from core.scaling (the same ones the local backend uses). RegisterScalableTarget
+and PutScalingPolicy are upserts in AWS, so register() is idempotent; deregister() and describe()
+tolerate a variant that was never registered. AWS refuses UpdateEndpoint on a variant registered for
+autoscaling, so suspended_for_update() deregisters around an update and restores what was there.
+"""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+from botocore.exceptions import ClientError
+
+from backends.base import ScalingState
+from core.config import AutoscalingConfig
+from core.scaling import SCALABLE_DIMENSION, policy_name, resource_id, scalable_target, target_tracking_policy
+
+NAMESPACE = "sagemaker"
+# The parts of a described policy that PutScalingPolicy takes back.
+_POLICY_KEYS = ("PolicyName", "ServiceNamespace", "ResourceId", "ScalableDimension", "PolicyType",
+                "TargetTrackingScalingPolicyConfiguration", "StepScalingPolicyConfiguration",
+                "PredictiveScalingPolicyConfiguration")
+
+
+def _is_missing(error: ClientError) -> bool:
+    """AWS answers ObjectNotFoundException for a missing target or policy (moto: ValidationException)."""
+    code = error.response.get("Error", {}).get("Code", "")
+    message = error.response.get("Error", {}).get("Message", "")
+    return code == "ObjectNotFoundException" or (code == "ValidationException" and "No scal" in message)
+
+
+class EndpointAutoscaling:
+    """Target tracking on SageMakerVariantInvocationsPerInstance for one endpoint variant at a time."""
+
+    def __init__(self, autoscaling_client):
+        self.client = autoscaling_client
+
+    # -- reads ------------------------------------------------------------------------
+    def _target(self, rid: str) -> dict | None:
+        targets = self.client.describe_scalable_targets(
+            ServiceNamespace=NAMESPACE, ResourceIds=[rid], ScalableDimension=SCALABLE_DIMENSION)["ScalableTargets"]
+        return next((t for t in targets
+                     if t["ResourceId"] == rid and t["ScalableDimension"] == SCALABLE_DIMENSION), None)
+
+    def _policies(self, rid: str) -> list[dict]:
+        policies, token = [], None
+        while True:
+            kwargs = {"ServiceNamespace": NAMESPACE, "ResourceId": rid, "ScalableDimension": SCALABLE_DIMENSION}
+            if token:
+                kwargs["NextToken"] = token
+            page = self.client.describe_scaling_policies(**kwargs)
+            policies += [p for p in page.get("ScalingPolicies", [])
+                         if p["ResourceId"] == rid and p["ScalableDimension"] == SCALABLE_DIMENSION]
+            token = page.get("NextToken")
+            if not token:
+                return policies
+
+    def describe(self, endpoint_name: str, variant_name: str) -> ScalingState | None:
+        """The registered target and this project's policy, or None if the variant is not registered."""
+        rid = resource_id(endpoint_name, variant_name)
+        target = self._target(rid)
+        if target is None:
+            return None
+        name = policy_name(endpoint_name)
+        policy = next((p for p in self._policies(rid) if p["PolicyName"] == name), None)
+        # The PutScalingPolicy arguments, as core.scaling makes them (no PolicyARN: it changes on re-creation).
+        document = {k: policy[k] for k in _POLICY_KEYS if k in policy} if policy else {}
+        return ScalingState(rid, target["MinCapacity"], target["MaxCapacity"], document)
+
+    # -- writes -----------------------------------------------------------------------
+    def register(self, endpoint_name: str, variant_name: str, config: AutoscalingConfig) -> ScalingState:
+        """Register the variant (1..100 by default) and put the target tracking policy; both are upserts."""
+        self.client.register_scalable_target(**scalable_target(endpoint_name, variant_name, config))
+        policy = target_tracking_policy(endpoint_name, variant_name, config)
+        self.client.put_scaling_policy(**policy)
+        state = self.describe(endpoint_name, variant_name)
+        if state is not None and state.policy:
+            return state
+        return ScalingState(resource_id(endpoint_name, variant_name), config.min_capacity, config.max_capacity, policy)
+
+    def deregister(self, endpoint_name: str, variant_name: str) -> bool:
+        """Delete the policy and the scalable target; False if nothing was registered."""
+        rid = resource_id(endpoint_name, variant_name)
+        target = self._target(rid)
+        try:
+            self.client.delete_scaling_policy(PolicyName=policy_name(endpoint_name), ServiceNamespace=NAMESPACE,
+                                              ResourceId=rid, ScalableDimension=SCALABLE_DIMENSION)
+        except ClientError as error:
+            if not _is_missing(error):
+                raise
+        if target is None:
+            return False
+        try:
+            self.client.deregister_scalable_target(ServiceNamespace=NAMESPACE, ResourceId=rid,
+                                                   ScalableDimension=SCALABLE_DIMENSION)
+        except ClientError as error:
+            if not _is_missing(error):
+                raise
+            return False
+        return True
+
+    @contextlib.contextmanager
+    def suspended_for_update(self, endpoint_name: str, variant_name: str) -> Iterator[bool]:
+        """Deregister the variant (if registered) for the duration, then restore the same target and policies.
+
+        Yields whether a target was deregistered. The restore runs even if the update failed: the
+        endpoint keeps (or rolls back to) a serving variant that should stay autoscaled.
+        """
+        rid = resource_id(endpoint_name, variant_name)
+        target = self._target(rid)
+        if target is None:
+            yield False
+            return
+        policies = self._policies(rid)
+        for policy in policies:
+            try:
+                self.client.delete_scaling_policy(PolicyName=policy["PolicyName"], ServiceNamespace=NAMESPACE,
+                                                  ResourceId=rid, ScalableDimension=SCALABLE_DIMENSION)
+            except ClientError as error:
+                if not _is_missing(error):
+                    raise
+        self.client.deregister_scalable_target(ServiceNamespace=NAMESPACE, ResourceId=rid,
+                                               ScalableDimension=SCALABLE_DIMENSION)
+        try:
+            yield True
+        finally:
+            restore = {"ServiceNamespace": NAMESPACE, "ResourceId": rid, "ScalableDimension": SCALABLE_DIMENSION,
+                       "MinCapacity": target["MinCapacity"], "MaxCapacity": target["MaxCapacity"]}
+            if target.get("SuspendedState"):
+                restore["SuspendedState"] = target["SuspendedState"]
+            self.client.register_scalable_target(**restore)
+            for policy in policies:
+                self.client.put_scaling_policy(**{k: policy[k] for k in _POLICY_KEYS if k in policy})

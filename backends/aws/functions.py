@@ -1,0 +1,291 @@
+"""The Lambda function in front of the endpoint: a deterministic code zip and an idempotent publish.
+
+publish() creates the function or updates only what differs (code by CodeSha256, configuration by
+field), publishes a version only when something changed (or none exists yet), points an alias at
+it, and sets reserved concurrency on the function and provisioned concurrency on the alias, waiting
+for each step AWS runs asynchronously (function State, LastUpdateStatus, provisioned Status).
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import os
+import time
+import zipfile
+from pathlib import Path
+
+from botocore.exceptions import ClientError
+
+from backends.base import FunctionState
+from core.config import FunctionConfig
+
+_FIXED_TIMESTAMP = (1980, 1, 1, 0, 0, 0)  # the earliest a zip can hold
+_EXCLUDED_DIRS = {"__pycache__"}
+_EXCLUDED_SUFFIXES = (".pyc", ".pyo")
+_NOT_FOUND = {"ResourceNotFoundException", "ProvisionedConcurrencyConfigNotFoundException"}
+# The configuration fields publish() manages, compared one by one with GetFunctionConfiguration.
+_MANAGED = ("Role", "Handler", "Runtime", "MemorySize", "Timeout", "Environment")
+
+
+class FunctionDeployError(RuntimeError):
+    """A Lambda step ended in a failed state (function State/LastUpdateStatus, provisioned Status)."""
+
+
+def zip_source(folder: str) -> bytes:
+    """The folder as a zip, files at the root, byte-for-byte the same for the same content.
+
+    Entries are sorted, timestamps and permissions fixed, and __pycache__ / *.pyc left out, so the
+    same code always has the same CodeSha256 and a re-run can tell the code is unchanged.
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        raise FileNotFoundError(f"Lambda source folder {folder!r} does not exist")
+    files = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if d not in _EXCLUDED_DIRS)
+        for filename in filenames:
+            if filename.endswith(_EXCLUDED_SUFFIXES):
+                continue
+            path = Path(dirpath) / filename
+            files.append((path.relative_to(root).as_posix(), path))
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for arcname, path in sorted(files):
+            info = zipfile.ZipInfo(arcname, date_time=_FIXED_TIMESTAMP)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.create_system = 3  # unix, so the permission bits below are honoured
+            info.external_attr = ((0o755 if os.access(path, os.X_OK) else 0o644) | 0o100000) << 16
+            archive.writestr(info, path.read_bytes(), compresslevel=9)
+    return buffer.getvalue()
+
+
+def code_sha256(code_zip: bytes) -> str:
+    """Lambda's CodeSha256: the base64 of the zip's SHA-256 digest."""
+    return base64.b64encode(hashlib.sha256(code_zip).digest()).decode("ascii")
+
+
+def _code(error: ClientError) -> str:
+    return error.response.get("Error", {}).get("Code", "")
+
+
+def _environment(configuration: dict) -> dict[str, str]:
+    return dict((configuration.get("Environment") or {}).get("Variables") or {})
+
+
+def _differs(configuration: dict, desired: dict) -> list[str]:
+    """The managed fields whose value in `configuration` is not the desired one."""
+    changed = []
+    for key in _MANAGED:
+        have = _environment(configuration) if key == "Environment" else configuration.get(key)
+        want = desired[key]["Variables"] if key == "Environment" else desired[key]
+        if have != want:
+            changed.append(key)
+    return changed
+
+
+class LambdaFunctions:
+    """Lambda functions published behind an alias, with reserved and provisioned concurrency."""
+
+    def __init__(self, lambda_client, poll_seconds: float = 2.0, timeout_s: float = 600):
+        self.client = lambda_client
+        self.poll_seconds = poll_seconds
+        self.timeout_s = timeout_s
+
+    # -- reads ------------------------------------------------------------------------
+    def _configuration(self, name: str) -> dict | None:
+        try:
+            return self.client.get_function_configuration(FunctionName=name)
+        except ClientError as error:
+            if _code(error) == "ResourceNotFoundException":
+                return None
+            raise
+
+    def _latest_version(self, name: str) -> dict | None:
+        """The configuration of the highest published version (not $LATEST), or None."""
+        latest = None
+        for page in self.client.get_paginator("list_versions_by_function").paginate(FunctionName=name):
+            for version in page.get("Versions", []):
+                if version.get("Version", "$LATEST").isdigit() and (
+                        latest is None or int(version["Version"]) > int(latest["Version"])):
+                    latest = version
+        return latest
+
+    def _alias(self, name: str, alias: str) -> dict | None:
+        try:
+            return self.client.get_alias(FunctionName=name, Name=alias)
+        except ClientError as error:
+            if _code(error) == "ResourceNotFoundException":
+                return None
+            raise
+
+    def _provisioned(self, name: str, alias: str) -> dict | None:
+        try:
+            return self.client.get_provisioned_concurrency_config(FunctionName=name, Qualifier=alias)
+        except ClientError as error:
+            if _code(error) in _NOT_FOUND:
+                return None
+            raise
+
+    # -- waits ------------------------------------------------------------------------
+    def _poll(self, what: str, probe):
+        """Call probe() every poll_seconds until it returns something (not None); timeout_s at most."""
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            result = probe()
+            if result is not None:
+                return result
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"{what}: not done after {self.timeout_s:g} s")
+            time.sleep(self.poll_seconds)
+
+    def _wait_ready(self, name: str) -> dict:
+        """Wait until the function is Active and no update is in progress; its configuration."""
+        def probe():
+            configuration = self.client.get_function_configuration(FunctionName=name)
+            state, update = configuration.get("State", "Active"), configuration.get("LastUpdateStatus", "Successful")
+            if state == "Failed":
+                raise FunctionDeployError(f"Lambda function {name} failed: {configuration.get('StateReason', state)}")
+            if update == "Failed":
+                raise FunctionDeployError(
+                    f"Lambda function {name} update failed: {configuration.get('LastUpdateStatusReason', update)}")
+            return configuration if state == "Active" and update == "Successful" else None
+        return self._poll(f"Lambda function {name} to become Active with its last update Successful", probe)
+
+    def _wait_provisioned(self, name: str, alias: str) -> dict:
+        def probe():
+            current = self.client.get_provisioned_concurrency_config(FunctionName=name, Qualifier=alias)
+            if current.get("Status") == "FAILED":
+                raise FunctionDeployError(f"provisioned concurrency of {name}:{alias} failed: "
+                                          f"{current.get('StatusReason', 'no reason given')}")
+            return current if current.get("Status") == "READY" else None
+        return self._poll(f"provisioned concurrency of {name}:{alias} to become READY", probe)
+
+    # -- steps ------------------------------------------------------------------------
+    def _create(self, name: str, code_zip: bytes, desired: dict, tags: dict[str, str] | None) -> None:
+        kwargs = {"FunctionName": name, "Code": {"ZipFile": code_zip}, "PackageType": "Zip", "Publish": False,
+                  **desired}
+        if tags:
+            kwargs["Tags"] = dict(tags)
+
+        def attempt():
+            try:
+                return self.client.create_function(**kwargs)
+            except ClientError as error:
+                # A role made moments ago may not be assumable yet (IAM is eventually consistent).
+                if _code(error) == "InvalidParameterValueException" and "assume" in str(error):
+                    return None
+                raise
+        self._poll(f"Lambda to accept the role of {name}", attempt)
+
+    def _ensure_tags(self, arn: str, tags: dict[str, str] | None) -> None:
+        if not tags:
+            return
+        have = self.client.list_tags(Resource=arn).get("Tags", {})
+        missing = {k: v for k, v in tags.items() if have.get(k) != v}
+        if missing:
+            self.client.tag_resource(Resource=arn, Tags=missing)
+
+    def _point_alias(self, name: str, alias: str, version: str) -> str:
+        current = self._alias(name, alias)
+        if current is None:
+            return self.client.create_alias(FunctionName=name, Name=alias, FunctionVersion=version)["AliasArn"]
+        if current["FunctionVersion"] != version:
+            return self.client.update_alias(FunctionName=name, Name=alias, FunctionVersion=version)["AliasArn"]
+        return current["AliasArn"]
+
+    def _set_reserved(self, name: str, reserved: int | None) -> None:
+        have = self.client.get_function_concurrency(FunctionName=name).get("ReservedConcurrentExecutions")
+        if reserved is None:
+            if have is not None:
+                self.client.delete_function_concurrency(FunctionName=name)
+        elif have != reserved:
+            self.client.put_function_concurrency(FunctionName=name, ReservedConcurrentExecutions=reserved)
+
+    def _set_provisioned(self, name: str, alias: str, provisioned: int, current: dict | None) -> None:
+        if provisioned <= 0:
+            if current is not None:
+                try:
+                    self.client.delete_provisioned_concurrency_config(FunctionName=name, Qualifier=alias)
+                except ClientError as error:
+                    if _code(error) not in _NOT_FOUND:
+                        raise
+            return
+        if (current is None or current.get("RequestedProvisionedConcurrentExecutions") != provisioned
+                or current.get("Status") == "FAILED"):
+            self.client.put_provisioned_concurrency_config(
+                FunctionName=name, Qualifier=alias, ProvisionedConcurrentExecutions=provisioned)
+        self._wait_provisioned(name, alias)
+
+    # -- public -----------------------------------------------------------------------
+    def publish(self, name: str, role_arn: str, code_zip: bytes, environment: dict[str, str], config: FunctionConfig,
+                alias: str = "live", runtime: str = "python3.12", handler: str = "handler.lambda_handler",
+                tags: dict[str, str] | None = None) -> FunctionState:
+        """Create or update the function, publish a version if anything changed, and serve it from `alias`."""
+        sha = code_sha256(code_zip)
+        desired = {"Role": role_arn, "Handler": handler, "Runtime": runtime, "MemorySize": config.memory_mb,
+                   "Timeout": config.timeout_seconds, "Environment": {"Variables": dict(environment)}}
+        changed = False
+        if self._configuration(name) is None:
+            self._create(name, code_zip, desired, tags)
+            changed = True
+            current = self._wait_ready(name)
+        else:
+            current = self._wait_ready(name)  # never update over an update still in progress
+            if current.get("CodeSha256") != sha:
+                self.client.update_function_code(FunctionName=name, ZipFile=code_zip, Publish=False)
+                current, changed = self._wait_ready(name), True
+            if _differs(current, desired):
+                self.client.update_function_configuration(FunctionName=name, **desired)
+                current, changed = self._wait_ready(name), True
+            self._ensure_tags(current["FunctionArn"], tags)
+
+        version = self._latest_version(name)
+        # Also publish when an earlier run updated $LATEST but stopped before publishing it.
+        stale = version is None or version.get("CodeSha256") != current.get("CodeSha256") or _differs(version, desired)
+        if changed or stale:
+            version = self.client.publish_version(FunctionName=name, CodeSha256=current["CodeSha256"])
+        alias_arn = self._point_alias(name, alias, version["Version"])
+
+        # Provisioned concurrency must fit within reserved: shrink it first, grow it after.
+        reserved, provisioned = config.reserved_concurrency, config.provisioned_concurrency
+        current_provisioned = self._provisioned(name, alias)
+        requested = (current_provisioned or {}).get("RequestedProvisionedConcurrentExecutions", 0)
+        if provisioned < requested:
+            self._set_provisioned(name, alias, provisioned, current_provisioned)
+            self._set_reserved(name, reserved)
+        else:
+            self._set_reserved(name, reserved)
+            self._set_provisioned(name, alias, provisioned, current_provisioned)
+
+        region = self.client.meta.region_name
+        return FunctionState(
+            name=name, arn=alias_arn, reserved_concurrency=reserved, provisioned_concurrency=provisioned,
+            invoke_url=f"https://lambda.{region}.amazonaws.com/2015-03-31/functions/{name}:{alias}/invocations",
+            code_sha256=current["CodeSha256"])
+
+    def delete(self, name: str) -> bool:
+        """Delete the aliases' provisioned concurrency, the aliases and the function; False if there was none."""
+        if self._configuration(name) is None:
+            return False
+        aliases = []
+        for page in self.client.get_paginator("list_aliases").paginate(FunctionName=name):
+            aliases += [a["Name"] for a in page.get("Aliases", [])]
+        for alias in aliases:
+            try:
+                self.client.delete_provisioned_concurrency_config(FunctionName=name, Qualifier=alias)
+            except ClientError as error:
+                if _code(error) not in _NOT_FOUND:
+                    raise
+            try:
+                self.client.delete_alias(FunctionName=name, Name=alias)
+            except ClientError as error:
+                if _code(error) != "ResourceNotFoundException":
+                    raise
+        try:
+            self.client.delete_function(FunctionName=name)
+        except ClientError as error:
+            if _code(error) == "ResourceNotFoundException":
+                return False
+            raise
+        return True

@@ -1,0 +1,398 @@
+"""S3 for the aws backend: buckets, dataset folders mirrored to a prefix, single objects.
+
+It behaves like the local store (backends/local/store.py) on real S3:
+
+- A folder upload sends only files whose SHA-256 changed, and removes objects whose file is gone,
+  so a dataset prefix never mixes versions.
+- Every object is uploaded with an S3-verified SHA-256 checksum (``ChecksumAlgorithm=SHA256``; for
+  files below the multipart threshold our own precomputed digest, so S3 rejects bytes that differ
+  from what was hashed) and the hex digest in its ``sha256`` metadata.
+- ``<prefix>/_manifest.json`` is what marks a prefix as staged. It is written last, with
+  ``"complete": true``, after every upload and deletion succeeded and a listing confirmed them.
+  Before a sync changes anything it replaces the manifest with an incomplete one that keeps only the
+  entries it will not touch, so a failed run is never counted as staged (``describe_prefix``
+  refuses it) and the next run re-sends exactly what may be half-written.
+
+The dataset checksum is the one of ``core.datasets.folder_checksum``: SHA-256 over the lines
+``"relpath\\0sha256hex\\n"`` of every non-hidden file, sorted by path.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+from boto3.exceptions import S3UploadFailedError
+from boto3.s3.transfer import TransferConfig
+from botocore.exceptions import ClientError
+
+from core.retry import PermanentError
+from core.uris import S3Uri, parse_s3_uri
+
+log = logging.getLogger(__name__)
+
+MANIFEST_NAME = "_manifest.json"
+MANIFEST_VERSION = 1
+MULTIPART_THRESHOLD = 16 * 1024 * 1024
+DELETE_BATCH = 1000  # the most keys one DeleteObjects call takes
+_CHUNK = 1024 * 1024
+_NOT_FOUND = frozenset({"404", "NoSuchKey", "NoSuchBucket", "NotFound"})
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class SyncSummary:
+    uri: str  # the prefix, s3://bucket/key
+    files: int  # files in the dataset
+    uploaded: int
+    unchanged: int
+    deleted: int  # objects removed because their file is gone
+    total_bytes: int
+    checksum: str  # core.datasets.folder_checksum of the folder
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def dataset_checksum(entries: dict[str, str]) -> str:
+    """folder_checksum's definition from {relpath: sha256hex}: lines sorted as pathlib sorts the paths."""
+    manifest = hashlib.sha256()
+    for rel in sorted(entries, key=_path_order):
+        manifest.update(f"{rel}\0{entries[rel]}\n".encode())
+    return manifest.hexdigest()
+
+
+def _path_order(rel: str) -> tuple[str, ...]:
+    # pathlib orders paths part by part ("a/b" before "a-b/c"), not as plain strings.
+    return tuple(rel.split("/"))
+
+
+def _is_hidden(rel: str) -> bool:
+    return rel.rsplit("/", 1)[-1].startswith(".")
+
+
+def _error_code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def _status(exc: ClientError) -> int:
+    return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+
+
+class S3Storage:
+    """S3 operations on a boto3 S3 client that the caller makes (backends/session.py)."""
+
+    def __init__(self, client, max_workers: int = 8, transfer_config: TransferConfig | None = None):
+        self.client = client
+        self.max_workers = max(1, max_workers)
+        self.transfer_config = transfer_config or TransferConfig(
+            multipart_threshold=MULTIPART_THRESHOLD, multipart_chunksize=MULTIPART_THRESHOLD, max_concurrency=4,
+            use_threads=True)
+
+    # -- buckets ----------------------------------------------------------------------
+    def ensure_bucket(self, bucket: str, region: str | None = None) -> bool:
+        """Create `bucket` in `region` if it does not exist, with all public access blocked and
+        SSE-S3 default encryption. True if it was created; an existing bucket is left as it is."""
+        region = region or self.client.meta.region_name or "us-east-1"
+        try:
+            self.client.head_bucket(Bucket=bucket)
+            return False
+        except ClientError as exc:
+            if _status(exc) == 403 or _error_code(exc) in ("403", "Forbidden", "AccessDenied"):
+                raise PermanentError(
+                    f"S3 bucket {bucket!r} exists but these credentials cannot use it (bucket names are global; "
+                    "it may belong to another account): set aws.bucket to a bucket of yours") from None
+            if _error_code(exc) not in _NOT_FOUND:
+                raise
+        kwargs: dict = {"Bucket": bucket}
+        if region != "us-east-1":  # us-east-1 takes no LocationConstraint
+            kwargs["CreateBucketConfiguration"] = {"LocationConstraint": region}
+        try:
+            self.client.create_bucket(**kwargs)
+        except ClientError as exc:
+            if _error_code(exc) == "BucketAlreadyOwnedByYou":  # made meanwhile by another run
+                return False
+            if _error_code(exc) == "BucketAlreadyExists":
+                raise PermanentError(f"S3 bucket name {bucket!r} is taken by another account: set aws.bucket to "
+                                     "another name") from None
+            raise
+        self.client.get_waiter("bucket_exists").wait(Bucket=bucket, WaiterConfig={"Delay": 2, "MaxAttempts": 30})
+        self.client.put_public_access_block(Bucket=bucket, PublicAccessBlockConfiguration={
+            "BlockPublicAcls": True, "IgnorePublicAcls": True, "BlockPublicPolicy": True,
+            "RestrictPublicBuckets": True})
+        self.client.put_bucket_encryption(Bucket=bucket, ServerSideEncryptionConfiguration={"Rules": [
+            {"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]})
+        log.info("created S3 bucket %s in %s (public access blocked, SSE-S3)", bucket, region)
+        return True
+
+    # -- single objects -----------------------------------------------------------------
+    def put_file(self, path: str | os.PathLike, uri: str) -> str:
+        """Upload one file with an S3-verified SHA-256 (also kept in its `sha256` metadata); returns `uri`."""
+        loc = parse_s3_uri(uri)
+        if not loc.key:
+            raise ValueError(f"{uri} names a bucket, not an object")
+        path = Path(path)
+        self._upload(path, loc, sha256_file(path), path.stat().st_size)
+        return loc.uri
+
+    def read(self, uri: str) -> bytes:
+        loc = parse_s3_uri(uri)
+        try:
+            return self.client.get_object(Bucket=loc.bucket, Key=loc.key)["Body"].read()
+        except ClientError as exc:
+            if _error_code(exc) in _NOT_FOUND:
+                raise FileNotFoundError(f"no object at {uri}") from None
+            raise
+
+    def exists(self, uri: str) -> bool:
+        """Whether an object is stored at exactly `uri` (list_keys answers for prefixes, not objects)."""
+        loc = parse_s3_uri(uri)
+        try:
+            self.client.head_object(Bucket=loc.bucket, Key=loc.key)
+            return True
+        except ClientError as exc:
+            if _error_code(exc) in _NOT_FOUND:
+                return False
+            raise
+
+    def list_keys(self, prefix_uri: str) -> list[str]:
+        """Keys under the prefix, relative to it and sorted; the manifest and folder markers left out."""
+        return sorted(rel for rel in self._list(parse_s3_uri(prefix_uri)) if rel != MANIFEST_NAME and
+                      rel and not rel.endswith("/"))
+
+    def delete_prefix(self, prefix_uri: str) -> int:
+        """Remove every object under the prefix, the manifest first (so it stops counting as staged).
+        Returns how many objects were removed."""
+        prefix = parse_s3_uri(prefix_uri)
+        rels = list(self._list(prefix))
+        if MANIFEST_NAME in rels:  # on its own, before the rest: a batch deletes in no set order
+            self._delete(prefix, [MANIFEST_NAME])
+        self._delete(prefix, [rel for rel in rels if rel != MANIFEST_NAME])
+        return len(rels)
+
+    # -- dataset folders -------------------------------------------------------------------
+    def sync_folder(self, folder: str | os.PathLike, prefix_uri: str, progress: Progress | None = None) -> SyncSummary:
+        """Make prefix_uri mirror `folder`: upload new and changed files (by SHA-256), skip the rest,
+        delete objects whose file is gone, then write the manifest. `progress(done, total)` is called
+        once per file, from this thread, with `done` counting up to `total`."""
+        root = Path(folder)
+        if not root.is_dir():
+            raise FileNotFoundError(f"{root} is not a folder")
+        prefix = parse_s3_uri(prefix_uri)
+        # The same walk as core.datasets.folder_checksum, so the checksum is the same.
+        paths = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
+        rels = [p.relative_to(root).as_posix() for p in paths]
+        if MANIFEST_NAME in rels:
+            raise ValueError(f"{root / MANIFEST_NAME}: a dataset cannot hold a top-level file named {MANIFEST_NAME}, "
+                             "the name of the staging manifest; rename it")
+        total = len(paths)
+        with ThreadPoolExecutor(self.max_workers, thread_name_prefix="sha256") as pool:
+            digests = list(pool.map(sha256_file, paths))
+        sizes = [p.stat().st_size for p in paths]
+
+        previous = self._read_manifest(prefix)
+        old_files: dict = (previous or {}).get("files") or {}
+        listed = self._list(prefix)
+        keep: dict[str, dict] = {}
+        to_upload: list[int] = []
+        for i, rel in enumerate(rels):
+            old, obj = old_files.get(rel), listed.get(rel)
+            if (isinstance(old, dict) and obj is not None and old.get("sha256") == digests[i]
+                    and old.get("size") == sizes[i] == obj["size"] and old.get("etag", obj["etag"]) == obj["etag"]):
+                keep[rel] = {"sha256": digests[i], "size": sizes[i], "etag": obj["etag"]}
+            else:
+                to_upload.append(i)
+        wanted = set(rels)
+        stale = [rel for rel in listed if rel not in wanted and rel != MANIFEST_NAME]
+
+        done = 0
+        for _ in keep:
+            done += 1
+            if progress:
+                progress(done, total)
+        changing = bool(to_upload or stale)
+        if changing:
+            # From here until the final manifest the prefix is not staged; what this run may
+            # overwrite or delete leaves the manifest first, so a re-run after a failure re-sends it.
+            self._write_manifest(prefix, {"version": MANIFEST_VERSION, "complete": False, "files": keep})
+            for _ in self._upload_all(prefix, [(paths[i], rels[i], digests[i], sizes[i]) for i in to_upload]):
+                done += 1
+                if progress:
+                    progress(done, total)
+            self._delete(prefix, stale)
+            listed = self._list(prefix)
+
+        files: dict[str, dict] = {}
+        for i, rel in enumerate(rels):
+            obj = listed.get(rel)
+            if obj is None or obj["size"] != sizes[i]:
+                raise RuntimeError(f"{prefix.join(rel).uri} is missing or has the wrong size after its upload; "
+                                   "run the staging again")
+            files[rel] = {"sha256": digests[i], "size": sizes[i], "etag": obj["etag"]}
+        checksum = dataset_checksum(dict(zip(rels, digests)))
+        manifest = {"version": MANIFEST_VERSION, "complete": True, "checksum": checksum,
+                    "total_bytes": sum(sizes), "files": files}
+        if changing or manifest != previous:
+            self._write_manifest(prefix, manifest)
+        return SyncSummary(prefix.uri, total, len(to_upload), len(keep), len(stale), sum(sizes), checksum)
+
+    def describe_prefix(self, prefix_uri: str) -> SyncSummary:
+        """A prefix that is already staged. With a manifest (staged by sync_folder): its checksum, after
+        a listing confirms the objects are still those it names. Without one (uploaded by other
+        means): the checksum from each object's SHA-256 (its `sha256` metadata, or a full-object
+        SHA-256 checksum S3 kept), or a ValueError when some object has none."""
+        prefix = parse_s3_uri(prefix_uri)
+        manifest = self._read_manifest(prefix)
+        if manifest is not None:
+            return self._describe_from_manifest(prefix, manifest)
+        return self._describe_from_objects(prefix)
+
+    def _describe_from_manifest(self, prefix: S3Uri, manifest: dict) -> SyncSummary:
+        files = manifest.get("files")
+        if manifest.get("complete") is not True or not isinstance(files, dict):
+            raise ValueError(f"{prefix.uri} is not completely staged: an upload to it failed or is still running. "
+                             "Run the pipeline again with the local folder as data.source to finish it")
+        checksum = dataset_checksum({rel: entry["sha256"] for rel, entry in files.items()})
+        if checksum != manifest.get("checksum"):
+            raise ValueError(f"{prefix.uri}/{MANIFEST_NAME} is inconsistent (its checksum does not match its file "
+                             "list); stage the folder again with the pipeline")
+        listed = {rel: obj for rel, obj in self._list(prefix).items() if rel != MANIFEST_NAME}
+        missing = sorted(rel for rel, entry in files.items() if rel not in listed or listed[rel]["size"] != entry["size"]
+                         or entry.get("etag", listed[rel]["etag"]) != listed[rel]["etag"])
+        extra = sorted(rel for rel, obj in listed.items() if rel not in files and not (
+            (rel == "" or rel.endswith("/")) and obj["size"] == 0))  # the console's empty "folder" objects
+        if missing or extra:
+            detail = "; ".join(part for part in (
+                f"{len(missing)} changed or missing (e.g. {', '.join(missing[:3])})" if missing else "",
+                f"{len(extra)} not in the manifest (e.g. {', '.join(extra[:3])})" if extra else "") if part)
+            raise ValueError(f"{prefix.uri} changed since it was staged: {detail}. Stage the folder again with the "
+                             "pipeline (data.source = the local folder)")
+        total_bytes = sum(int(entry["size"]) for entry in files.values())
+        return SyncSummary(prefix.uri, len(files), 0, len(files), 0, total_bytes, checksum)
+
+    def _describe_from_objects(self, prefix: S3Uri) -> SyncSummary:
+        listed = {rel: obj for rel, obj in self._list(prefix).items()
+                  if rel and not rel.endswith("/") and not _is_hidden(rel)}
+        if not listed:
+            raise ValueError(f"nothing is stored under {prefix.uri}: give a local folder as data.source, or the "
+                             "s3:// prefix the pipeline staged it to")
+        with ThreadPoolExecutor(self.max_workers, thread_name_prefix="s3-head") as pool:
+            digests = dict(zip(listed, pool.map(
+                lambda rel: self._object_sha256(S3Uri(prefix.bucket, self._key(prefix, rel))), listed)))
+        unknown = sorted((rel for rel, digest in digests.items() if digest is None), key=_path_order)
+        if unknown:
+            raise ValueError(
+                f"{prefix.uri} has no staging manifest and {len(unknown)} of its {len(listed)} objects carry no SHA-256 "
+                f"(e.g. {', '.join(unknown[:3])}), so its content can't be checksummed without downloading it all. "
+                "Stage the folder with the pipeline (data.source = the local folder), or give a local folder instead "
+                "of this prefix")
+        total_bytes = sum(obj["size"] for obj in listed.values())
+        return SyncSummary(prefix.uri, len(listed), 0, len(listed), 0, total_bytes, dataset_checksum(digests))
+
+    def _object_sha256(self, loc: S3Uri) -> str | None:
+        head = self.client.head_object(Bucket=loc.bucket, Key=loc.key, ChecksumMode="ENABLED")
+        digest = (head.get("Metadata") or {}).get("sha256", "").lower()
+        if len(digest) == 64 and all(c in "0123456789abcdef" for c in digest):
+            return digest
+        # A full-object SHA-256 that S3 verified (e.g. `aws s3 cp --checksum-algorithm SHA256` of a small
+        # file); a multipart upload's composite checksum ("...-N") is not the file's SHA-256.
+        value = head.get("ChecksumSHA256") or ""
+        if value and "-" not in value and head.get("ChecksumType", "FULL_OBJECT") == "FULL_OBJECT":
+            try:
+                raw = base64.b64decode(value, validate=True)
+            except (binascii.Error, ValueError):
+                return None
+            return raw.hex() if len(raw) == 32 else None
+        return None
+
+    # -- helpers --------------------------------------------------------------------------
+    def _upload(self, path: Path, loc: S3Uri, sha256: str, size: int) -> None:
+        extra = {"ChecksumAlgorithm": "SHA256", "Metadata": {"sha256": sha256}}
+        if size < self.transfer_config.multipart_threshold:
+            # One PutObject: S3 checks the bytes against the digest we computed, not one computed while
+            # sending, so a file that changed after it was hashed is refused. (A multipart upload's
+            # SHA-256 can only be per part, which boto3 computes and S3 checks.)
+            extra["ChecksumSHA256"] = base64.b64encode(bytes.fromhex(sha256)).decode()
+        try:
+            self.client.upload_file(str(path), loc.bucket, loc.key, ExtraArgs=extra, Config=self.transfer_config)
+        except S3UploadFailedError as exc:
+            # boto3 hides the ClientError (and its code, which tells a throttle from a denial) in a
+            # generic error; raise the ClientError so core.retry can classify it.
+            cause = exc.__cause__ or exc.__context__
+            if isinstance(cause, ClientError):
+                cause.add_note(f"while uploading {path} to {loc.uri}")
+                raise cause from None
+            raise
+
+    def _upload_all(self, prefix: S3Uri, items: list[tuple[Path, str, str, int]]) -> Iterator[str]:
+        """Upload in parallel, yielding each relpath as its upload finishes. The first failure
+        cancels what has not started, waits for what has, and is raised."""
+        if not items:
+            return
+        pool = ThreadPoolExecutor(min(self.max_workers, len(items)), thread_name_prefix="s3-upload")
+        futures = {pool.submit(self._upload, path, S3Uri(prefix.bucket, self._key(prefix, rel)), digest, size): rel
+                   for path, rel, digest, size in items}
+        try:
+            for future in as_completed(futures):
+                future.result()
+                yield futures[future]
+        finally:  # on a failure (or an interrupt): nothing new starts, what runs finishes
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def _list(self, prefix: S3Uri) -> dict[str, dict]:
+        """Every object under the prefix (one paginated listing): {relpath: {"size", "etag"}}."""
+        key_prefix = f"{prefix.key}/" if prefix.key else ""
+        objects: dict[str, dict] = {}
+        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=prefix.bucket, Prefix=key_prefix):
+            for obj in page.get("Contents", []):
+                objects[obj["Key"][len(key_prefix):]] = {"size": int(obj["Size"]), "etag": obj.get("ETag", "")}
+        return objects
+
+    def _delete(self, prefix: S3Uri, rels: list[str]) -> None:
+        for start in range(0, len(rels), DELETE_BATCH):
+            batch = [{"Key": self._key(prefix, rel)} for rel in rels[start:start + DELETE_BATCH]]
+            response = self.client.delete_objects(Bucket=prefix.bucket, Delete={"Objects": batch, "Quiet": True})
+            errors = response.get("Errors") or []
+            if errors:
+                first = errors[0]
+                raise RuntimeError(f"could not delete {len(errors)} object(s) under {prefix.uri}, e.g. "
+                                   f"{first.get('Key')}: {first.get('Code')} {first.get('Message')}")
+
+    @staticmethod
+    def _key(prefix: S3Uri, rel: str) -> str:
+        # The listed key, byte for byte (S3Uri.join would strip the slashes of a folder marker).
+        return f"{prefix.key}/{rel}" if prefix.key else rel
+
+    def _read_manifest(self, prefix: S3Uri) -> dict | None:
+        try:
+            body = self.client.get_object(Bucket=prefix.bucket, Key=self._key(prefix, MANIFEST_NAME))["Body"].read()
+        except ClientError as exc:
+            if _error_code(exc) in _NOT_FOUND:
+                return None
+            raise
+        try:
+            manifest = json.loads(body)
+        except ValueError:
+            manifest = None
+        if not isinstance(manifest, dict):
+            log.warning("%s/%s is not a manifest; treating the prefix as not staged", prefix.uri, MANIFEST_NAME)
+            return {"complete": False, "files": {}}
+        return manifest
+
+    def _write_manifest(self, prefix: S3Uri, manifest: dict) -> None:
+        body = json.dumps(manifest, indent=1, sort_keys=True).encode()
+        self.client.put_object(Bucket=prefix.bucket, Key=self._key(prefix, MANIFEST_NAME), Body=body,
+                               ContentType="application/json", ChecksumAlgorithm="SHA256")
