@@ -10,6 +10,7 @@ TRANSIENT_AWS_CODES = frozenset({
     "ServiceUnavailable", "ServiceUnavailableException", "InternalFailure", "InternalError", "InternalServerError",
     "InternalServiceError", "RequestTimeout", "RequestTimeoutException", "ResourceInUse", "ResourceInUseException",
     "ResourceConflictException", "EC2ThrottledException", "PriorRequestNotComplete", "ModelNotReadyException",
+    "ConcurrentUpdateException", "ConcurrentModificationException",
 })
 
 

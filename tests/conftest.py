@@ -29,3 +29,12 @@ def local_state(tmp_path):
     from backends.local.state import LocalState
 
     return LocalState.resolve(tmp_path / "state")
+
+
+@pytest.fixture(scope="session")
+def prefect_api():
+    """One temporary Prefect server for every test that runs a flow."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield

@@ -14,7 +14,6 @@ import json
 import os
 import zipfile
 from pathlib import Path
-from urllib.parse import unquote
 
 for _key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
     os.environ[_key] = "testing"
@@ -22,11 +21,11 @@ os.environ["AWS_DEFAULT_REGION"] = "us-east-1"
 
 import boto3  # noqa: E402
 import pytest  # noqa: E402
-from botocore.awsrequest import AWSResponse  # noqa: E402
 from moto import mock_aws  # noqa: E402
 
 from backends.aws.functions import FunctionDeployError, LambdaFunctions, code_sha256, zip_source  # noqa: E402
 from core.config import FunctionConfig  # noqa: E402
+from tests.aws.fakes import FakeProvisioned  # noqa: E402
 
 REGION, NAME = "us-east-1", "proj-dev-predict"
 LAMBDA_SRC = Path(__file__).resolve().parents[2] / "lambda_src"
@@ -37,72 +36,6 @@ TRUST = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal":
 WRITES = {"CreateFunction", "UpdateFunctionCode", "UpdateFunctionConfiguration", "PublishVersion", "CreateAlias",
           "UpdateAlias", "PutFunctionConcurrency", "DeleteFunctionConcurrency", "PutProvisionedConcurrencyConfig",
           "DeleteProvisionedConcurrencyConfig", "TagResource"}
-
-
-class FakeProvisioned:
-    """Provisioned concurrency, which moto lacks, answered in-process from before-call handlers.
-
-    Each config goes through `statuses` on successive Get calls after a Put (IN_PROGRESS, then READY
-    by default); the last status sticks. `puts` holds the arguments of every Put.
-    """
-
-    def __init__(self, client, statuses=("IN_PROGRESS", "READY"), reason=""):
-        self.statuses, self.reason = list(statuses), reason
-        self.configs: dict[tuple[str, str], dict] = {}
-        self.puts: list[dict] = []
-        self.gets = 0
-        for operation, handler in (("PutProvisionedConcurrencyConfig", self._put),
-                                   ("GetProvisionedConcurrencyConfig", self._get),
-                                   ("DeleteProvisionedConcurrencyConfig", self._delete)):
-            client.meta.events.register(f"before-call.lambda.{operation}", handler)
-
-    @staticmethod
-    def _key(params) -> tuple[str, str]:
-        # url_path: /2019-09-30/functions/{FunctionName}/provisioned-concurrency
-        return unquote(params["url_path"].split("/")[3]), params["query_string"]["Qualifier"]
-
-    @staticmethod
-    def _answer(status: int, parsed: dict):
-        parsed = {**parsed, "ResponseMetadata": {"HTTPStatusCode": status, "HTTPHeaders": {}, "RetryAttempts": 0}}
-        return AWSResponse("https://lambda.us-east-1.amazonaws.com/", status, {}, None), parsed
-
-    def _missing(self, key):
-        message = f"No Provisioned Concurrency Config found for {key[0]}:{key[1]}"
-        error = {"Code": "ProvisionedConcurrencyConfigNotFoundException", "Message": message}
-        return self._answer(404, {"Error": error})
-
-    def _view(self, key) -> dict:
-        config = self.configs[key]
-        status = config["statuses"][min(config["step"], len(config["statuses"]) - 1)]
-        ready = config["requested"] if status == "READY" else 0
-        view = {"RequestedProvisionedConcurrentExecutions": config["requested"],
-                "AvailableProvisionedConcurrentExecutions": ready, "AllocatedProvisionedConcurrentExecutions": ready,
-                "Status": status, "LastModified": "2024-01-01T00:00:00.000+0000"}
-        if status == "FAILED":
-            view["StatusReason"] = self.reason
-        return view
-
-    def _put(self, params, **kwargs):
-        key = self._key(params)
-        requested = json.loads(params["body"])["ProvisionedConcurrentExecutions"]
-        self.puts.append({"FunctionName": key[0], "Qualifier": key[1], "ProvisionedConcurrentExecutions": requested})
-        self.configs[key] = {"requested": requested, "statuses": list(self.statuses), "step": 0}
-        return self._answer(202, self._view(key))
-
-    def _get(self, params, **kwargs):
-        key = self._key(params)
-        self.gets += 1
-        if key not in self.configs:
-            return self._missing(key)
-        view = self._view(key)
-        self.configs[key]["step"] += 1
-        return self._answer(200, view)
-
-    def _delete(self, params, **kwargs):
-        key = self._key(params)
-        if self.configs.pop(key, None) is None:
-            return self._missing(key)
-        return self._answer(204, {})
 
 
 class Calls:
@@ -146,7 +79,7 @@ def test_publish_creates_the_function_a_version_the_alias_and_its_concurrency(aw
     """Provisioned concurrency comes from FakeProvisioned (moto does not implement it): the Put on
     the alias is captured, and publish polls Get through IN_PROGRESS until READY."""
     client, role = aws
-    provisioned = FakeProvisioned(client)
+    provisioned = FakeProvisioned(client.meta.events)
     code = zip_source(str(LAMBDA_SRC))
 
     state = LambdaFunctions(client, poll_seconds=0).publish(NAME, role, code, ENVIRONMENT, FunctionConfig(),
@@ -174,7 +107,7 @@ def test_publish_creates_the_function_a_version_the_alias_and_its_concurrency(aw
 def test_publish_again_with_nothing_changed_publishes_no_version_and_updates_nothing(aws):
     """FakeProvisioned stands in for provisioned concurrency, which moto does not implement."""
     client, role = aws
-    provisioned = FakeProvisioned(client)
+    provisioned = FakeProvisioned(client.meta.events)
     calls = Calls(client)
     functions = LambdaFunctions(client, poll_seconds=0)
     code = zip_source(str(LAMBDA_SRC))
@@ -194,7 +127,7 @@ def test_a_code_change_updates_the_code_publishes_a_version_and_moves_the_alias(
     """FakeProvisioned stands in for provisioned concurrency, which moto does not implement; the
     alias keeps its config, so no second Put is needed."""
     client, role = aws
-    provisioned = FakeProvisioned(client)
+    provisioned = FakeProvisioned(client.meta.events)
     calls = Calls(client)
     functions = LambdaFunctions(client, poll_seconds=0)
     folder = _source(tmp_path)
@@ -219,7 +152,7 @@ def test_a_code_change_updates_the_code_publishes_a_version_and_moves_the_alias(
 def test_a_configuration_change_updates_only_the_configuration(aws, tmp_path):
     """FakeProvisioned stands in for provisioned concurrency, which moto does not implement."""
     client, role = aws
-    FakeProvisioned(client)
+    FakeProvisioned(client.meta.events)
     calls = Calls(client)
     functions = LambdaFunctions(client, poll_seconds=0)
     code = zip_source(str(_source(tmp_path)))
@@ -241,7 +174,7 @@ def test_an_unpublished_update_from_an_interrupted_run_is_published(aws, tmp_pat
     """$LATEST changed but no version was published (a run stopped in between): the re-run publishes
     it. FakeProvisioned stands in for provisioned concurrency, which moto does not implement."""
     client, role = aws
-    FakeProvisioned(client)
+    FakeProvisioned(client.meta.events)
     functions = LambdaFunctions(client, poll_seconds=0)
     folder = _source(tmp_path)
     functions.publish(NAME, role, zip_source(str(folder)), ENVIRONMENT, FunctionConfig())
@@ -258,7 +191,7 @@ def test_an_unpublished_update_from_an_interrupted_run_is_published(aws, tmp_pat
 def test_no_reserved_and_no_provisioned_concurrency_removes_both(aws, tmp_path):
     """FakeProvisioned stands in for provisioned concurrency, which moto does not implement."""
     client, role = aws
-    provisioned = FakeProvisioned(client)
+    provisioned = FakeProvisioned(client.meta.events)
     functions = LambdaFunctions(client, poll_seconds=0)
     code = zip_source(str(_source(tmp_path)))
     functions.publish(NAME, role, code, ENVIRONMENT, FunctionConfig())
@@ -274,7 +207,7 @@ def test_no_reserved_and_no_provisioned_concurrency_removes_both(aws, tmp_path):
 def test_failed_provisioned_concurrency_raises_with_its_reason(aws, tmp_path):
     """FakeProvisioned (moto does not implement provisioned concurrency) reports FAILED after the put."""
     client, role = aws
-    FakeProvisioned(client, statuses=("IN_PROGRESS", "FAILED"), reason="Insufficient unreserved concurrency")
+    FakeProvisioned(client.meta.events, statuses=("IN_PROGRESS", "FAILED"), reason="Insufficient unreserved concurrency")
 
     with pytest.raises(FunctionDeployError, match=r"live.*failed: Insufficient unreserved concurrency"):
         LambdaFunctions(client, poll_seconds=0).publish(NAME, role, zip_source(str(_source(tmp_path))),
@@ -284,7 +217,7 @@ def test_failed_provisioned_concurrency_raises_with_its_reason(aws, tmp_path):
 def test_provisioned_concurrency_that_never_gets_ready_times_out(aws, tmp_path):
     """FakeProvisioned (moto does not implement provisioned concurrency) stays IN_PROGRESS."""
     client, role = aws
-    FakeProvisioned(client, statuses=("IN_PROGRESS",))
+    FakeProvisioned(client.meta.events, statuses=("IN_PROGRESS",))
 
     with pytest.raises(TimeoutError, match="READY"):
         LambdaFunctions(client, poll_seconds=0, timeout_s=0).publish(
@@ -295,7 +228,7 @@ def test_delete_twice_is_true_then_false(aws, tmp_path):
     """FakeProvisioned stands in for provisioned concurrency, which moto does not implement; delete
     must remove the alias's config before the alias."""
     client, role = aws
-    provisioned = FakeProvisioned(client)
+    provisioned = FakeProvisioned(client.meta.events)
     functions = LambdaFunctions(client, poll_seconds=0)
     functions.publish(NAME, role, zip_source(str(_source(tmp_path))), ENVIRONMENT, FunctionConfig())
     assert provisioned.configs

@@ -19,14 +19,6 @@ from flows.train_and_deploy import train_and_deploy  # the programmatic way in, 
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def prefect_api():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=180):
-        yield
-
-
 def tiny_config(home, data_dir) -> PipelineConfig:
     values = demo_config(str(data_dir)).model_dump(mode="json")
     values["training"]["epochs"] = 1

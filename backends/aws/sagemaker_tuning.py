@@ -1,0 +1,369 @@
+"""Hyperparameter tuning on SageMaker: the SDK v3 starts the tuning job, boto3 follows it.
+
+`SageMakerTuning.run` is the aws counterpart of backends/local/tuning.py. It describes the
+tuning job first and starts one (a `ModelTrainer` running training/train.py in the PyTorch
+training image, under a `HyperparameterTuner`) only when none of that name exists, so a
+re-run attaches to the job a previous run started. It then polls the tuning job and its
+training jobs, reports each trial once when it ends, and turns the result into a
+`TuningOutcome`. A trial that completed without reporting the objective metric counts as
+failed, as it does locally, so both backends choose the best trial the same way.
+
+The SDK makes its own clients from the boto3 session (not from `sagemaker_client`), so an
+endpoint override for it has to come from boto3's own configuration (AWS_ENDPOINT_URL_*);
+the polling below uses the client passed in.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+import shutil
+import tempfile
+import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+
+import boto3
+from botocore.exceptions import ClientError
+
+from backends.base import TrialCallback, TrialSummary, TuningOutcome, TuningRequest
+from core.metrics import METRIC_DEFINITIONS
+from core.uris import parse_s3_uri
+
+logger = logging.getLogger(__name__)
+
+ENTRY_SCRIPT = "train.py"
+TRAINING_CHANNEL = "training"
+PRETRAINED_CHANNEL = "pretrained"
+TERMINAL_TRIAL_STATUSES = frozenset({"Completed", "Failed", "Stopped"})
+TERMINAL_TUNING_STATUSES = frozenset({"Completed", "Failed", "Stopped"})
+# Left out of the code uploaded for the training jobs.
+CODE_IGNORE_PATTERNS = ("__pycache__", "*.pyc", ".*")
+# SageMaker's bounds of ResourceLimits.MaxRuntimeInSeconds.
+_TUNING_RUNTIME_BOUNDS = (120, 15_768_000)
+# The SDK's switch for its client-side role check (sagemaker.core.helper.iam_role_resolver).
+_VALIDATE_ROLE_ENV = "SAGEMAKER_VALIDATE_ROLE"
+
+
+# -- pure conversions -----------------------------------------------------------------------
+
+def sdk_parameter_ranges(ranges: dict) -> dict:
+    """SageMaker's ParameterRanges structure (core.config.ParameterRanges.to_sagemaker) as the SDK's
+    {name: ContinuousParameter | IntegerParameter | CategoricalParameter} that HyperparameterTuner takes."""
+    from sagemaker.core.parameter import CategoricalParameter, ContinuousParameter, IntegerParameter
+
+    converted: dict = {}
+
+    def add(name: str, parameter) -> None:
+        if name in converted:
+            raise ValueError(f"hyperparameter {name!r} has more than one range")
+        converted[name] = parameter
+
+    for r in ranges.get("ContinuousParameterRanges") or []:
+        add(r["Name"], ContinuousParameter(float(r["MinValue"]), float(r["MaxValue"]), r.get("ScalingType", "Auto")))
+    for r in ranges.get("IntegerParameterRanges") or []:
+        add(r["Name"], IntegerParameter(int(r["MinValue"]), int(r["MaxValue"]), r.get("ScalingType", "Auto")))
+    for r in ranges.get("CategoricalParameterRanges") or []:
+        add(r["Name"], CategoricalParameter([str(v) for v in r["Values"]]))
+    if not converted:
+        raise ValueError("parameter ranges are empty: nothing to tune")
+    return converted
+
+
+def grid_size(ranges: dict) -> int:
+    """How many trials a Grid tuning job runs: every combination of the integer and categorical values."""
+    size = 1
+    for r in ranges.get("IntegerParameterRanges") or []:
+        size *= int(r["MaxValue"]) - int(r["MinValue"]) + 1
+    for r in ranges.get("CategoricalParameterRanges") or []:
+        size *= len(r["Values"])
+    return size
+
+
+def trial_index(job_name: str, tuning_job_name: str, fallback: int) -> int:
+    """0-based index of a trial: SageMaker names them `<tuning job>-<NNN>-<hex>`, NNN counting from 1."""
+    match = re.fullmatch(rf"{re.escape(tuning_job_name)}-(\d+)-[0-9a-fA-F]+", job_name)
+    return int(match.group(1)) - 1 if match else fallback
+
+
+def final_metrics(description: dict | None) -> dict[str, float]:
+    """DescribeTrainingJob's FinalMetricDataList as {metric name: last value}."""
+    if not description:
+        return {}
+    return {m["MetricName"]: float(m["Value"]) for m in description.get("FinalMetricDataList") or []
+            if "MetricName" in m and "Value" in m}
+
+
+def trial_from_summary(summary: dict, index: int, objective_metric: str,
+                       description: dict | None = None) -> TrialSummary:
+    """One HyperParameterTrainingJobSummary (plus, for a completed trial, its DescribeTrainingJob) as a TrialSummary."""
+    status = summary["TrainingJobStatus"]
+    objective_value = (summary.get("FinalHyperParameterTuningJobObjectiveMetric") or {}).get("Value")
+    objective = None if objective_value is None else float(objective_value)
+    failure_reason = summary.get("FailureReason") or None
+    if status == "Completed" and objective is None:  # as the local backend: no objective, no usable trial
+        status, failure_reason = "Failed", f"the objective metric {objective_metric} was never reported"
+    artifact = None
+    if description and summary["TrainingJobStatus"] == "Completed":
+        artifact = (description.get("ModelArtifacts") or {}).get("S3ModelArtifacts")
+    return TrialSummary(
+        index=index,
+        job_name=summary["TrainingJobName"],
+        status=status,
+        tuned_hyperparameters={k: _plain_value(v) for k, v in (summary.get("TunedHyperParameters") or {}).items()},
+        objective=objective,
+        failure_reason=failure_reason,
+        final_metrics=final_metrics(description),
+        model_artifact=artifact,
+        duration_seconds=_duration_seconds(summary, description),
+    )
+
+
+def _plain_value(value) -> str:
+    # Framework estimators of SDK v2 sent categorical values JSON-quoted ('"64"'); hand back the value itself.
+    text = str(value)
+    return text[1:-1] if len(text) >= 2 and text[0] == text[-1] == '"' else text
+
+
+def _duration_seconds(summary: dict, description: dict | None) -> float:
+    if description and description.get("TrainingTimeInSeconds") is not None:
+        return float(description["TrainingTimeInSeconds"])
+    start, end = summary.get("TrainingStartTime"), summary.get("TrainingEndTime")
+    if isinstance(start, datetime) and isinstance(end, datetime):
+        return max(0.0, (end - start).total_seconds())
+    return 0.0
+
+
+def _is_not_found(exc: ClientError) -> bool:
+    error = exc.response.get("Error", {})
+    code, message = error.get("Code", ""), error.get("Message", "").lower()
+    return code in ("ResourceNotFound", "ResourceNotFoundException") or (
+        code == "ValidationException" and any(s in message for s in ("not found", "could not find", "does not exist")))
+
+
+@contextmanager
+def _sdk_role_check_skipped() -> Iterator[None]:
+    """ModelTrainer validates its role against the SDK's generic execution-role smoke test, which asks for
+    VPC network-interface permissions. Our role is generated from what it guards (core/iam.py: one S3
+    prefix, logs, image pulls; jobs run outside a VPC), so that check would reject it."""
+    previous = os.environ.get(_VALIDATE_ROLE_ENV)
+    os.environ[_VALIDATE_ROLE_ENV] = "false"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(_VALIDATE_ROLE_ENV, None)
+        else:
+            os.environ[_VALIDATE_ROLE_ENV] = previous
+
+
+# -- the tuning job -------------------------------------------------------------------------
+
+class SageMakerTuning:
+    """Starts (once) and follows a SageMaker hyperparameter tuning job."""
+
+    def __init__(self, boto_session: boto3.Session, sagemaker_client, poll_seconds: float = 30.0):
+        self.boto_session = boto_session
+        self.sagemaker_client = sagemaker_client
+        self.poll_seconds = poll_seconds
+
+    def run(self, request: TuningRequest, *, role_arn: str, region: str, source_dir: str,
+            code_bucket_prefix: str | None = None, on_trial: TrialCallback | None = None,
+            timeout_s: float | None = None) -> TuningOutcome:
+        """Run the tuning job `request.job_name` to its end (or attach to it if it exists) and return its trials.
+
+        code_bucket_prefix: s3:// prefix the training code is uploaded under (default: `<output_uri>/code`);
+        the execution role must be able to read it. timeout_s: past it, the tuning job is stopped and the
+        outcome is Failed.
+        """
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        if self.describe(request.job_name) is None:
+            code_uri = code_bucket_prefix or parse_s3_uri(request.output_uri).join("code").uri
+            try:
+                self.start(request, role_arn=role_arn, region=region, source_dir=source_dir, code_uri=code_uri,
+                           timeout_s=timeout_s)
+            except ClientError as exc:  # started meanwhile by someone else: follow that one
+                if exc.response.get("Error", {}).get("Code") not in ("ResourceInUse", "ResourceInUseException"):
+                    raise
+                logger.info("tuning job %s already exists: attaching to it", request.job_name)
+        else:
+            logger.info("tuning job %s exists: attaching to it", request.job_name)
+        try:
+            return self._follow(request, deadline, timeout_s, on_trial)
+        except BaseException as exc:
+            if not isinstance(exc, Exception):  # cancelled (Ctrl-C, flow cancellation): leave nothing running
+                self.stop(request.job_name)
+            raise
+
+    # -- AWS calls ------------------------------------------------------------------------
+    def describe(self, job_name: str) -> dict | None:
+        try:
+            return self.sagemaker_client.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName=job_name)
+        except ClientError as exc:
+            if _is_not_found(exc):
+                return None
+            raise
+
+    def list_trials(self, job_name: str) -> list[dict]:
+        """Every training job of the tuning job (all pages), oldest first."""
+        summaries: list[dict] = []
+        kwargs = {"HyperParameterTuningJobName": job_name, "MaxResults": 100,
+                  "SortBy": "CreationTime", "SortOrder": "Ascending"}
+        while True:
+            page = self.sagemaker_client.list_training_jobs_for_hyper_parameter_tuning_job(**kwargs)
+            summaries.extend(page.get("TrainingJobSummaries", []))
+            token = page.get("NextToken")
+            if not token:
+                return summaries
+            kwargs["NextToken"] = token
+
+    def stop(self, job_name: str) -> None:
+        try:
+            self.sagemaker_client.stop_hyper_parameter_tuning_job(HyperParameterTuningJobName=job_name)
+        except ClientError as exc:  # already ended or gone: nothing to stop
+            logger.info("tuning job %s not stopped: %s", job_name, exc)
+
+    def start(self, request: TuningRequest, *, role_arn: str, region: str, source_dir: str, code_uri: str,
+              timeout_s: float | None = None) -> None:
+        """Create the tuning job with the SDK (ModelTrainer + HyperparameterTuner) and return without waiting."""
+        from sagemaker.core.helper.session_helper import Session
+        from sagemaker.core.training.configs import (
+            Compute, InputData, MetricDefinition, OutputDataConfig, SourceCode, StoppingCondition)
+
+        with warnings.catch_warnings():  # the SDK imports its own deprecated sagemaker.train.configs shim
+            warnings.simplefilter("ignore", DeprecationWarning)
+            from sagemaker.train import ModelTrainer
+            from sagemaker.train.tuner import HyperparameterTuner
+
+        from backends.aws.images import training_image_uri
+
+        code = parse_s3_uri(code_uri)
+        session = Session(boto_session=self._sdk_boto_session(region), sagemaker_client=self.sagemaker_client,
+                          default_bucket=code.bucket)
+        hyperparameters = {k: str(v) for k, v in request.static_hyperparameters.items()}
+        inputs = [InputData(channel_name=TRAINING_CHANNEL, data_source=request.dataset_uri.rstrip("/") + "/")]
+        if request.pretrained_uri:
+            parent, _, filename = request.pretrained_uri.rstrip("/").rpartition("/")
+            inputs.append(InputData(channel_name=PRETRAINED_CHANNEL, data_source=parent + "/"))
+            hyperparameters["pretrained-file"] = filename
+        metric_definitions = [dict(d) for d in METRIC_DEFINITIONS]
+
+        with tempfile.TemporaryDirectory(prefix="sagemaker-flows-code-") as tmp:
+            staged = os.path.join(tmp, "code")  # only the code: no caches or dotfiles in the upload
+            shutil.copytree(source_dir, staged, ignore=shutil.ignore_patterns(*CODE_IGNORE_PATTERNS))
+            with _sdk_role_check_skipped():
+                trainer = ModelTrainer(
+                    sagemaker_session=session,
+                    role=role_arn,
+                    # The tuner uploads the code to <default bucket>/<base_job_name>/tuning-<time>/input/.
+                    base_job_name=code.join(request.job_name).key,
+                    training_image=training_image_uri(region, request.instance_type),
+                    source_code=SourceCode(source_dir=staged, entry_script=ENTRY_SCRIPT,
+                                           ignore_patterns=list(CODE_IGNORE_PATTERNS)),
+                    compute=Compute(instance_type=request.instance_type, instance_count=1),
+                    stopping_condition=StoppingCondition(max_runtime_in_seconds=request.max_runtime_seconds),
+                    output_data_config=OutputDataConfig(s3_output_path=request.output_uri),
+                    hyperparameters=hyperparameters,
+                )
+            trainer.with_metric_definitions(
+                [MetricDefinition(name=d["Name"], regex=d["Regex"]) for d in metric_definitions])
+            tuner = HyperparameterTuner(
+                model_trainer=trainer,
+                objective_metric_name=request.objective_metric,
+                objective_type=request.objective_type,
+                hyperparameter_ranges=sdk_parameter_ranges(request.parameter_ranges),
+                metric_definitions=metric_definitions,
+                strategy=request.strategy,
+                # Grid runs every combination; SageMaker takes no job count for it.
+                max_jobs=None if request.strategy == "Grid" else request.max_jobs,
+                max_parallel_jobs=request.max_parallel_jobs,
+                max_runtime_in_seconds=_tuning_runtime(timeout_s),
+                random_seed=request.seed or None,
+            )
+            tuner.tune(inputs=inputs, job_name=request.job_name, wait=False)
+        logger.info("started tuning job %s (%s, %s trials, %s at a time)", request.job_name, request.strategy,
+                    "all grid" if request.strategy == "Grid" else request.max_jobs, request.max_parallel_jobs)
+
+    # -- following ------------------------------------------------------------------------
+    def _follow(self, request: TuningRequest, deadline: float | None, timeout_s: float | None,
+                on_trial: TrialCallback | None) -> TuningOutcome:
+        name = request.job_name
+        ended: dict[str, TrialSummary] = {}
+        timed_out = False
+        while True:
+            description = self.describe(name)
+            if description is None:
+                raise RuntimeError(f"tuning job {name} disappeared while it was followed")
+            status = description["HyperParameterTuningJobStatus"]
+            summaries = self.list_trials(name)  # after describe: a finished job's list is complete
+            total = _total_trials(description, len(summaries))
+            for position, summary in enumerate(summaries):
+                job = summary["TrainingJobName"]
+                if job in ended or summary["TrainingJobStatus"] not in TERMINAL_TRIAL_STATUSES:
+                    continue
+                ended[job] = self._trial(summary, trial_index(job, name, position), request.objective_metric)
+                if on_trial:
+                    on_trial(ended[job], len(ended), total)
+            if status in TERMINAL_TUNING_STATUSES:
+                break
+            if deadline is not None and time.monotonic() >= deadline:
+                logger.warning("tuning job %s still %s after %s s: stopping it", name, status, timeout_s)
+                self.stop(name)
+                timed_out = True
+                break
+            pause = self.poll_seconds if deadline is None else min(self.poll_seconds, deadline - time.monotonic())
+            time.sleep(max(0.0, pause))
+
+        trials = sorted(
+            (ended.get(s["TrainingJobName"])
+             or trial_from_summary(s, trial_index(s["TrainingJobName"], name, i), request.objective_metric)
+             for i, s in enumerate(summaries)),
+            key=lambda t: (t.index, t.job_name))
+        if timed_out:
+            return TuningOutcome(name, "Failed", request.objective_metric, request.objective_type, trials,
+                                 f"tuning job {name} did not finish within {timeout_s:g} s and was stopped")
+        if any(t.status == "Completed" for t in trials):
+            return TuningOutcome(name, "Completed", request.objective_metric, request.objective_type, trials)
+        reasons = "; ".join(f"{t.job_name}: {t.failure_reason or t.status}" for t in trials) or "no trials ran"
+        reason = description.get("FailureReason") or f"tuning job {name} {status}, no trial completed ({reasons})"
+        return TuningOutcome(name, "Failed", request.objective_metric, request.objective_type, trials, reason)
+
+    def _trial(self, summary: dict, index: int, objective_metric: str) -> TrialSummary:
+        description = None
+        if summary["TrainingJobStatus"] == "Completed":
+            try:
+                description = self.sagemaker_client.describe_training_job(TrainingJobName=summary["TrainingJobName"])
+            except ClientError as exc:
+                if not _is_not_found(exc):
+                    raise
+        return trial_from_summary(summary, index, objective_metric, description)
+
+    def _sdk_boto_session(self, region: str) -> boto3.Session:
+        """The session the SDK makes its clients from: ours, or the same credentials in `region`."""
+        if self.boto_session.region_name == region:
+            return self.boto_session
+        credentials = self.boto_session.get_credentials()
+        if credentials is None:
+            return boto3.Session(region_name=region)
+        frozen = credentials.get_frozen_credentials()  # the SDK only uploads code and creates the job: seconds
+        return boto3.Session(aws_access_key_id=frozen.access_key, aws_secret_access_key=frozen.secret_key,
+                             aws_session_token=frozen.token, region_name=region)
+
+
+def _total_trials(description: dict, listed: int) -> int:
+    config = description.get("HyperParameterTuningJobConfig") or {}
+    limit = (config.get("ResourceLimits") or {}).get("MaxNumberOfTrainingJobs")
+    if not limit and config.get("Strategy") == "Grid":
+        limit = grid_size(config.get("ParameterRanges") or {})
+    return max(int(limit or 0), listed, 1)
+
+
+def _tuning_runtime(timeout_s: float | None) -> int | None:
+    """A server-side stop a little after our own, should this process be gone by then."""
+    if timeout_s is None:
+        return None
+    low, high = _TUNING_RUNTIME_BOUNDS
+    return int(min(high, max(low, math.ceil(timeout_s) + 60)))

@@ -1,0 +1,166 @@
+"""What moto lacks, answered in-process through botocore's event system.
+
+Each fake registers `before-call` handlers that return an (http response, parsed response)
+pair, which botocore takes instead of sending the request. They take an `events` emitter:
+a client's `client.meta.events`, or a session's `session.events` to reach every client made
+from it (the sagemaker SDK makes its own clients)."""
+import json
+from urllib.parse import unquote
+
+import boto3
+from botocore.awsrequest import AWSResponse
+
+REGION = "us-east-1"
+
+
+def answer(status: int, parsed: dict, url: str = "https://aws.local/"):
+    parsed = {**parsed, "ResponseMetadata": {"HTTPStatusCode": status, "HTTPHeaders": {}, "RetryAttempts": 0}}
+    return AWSResponse(url, status, {}, None), parsed
+
+
+class FakeProvisioned:
+    """Provisioned concurrency, which moto lacks, answered in-process from before-call handlers.
+
+    Each config goes through `statuses` on successive Get calls after a Put (IN_PROGRESS, then READY
+    by default); the last status sticks. `puts` holds the arguments of every Put.
+    """
+
+    def __init__(self, events, statuses=("IN_PROGRESS", "READY"), reason=""):
+        self.statuses, self.reason = list(statuses), reason
+        self.configs: dict[tuple[str, str], dict] = {}
+        self.puts: list[dict] = []
+        self.gets = 0
+        for operation, handler in (("PutProvisionedConcurrencyConfig", self._put),
+                                   ("GetProvisionedConcurrencyConfig", self._get),
+                                   ("DeleteProvisionedConcurrencyConfig", self._delete)):
+            events.register(f"before-call.lambda.{operation}", handler)
+
+    @staticmethod
+    def _key(params) -> tuple[str, str]:
+        # url_path: /2019-09-30/functions/{FunctionName}/provisioned-concurrency
+        return unquote(params["url_path"].split("/")[3]), params["query_string"]["Qualifier"]
+
+    @staticmethod
+    def _answer(status: int, parsed: dict):
+        parsed = {**parsed, "ResponseMetadata": {"HTTPStatusCode": status, "HTTPHeaders": {}, "RetryAttempts": 0}}
+        return AWSResponse("https://lambda.us-east-1.amazonaws.com/", status, {}, None), parsed
+
+    def _missing(self, key):
+        message = f"No Provisioned Concurrency Config found for {key[0]}:{key[1]}"
+        error = {"Code": "ProvisionedConcurrencyConfigNotFoundException", "Message": message}
+        return self._answer(404, {"Error": error})
+
+    def _view(self, key) -> dict:
+        config = self.configs[key]
+        status = config["statuses"][min(config["step"], len(config["statuses"]) - 1)]
+        ready = config["requested"] if status == "READY" else 0
+        view = {"RequestedProvisionedConcurrentExecutions": config["requested"],
+                "AvailableProvisionedConcurrentExecutions": ready, "AllocatedProvisionedConcurrentExecutions": ready,
+                "Status": status, "LastModified": "2024-01-01T00:00:00.000+0000"}
+        if status == "FAILED":
+            view["StatusReason"] = self.reason
+        return view
+
+    def _put(self, params, **kwargs):
+        key = self._key(params)
+        requested = json.loads(params["body"])["ProvisionedConcurrentExecutions"]
+        self.puts.append({"FunctionName": key[0], "Qualifier": key[1], "ProvisionedConcurrentExecutions": requested})
+        self.configs[key] = {"requested": requested, "statuses": list(self.statuses), "step": 0}
+        return self._answer(202, self._view(key))
+
+    def _get(self, params, **kwargs):
+        key = self._key(params)
+        self.gets += 1
+        if key not in self.configs:
+            return self._missing(key)
+        view = self._view(key)
+        self.configs[key]["step"] += 1
+        return self._answer(200, view)
+
+    def _delete(self, params, **kwargs):
+        key = self._key(params)
+        if self.configs.pop(key, None) is None:
+            return self._missing(key)
+        return self._answer(204, {})
+
+
+class FakeSageMakerService:
+    """The SageMaker behaviour moto lacks, for a whole pipeline run:
+    - UpdateEndpoint (blue/green): the endpoint ends on the new config (delete + create in moto);
+    - ListTrainingJobsForHyperParameterTuningJob: every tuning job ran `trials` trials, which
+      completed with objectives 0.5, 0.4, ... and exist in moto as training jobs (for artifacts)."""
+
+    def __init__(self, events, trials: int = 2):
+        self.trials = trials
+        self.updates: list[dict] = []
+        self.tuning_jobs: list[dict] = []
+        self._client = boto3.client("sagemaker", region_name=REGION)  # plays SageMaker's own side
+        events.register("before-parameter-build.sagemaker.CreateHyperParameterTuningJob", self._record_tuning)
+        events.register("before-parameter-build.sagemaker.UpdateEndpoint", self._record_update)
+        events.register("before-call.sagemaker.UpdateEndpoint", self._update)
+        events.register("before-call.sagemaker.ListTrainingJobsForHyperParameterTuningJob", self._list)
+
+    def _record_tuning(self, params, **_):
+        self.tuning_jobs.append(json.loads(json.dumps(params, default=str)))
+
+    def _record_update(self, params, **_):
+        self.updates.append(dict(params))
+
+    def _update(self, params, **_):
+        request = self.updates[-1]
+        self._client.delete_endpoint(EndpointName=request["EndpointName"])
+        self._client.create_endpoint(EndpointName=request["EndpointName"], EndpointConfigName=request["EndpointConfigName"])
+        return answer(200, {"EndpointArn": f"arn:aws:sagemaker:{REGION}:123456789012:endpoint/{request['EndpointName']}"})
+
+    def _list(self, params, **_):
+        tuning = json.loads(params["body"])["HyperParameterTuningJobName"]
+        created = next(j for j in self.tuning_jobs if j["HyperParameterTuningJobName"] == tuning)
+        definition = created["TrainingJobDefinition"]
+        summaries = []
+        for number in range(1, self.trials + 1):
+            name = f"{tuning}-{number:03d}-{number:08x}"
+            try:
+                self._client.describe_training_job(TrainingJobName=name)
+            except self._client.exceptions.ClientError:
+                self._client.create_training_job(
+                    TrainingJobName=name, RoleArn=definition["RoleArn"],
+                    AlgorithmSpecification={"TrainingImage": "image", "TrainingInputMode": "File"},
+                    OutputDataConfig={"S3OutputPath": definition["OutputDataConfig"]["S3OutputPath"]},
+                    ResourceConfig={"InstanceType": "ml.m5.xlarge", "InstanceCount": 1, "VolumeSizeInGB": 30},
+                    StoppingCondition={"MaxRuntimeInSeconds": 3600})
+            summaries.append({
+                "TrainingJobName": name, "TrainingJobArn": f"arn:aws:sagemaker:{REGION}:123456789012:training-job/{name}",
+                "TuningJobName": tuning, "CreationTime": "2026-01-01T00:00:00Z", "TrainingJobStatus": "Completed",
+                "TrainingStartTime": "2026-01-01T00:00:00Z", "TrainingEndTime": "2026-01-01T00:01:30Z",
+                "TunedHyperParameters": {"learning-rate": f"0.00{number}", "batch-size": "32"},
+                "FinalHyperParameterTuningJobObjectiveMetric": {"Type": "Minimize", "MetricName": "valid_loss",
+                                                                 "Value": 0.6 - 0.1 * number},
+                "ObjectiveStatus": "Succeeded"})
+        return answer(200, {"TrainingJobSummaries": summaries})
+
+
+class FakeLambdaInvoke:
+    """Lambda Invoke: moto runs function code in Docker, which this machine lacks. Answers as the
+    real handler does for a good image, so the pipeline's smoke test can read it."""
+
+    def __init__(self, events, label: str = "zero"):
+        self.invocations: list[str] = []
+        self.label = label
+        events.register("before-call.lambda.Invoke", self._invoke)
+
+    def _invoke(self, params, **_):
+        self.invocations.append(unquote(params["url_path"].split("/")[3]))
+        body = {"predictions": [{"label": self.label, "score": 0.9}], "model_version": "registry"}
+        payload = json.dumps({"statusCode": 200, "headers": {"Content-Type": "application/json"},
+                              "body": json.dumps(body)}).encode()
+        http = AWSResponse("https://lambda.us-east-1.amazonaws.com/", 200, {"X-Amz-Executed-Version": "1"}, None)
+        return http, {"StatusCode": 200, "Payload": _Stream(payload), "ExecutedVersion": "1",
+                      "ResponseMetadata": {"HTTPStatusCode": 200, "HTTPHeaders": {}, "RetryAttempts": 0}}
+
+
+class _Stream:
+    def __init__(self, data: bytes):
+        self.data = data
+
+    def read(self) -> bytes:
+        return self.data

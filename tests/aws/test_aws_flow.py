@@ -1,0 +1,158 @@
+"""The whole train_and_deploy flow on the aws backend, against moto.
+
+moto plays S3, IAM, SageMaker (tuning jobs, training jobs, models, endpoint configs, endpoints,
+model packages), Application Auto Scaling and Lambda. What it lacks is answered in-process
+(tests/aws/fakes.py): UpdateEndpoint, ListTrainingJobsForHyperParameterTuningJob, provisioned
+concurrency, and Lambda Invoke (moto would run the code in Docker, which this machine lacks).
+"""
+import json
+
+import boto3
+import pytest
+from moto import mock_aws
+
+import flows.teardown as teardown_flow
+import flows.train_and_deploy as pipeline
+from backends.aws.backend import AwsBackend
+from core.config import PipelineConfig
+from core.demo import demo_config
+from core.names import pipeline_names
+from tests.aws.fakes import FakeLambdaInvoke, FakeProvisioned, FakeSageMakerService, answer
+
+REGION = "us-east-1"
+
+
+@pytest.fixture
+def aws_world(monkeypatch, prefect_api, tiny_dataset):
+    with mock_aws():
+        session = boto3.Session(region_name=REGION)
+        fakes = {"sagemaker": FakeSageMakerService(session.events), "provisioned": FakeProvisioned(session.events),
+                 "invoke": FakeLambdaInvoke(session.events)}
+        values = demo_config(str(tiny_dataset)).model_dump(mode="json")
+        values.update(backend="aws", aws={"region": REGION})
+        values["training"]["tuning"].update(max_jobs=2, max_parallel_jobs=2)
+        config = PipelineConfig.model_validate(values)
+
+        def backend_for(name, cfg):
+            assert name == "aws"
+            return AwsBackend(session, cfg.project, cfg.stage, poll_seconds=0, role_propagation_s=0)
+
+        monkeypatch.setattr(pipeline, "get_backend", backend_for)
+        monkeypatch.setattr(teardown_flow, "get_backend", backend_for)
+        yield session, config, fakes
+
+
+def clients(session):
+    return {name: session.client(name, region_name=REGION)
+            for name in ("s3", "sagemaker", "lambda", "application-autoscaling", "iam")}
+
+
+def test_flow_on_aws_then_again_then_teardown(aws_world):
+    session, config, fakes = aws_world
+    c = clients(session)
+    names = pipeline_names(config.project, config.stage)
+
+    first = pipeline.train_and_deploy(config)
+
+    assert first.backend == "aws" and first.model_version == 1
+    assert first.endpoint_invoke_url == f"https://runtime.sagemaker.{REGION}.amazonaws.com/endpoints/{names['endpoint']}/invocations"
+    bucket = first.dataset_uri.split("/")[2]
+    dataset_prefix = first.dataset_uri.split("/", 3)[3]
+    manifest = json.loads(c["s3"].get_object(Bucket=bucket, Key=f"{dataset_prefix}/_manifest.json")["Body"].read())
+    assert manifest["complete"] and len(manifest["files"]) == 100
+
+    tuning = fakes["sagemaker"].tuning_jobs[0]
+    assert tuning["HyperParameterTuningJobConfig"]["Strategy"] == "Bayesian"
+    assert tuning["HyperParameterTuningJobConfig"]["ResourceLimits"] == {"MaxNumberOfTrainingJobs": 2,
+                                                                         "MaxParallelTrainingJobs": 2}
+    ranges = tuning["HyperParameterTuningJobConfig"]["ParameterRanges"]
+    assert ranges["ContinuousParameterRanges"][0]["Name"] == "learning-rate"
+    assert ranges["ContinuousParameterRanges"][0]["ScalingType"] == "Logarithmic"
+    definition = tuning["TrainingJobDefinition"]
+    assert {d["Name"] for d in definition["AlgorithmSpecification"]["MetricDefinitions"]} >= {"valid_loss", "test_accuracy"}
+    assert definition["RoleArn"].endswith(f":role/{config.project}-{config.stage}-sagemaker")
+
+    # The best trial (lowest valid_loss: the second) is registered, approved and serving.
+    assert first.job_name.endswith("-002-00000002")
+    packages = c["sagemaker"].list_model_packages(ModelPackageGroupName=names["model_group"])["ModelPackageSummaryList"]
+    assert [p["ModelApprovalStatus"] for p in packages] == ["Approved"]
+    endpoint = c["sagemaker"].describe_endpoint(EndpointName=names["endpoint"])
+    assert endpoint["EndpointStatus"] == "InService"
+
+    target = c["application-autoscaling"].describe_scalable_targets(ServiceNamespace="sagemaker")["ScalableTargets"]
+    assert [(t["MinCapacity"], t["MaxCapacity"]) for t in target] == [(1, 4)]
+    policy = c["application-autoscaling"].describe_scaling_policies(ServiceNamespace="sagemaker")["ScalingPolicies"][0]
+    assert policy["TargetTrackingScalingPolicyConfiguration"]["TargetValue"] == 10.0
+
+    function = c["lambda"].get_function(FunctionName=names["function"])
+    assert function["Configuration"]["Environment"]["Variables"]["ENDPOINT_NAME"] == names["endpoint"]
+    assert function["Concurrency"]["ReservedConcurrentExecutions"] == 10
+    assert c["lambda"].get_alias(FunctionName=names["function"], Name="live")["FunctionVersion"] == "1"
+    assert fakes["provisioned"].puts[-1]["ProvisionedConcurrentExecutions"] == 2
+    assert fakes["invoke"].invocations and set(fakes["invoke"].invocations) == {names["function"]}
+
+    lambda_role = f"{config.project}-{config.stage}-lambda"
+    document = c["iam"].get_role_policy(RoleName=lambda_role, PolicyName="sagemaker-flows-invoke-endpoint")["PolicyDocument"]
+    invoke = [s for s in document["Statement"] if "sagemaker:InvokeEndpoint" in json.dumps(s["Action"])]
+    assert [s["Resource"] for s in invoke] in (
+        [f"arn:aws:sagemaker:{REGION}:123456789012:endpoint/{names['endpoint']}"],
+        [[f"arn:aws:sagemaker:{REGION}:123456789012:endpoint/{names['endpoint']}"]])
+
+    second = pipeline.train_and_deploy(config)
+
+    assert second.model_version == 2
+    assert len(c["sagemaker"].list_endpoints()["Endpoints"]) == 1
+    update = fakes["sagemaker"].updates[-1]
+    assert update["DeploymentConfig"]["BlueGreenUpdatePolicy"]["TrafficRoutingConfiguration"]["Type"] == "ALL_AT_ONCE"
+    assert len(c["lambda"].list_functions()["Functions"]) == 1
+    versions = c["lambda"].list_versions_by_function(FunctionName=names["function"])["Versions"]
+    assert [v["Version"] for v in versions] == ["$LATEST", "1"]  # same code and settings: no new version
+    assert len(c["application-autoscaling"].describe_scalable_targets(ServiceNamespace="sagemaker")["ScalableTargets"]) == 1
+    packages = c["sagemaker"].list_model_packages(ModelPackageGroupName=names["model_group"])["ModelPackageSummaryList"]
+    assert sorted(p["ModelApprovalStatus"] for p in packages) == ["Approved", "Rejected"]
+
+    report = teardown_flow.teardown(config)
+
+    assert f"endpoint {names['endpoint']}" in report.removed and f"function {names['function']}" in report.removed
+    assert c["sagemaker"].list_endpoints()["Endpoints"] == []
+    assert c["sagemaker"].list_endpoint_configs()["EndpointConfigs"] == []
+    assert c["sagemaker"].list_models()["Models"] == []
+    assert c["lambda"].list_functions()["Functions"] == []
+    assert c["application-autoscaling"].describe_scalable_targets(ServiceNamespace="sagemaker")["ScalableTargets"] == []
+    assert [r["RoleName"] for r in c["iam"].list_roles()["Roles"] if r["RoleName"].startswith(config.project)] == []
+    # Registered models stay.
+    assert len(c["sagemaker"].list_model_packages(ModelPackageGroupName=names["model_group"])["ModelPackageSummaryList"]) == 2
+
+
+TRANSIENT = {
+    "s3.PutObject": "SlowDown",
+    "iam.PutRolePolicy": "Throttling",
+    "sagemaker.CreateHyperParameterTuningJob": "ThrottlingException",
+    "sagemaker.CreateModelPackage": "ThrottlingException",
+    "sagemaker.CreateEndpoint": "ResourceInUse",
+    "application-auto-scaling.RegisterScalableTarget": "ConcurrentUpdateException",
+    "lambda.CreateFunction": "ServiceUnavailable",
+}
+
+
+def test_transient_errors_in_every_kind_of_call_are_retried(aws_world):
+    session, config, _ = aws_world
+    failed: dict[str, int] = {}
+
+    def fail_once(event_name, **_):
+        operation = event_name.split(".", 1)[1]
+        if operation in failed:
+            return None
+        failed[operation] = 1
+        code = TRANSIENT[operation]
+        status = 503 if code in ("ServiceUnavailable", "SlowDown") else 400
+        return answer(status, {"Error": {"Code": code, "Message": f"injected {code}"}})
+
+    for operation in TRANSIENT:
+        service, name = operation.split(".")
+        session.events.register(f"before-call.{service}.{name}", fail_once)
+
+    result = pipeline.train_and_deploy(config)
+
+    assert result.model_version == 1
+    assert sorted(failed) == sorted(TRANSIENT)  # every kind of call failed once, and the flow still completed
