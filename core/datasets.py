@@ -23,17 +23,28 @@ def check_layout(folder: str | os.PathLike) -> None:
                            "each with one folder per class")
 
 
-def folder_checksum(folder: str | os.PathLike) -> str:
-    """SHA-256 over every file's relative path and SHA-256 (hidden files skipped), as the store computes it."""
-    root = Path(folder)
+def sha256_file(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def manifest_checksum(entries: dict[str, str]) -> str:
+    """One SHA-256 for a dataset from {relative path: file SHA-256}: the definition every store shares."""
     manifest = hashlib.sha256()
-    for path in sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")):
-        digest = hashlib.sha256()
-        with open(path, "rb") as f:
-            while chunk := f.read(1 << 20):
-                digest.update(chunk)
-        manifest.update(f"{path.relative_to(root).as_posix()}\0{digest.hexdigest()}\n".encode())
+    # Part by part, as pathlib orders paths ("a/b" before "a-b/c"), not as plain strings.
+    for rel in sorted(entries, key=lambda r: tuple(r.split("/"))):
+        manifest.update(f"{rel}\0{entries[rel]}\n".encode())
     return manifest.hexdigest()
+
+
+def folder_checksum(folder: str | os.PathLike) -> str:
+    """The dataset checksum of a folder (hidden files skipped)."""
+    root = Path(folder)
+    return manifest_checksum({p.relative_to(root).as_posix(): sha256_file(p)
+                              for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")})
 
 
 def safe_extract_zip(archive: str | os.PathLike, destination: str | os.PathLike,

@@ -1,6 +1,8 @@
 """Application Auto Scaling documents for a SageMaker endpoint variant (pure; both backends use them)."""
 from __future__ import annotations
 
+import math
+
 from core.config import AutoscalingConfig
 
 SCALABLE_DIMENSION = "sagemaker:variant:DesiredInstanceCount"
@@ -42,3 +44,46 @@ def target_tracking_policy(endpoint_name: str, variant_name: str, config: Autosc
         },
     }
 
+
+
+def desired_capacity(invocations_last_minute: float, current: int, target_per_instance: float,
+                     min_capacity: int, max_capacity: int) -> int:
+    """The capacity target tracking on SageMakerVariantInvocationsPerInstance asks for.
+
+    The metric is invocations per minute divided by the instances serving them, so target tracking's
+    ceil(current * metric / target) is ceil(invocations_last_minute / target): enough instances for each
+    to get at most `target_per_instance` invocations a minute. Clamped to [min_capacity, max_capacity];
+    with no traffic that is min_capacity. (`current` only enters through the metric; it is checked, and
+    kept in the signature so that callers state what they scale from.)
+    """
+    if not target_per_instance > 0:
+        raise ValueError(f"target_per_instance must be > 0, got {target_per_instance!r}")
+    if min_capacity < 0 or max_capacity < min_capacity:
+        raise ValueError(f"bad capacity range [{min_capacity}, {max_capacity}]")
+    if current < 0 or invocations_last_minute < 0:
+        raise ValueError("current and invocations_last_minute must be >= 0")
+    if invocations_last_minute <= 0:
+        return min_capacity
+    # A hair below the ratio, so that 20 invocations at a target of 10 ask for 2 and not for 3 (float noise).
+    wanted = math.ceil(invocations_last_minute / target_per_instance - 1e-9)
+    return max(min_capacity, min(max_capacity, wanted))
+
+
+def cooldown_allows(direction: str, seconds_since_last_out: float | None, seconds_since_last_in: float | None,
+                    scale_out_cooldown: float, scale_in_cooldown: float) -> bool:
+    """Whether a scaling activity in `direction` ("out" or "in") may start now (None: there was none yet).
+
+    Application Auto Scaling's target tracking semantics, simplified:
+    - a scale-out waits for the scale-out cooldown of the previous scale-out (AWS lets a larger
+      scale-out through earlier; that exception is left out), and is never held back by a scale-in
+      cooldown (a scale-out during one ends it);
+    - a scale-in is conservative: it waits for the scale-in cooldown counted from the last scaling
+      activity of either direction, and for any scale-out cooldown still running.
+    """
+    since_out = math.inf if seconds_since_last_out is None else seconds_since_last_out
+    since_in = math.inf if seconds_since_last_in is None else seconds_since_last_in
+    if direction == "out":
+        return since_out >= scale_out_cooldown
+    if direction == "in":
+        return since_in >= scale_in_cooldown and since_out >= max(scale_in_cooldown, scale_out_cooldown)
+    raise ValueError(f"direction must be 'out' or 'in', got {direction!r}")

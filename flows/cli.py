@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 
@@ -145,6 +144,7 @@ def _status_for_scripts(status: dict) -> dict:
         "gateway": status["gateway"],
         "endpoints": [{"name": e["name"], "invoke_url": e["invoke_url"], "instances": e["instance_count"],
                        "model_version": e["model_version"], "autoscaling": e.get("autoscaling"),
+                       "scaling_activities": e.get("scaling_activities", []),
                        "status": e["status"]} for e in status["endpoints"]],
         "functions": [{"name": f["name"], "invoke_url": f["invoke_url"],
                        "reserved_concurrency": f["reserved_concurrency"],
@@ -164,6 +164,9 @@ def _print_status(status: dict) -> None:
     for e in status["endpoints"]:
         scaling = e.get("autoscaling") or {}
         scaling_text = f"{scaling.get('min_capacity')}..{scaling.get('max_capacity')}" if scaling else "off"
+        if e.get("scaling_activities"):
+            last = e["scaling_activities"][-1]
+            scaling_text += f"; last {last['from']}->{last['to']} ({last['status']})"
         instances = ", ".join(f"{i.get('pid')}:{i.get('state')}" for i in e.get("instances", []))
         endpoints.add_row(e["name"], e["status"], f"{e['instance_count']} ({instances})", e["model_version"],
                           scaling_text, e["invoke_url"])

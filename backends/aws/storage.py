@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import json
 import logging
 import os
@@ -33,6 +32,7 @@ from boto3.exceptions import S3UploadFailedError
 from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import ClientError
 
+from core.datasets import manifest_checksum, sha256_file
 from core.retry import PermanentError
 from core.uris import S3Uri, parse_s3_uri
 
@@ -42,7 +42,6 @@ MANIFEST_NAME = "_manifest.json"
 MANIFEST_VERSION = 1
 MULTIPART_THRESHOLD = 16 * 1024 * 1024
 DELETE_BATCH = 1000  # the most keys one DeleteObjects call takes
-_CHUNK = 1024 * 1024
 _NOT_FOUND = frozenset({"404", "NoSuchKey", "NoSuchBucket", "NotFound"})
 
 Progress = Callable[[int, int], None]
@@ -57,27 +56,6 @@ class SyncSummary:
     deleted: int  # objects removed because their file is gone
     total_bytes: int
     checksum: str  # core.datasets.folder_checksum of the folder
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def dataset_checksum(entries: dict[str, str]) -> str:
-    """folder_checksum's definition from {relpath: sha256hex}: lines sorted as pathlib sorts the paths."""
-    manifest = hashlib.sha256()
-    for rel in sorted(entries, key=_path_order):
-        manifest.update(f"{rel}\0{entries[rel]}\n".encode())
-    return manifest.hexdigest()
-
-
-def _path_order(rel: str) -> tuple[str, ...]:
-    # pathlib orders paths part by part ("a/b" before "a-b/c"), not as plain strings.
-    return tuple(rel.split("/"))
 
 
 def _is_hidden(rel: str) -> bool:
@@ -242,7 +220,7 @@ class S3Storage:
                 raise RuntimeError(f"{prefix.join(rel).uri} is missing or has the wrong size after its upload; "
                                    "run the staging again")
             files[rel] = {"sha256": digests[i], "size": sizes[i], "etag": obj["etag"]}
-        checksum = dataset_checksum(dict(zip(rels, digests)))
+        checksum = manifest_checksum(dict(zip(rels, digests)))
         manifest = {"version": MANIFEST_VERSION, "complete": True, "checksum": checksum,
                     "total_bytes": sum(sizes), "files": files}
         if changing or manifest != previous:
@@ -265,7 +243,7 @@ class S3Storage:
         if manifest.get("complete") is not True or not isinstance(files, dict):
             raise ValueError(f"{prefix.uri} is not completely staged: an upload to it failed or is still running. "
                              "Run the pipeline again with the local folder as data.source to finish it")
-        checksum = dataset_checksum({rel: entry["sha256"] for rel, entry in files.items()})
+        checksum = manifest_checksum({rel: entry["sha256"] for rel, entry in files.items()})
         if checksum != manifest.get("checksum"):
             raise ValueError(f"{prefix.uri}/{MANIFEST_NAME} is inconsistent (its checksum does not match its file "
                              "list); stage the folder again with the pipeline")
@@ -292,7 +270,7 @@ class S3Storage:
         with ThreadPoolExecutor(self.max_workers, thread_name_prefix="s3-head") as pool:
             digests = dict(zip(listed, pool.map(
                 lambda rel: self._object_sha256(S3Uri(prefix.bucket, self._key(prefix, rel))), listed)))
-        unknown = sorted((rel for rel, digest in digests.items() if digest is None), key=_path_order)
+        unknown = sorted(rel for rel, digest in digests.items() if digest is None)
         if unknown:
             raise ValueError(
                 f"{prefix.uri} has no staging manifest and {len(unknown)} of its {len(listed)} objects carry no SHA-256 "
@@ -300,7 +278,7 @@ class S3Storage:
                 "Stage the folder with the pipeline (data.source = the local folder), or give a local folder instead "
                 "of this prefix")
         total_bytes = sum(obj["size"] for obj in listed.values())
-        return SyncSummary(prefix.uri, len(listed), 0, len(listed), 0, total_bytes, dataset_checksum(digests))
+        return SyncSummary(prefix.uri, len(listed), 0, len(listed), 0, total_bytes, manifest_checksum(digests))
 
     def _object_sha256(self, loc: S3Uri) -> str | None:
         head = self.client.head_object(Bucket=loc.bucket, Key=loc.key, ChecksumMode="ENABLED")

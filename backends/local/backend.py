@@ -7,7 +7,6 @@ user can keep calling them.
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import asdict
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from backends.local.training_jobs import LocalTrainingJobs, TrainingJobSpec
 from backends.local.tuning import LocalTuning, TuningJobSpec
 from backends.session import local_session, make_client
 from core.config import AutoscalingConfig, FunctionConfig, HostingConfig
+from core.datasets import manifest_checksum
 from core.metrics import METRIC_DEFINITIONS
 from core.scaling import resource_id, scalable_target, target_tracking_policy
 from core.uris import parse_s3_uri
@@ -65,13 +65,11 @@ class LocalBackend(Backend):
         keys = self.store.list(prefix_uri)
         if not keys:
             raise FileNotFoundError(f"nothing is stored under {prefix_uri} in the local store ({self.state.store})")
-        manifest, total = hashlib.sha256(), 0
         prefix = parse_s3_uri(prefix_uri)
-        for key in keys:
-            head = self.store.head(prefix.join(key).uri) or {}
-            manifest.update(f"{key}\0{head.get('sha256', '')}\n".encode())
-            total += head.get("size", 0)
-        return StagedDataset(prefix.uri, len(keys), 0, len(keys), total, manifest.hexdigest())
+        heads = {key: self.store.head(prefix.join(key).uri) or {} for key in keys}
+        checksum = manifest_checksum({key: head.get("sha256", "") for key, head in heads.items()})
+        total = sum(head.get("size", 0) for head in heads.values())
+        return StagedDataset(prefix.uri, len(keys), 0, len(keys), total, checksum)
 
     def upload_file(self, path: str, uri: str) -> str:
         self.store.put_file(path, uri)

@@ -6,7 +6,6 @@ object through a temporary file so nothing half-written is ever visible.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -14,17 +13,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.datasets import manifest_checksum, sha256_file
 from core.uris import S3Uri, parse_s3_uri
-
-_CHUNK = 1024 * 1024
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -112,12 +102,12 @@ class LocalStore:
         prefix = parse_s3_uri(prefix_uri)
         files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
         uploaded = unchanged = total = 0
-        manifest = hashlib.sha256()
+        checksums: dict[str, str] = {}
         for i, path in enumerate(files, 1):
             rel = path.relative_to(folder).as_posix()
             uri = prefix.join(rel).uri
             digest = sha256_file(path)
-            manifest.update(f"{rel}\0{digest}\n".encode())
+            checksums[rel] = digest
             total += path.stat().st_size
             existing = self.head(uri)
             if existing and existing.get("sha256") == digest and self.path(uri).is_file():
@@ -134,4 +124,4 @@ class LocalStore:
                 if rel not in wanted:
                     self.delete(prefix.join(rel).uri)
                     deleted += 1
-        return SyncResult(prefix.uri, uploaded, unchanged, deleted, total, manifest.hexdigest())
+        return SyncResult(prefix.uri, uploaded, unchanged, deleted, total, manifest_checksum(checksums))

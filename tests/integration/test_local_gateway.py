@@ -3,7 +3,6 @@ boto3's sagemaker-runtime and lambda clients pointed at the gateway's URL."""
 import base64
 import io
 import json
-import shutil
 import threading
 import time
 from pathlib import Path

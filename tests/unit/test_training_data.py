@@ -1,5 +1,4 @@
 """The training script's data checks and image loading, in-process."""
-import io
 import shutil
 
 import numpy as np

@@ -3,7 +3,8 @@
 One EndpointManager lives in the gateway process and owns every worker it starts. Updates are
 blue/green (new instances must pass /ping before traffic switches; the old ones are drained,
 then stopped; a failed update leaves the old ones serving), requests go to the instance with
-the fewest outstanding requests, and a monitor replaces instances whose process died.
+the fewest outstanding requests, a monitor replaces instances whose process died, and an
+autoscaler (autoscaler.py) follows the registered target-tracking policies.
 """
 from __future__ import annotations
 
@@ -14,11 +15,12 @@ import secrets
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import httpx
 
+from backends.local.gateway.autoscaler import Autoscaler
 from backends.local.gateway.instances import (Deployment, EndpointState, Instance, check_arguments, drain_and_stop,
                                               sha256_file, start_instance, stop)
 from backends.model_artifact import unpack_model_artifact
@@ -56,6 +58,7 @@ class EndpointInfo:
     autoscaling: dict | None = None
     replacements: int = 0  # instances started to replace ones that died
     current_instance_count: int = 0  # instances in service now
+    scaling_activities: list[dict] = field(default_factory=list)  # the autoscaler's last 20, oldest first
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -72,7 +75,8 @@ class InvocationResult:
 class EndpointManager:
     def __init__(self, state_dir: Path, python: str = sys.executable, *, ready_timeout: float = 120.0,
                  drain_timeout: float = 60.0, invoke_timeout: float = 60.0,
-                 threads_per_instance: int | None = None, monitor_interval: float = 0.5):
+                 threads_per_instance: int | None = None, monitor_interval: float = 0.5,
+                 autoscaling_interval: float = 10.0, autoscaling_window: float = 60.0):
         self.state_dir = Path(state_dir)
         self.python = python
         self.ready_timeout = ready_timeout
@@ -86,15 +90,18 @@ class EndpointManager:
         self._monitor_task: asyncio.Task | None = None
         self._wake: asyncio.Event | None = None
         self._tasks: set[asyncio.Task] = set()  # instances being stopped in the background
+        self.autoscaler = Autoscaler(self, interval=autoscaling_interval, window=autoscaling_window)
 
     async def start(self) -> None:
         self._http()
         self._wake = asyncio.Event()
         if self._monitor_task is None:
             self._monitor_task = asyncio.create_task(self._monitor(), name="endpoint-monitor")
+        await self.autoscaler.start()
 
     async def close(self) -> None:
-        """Stop the monitor and every worker this manager started."""
+        """Stop the monitor, the autoscaler and every worker this manager started."""
+        await self.autoscaler.close()
         tasks = [t for t in [self._monitor_task, *(ep.repair for ep in self._endpoints.values()), *self._tasks] if t]
         for task in tasks:
             task.cancel()
@@ -161,6 +168,7 @@ class EndpointManager:
     async def delete(self, name: str) -> None:
         ep = self._get(name)
         del self._endpoints[name]  # from now on: not found, no new requests
+        self.autoscaler.forget(name)
         ep.status = "Deleting"
         if ep.repair is not None:
             ep.repair.cancel()
@@ -181,10 +189,17 @@ class EndpointManager:
     def set_autoscaling(self, name: str, policy: dict | None) -> EndpointInfo:
         ep = self._get(name)
         ep.autoscaling, ep.updated_at = (dict(policy) if policy else None), time.time()
+        self.autoscaler.policy_changed(name)
         return self._info(ep)
+
+    def is_busy(self, name: str) -> bool:
+        """Whether the endpoint is gone, or not in service, or being changed (update, scaling, repair)."""
+        ep = self._endpoints.get(name)
+        return ep is None or ep.status != "InService" or ep.deployment is None or ep.lock.locked()
 
     async def invoke(self, name: str, body: bytes, content_type: str, accept: str) -> InvocationResult:
         ep = self._get(name)
+        self.autoscaler.record_invocation(name)
         headers = {k: v for k, v in (("Content-Type", content_type), ("Accept", accept)) if v}
         tried: set[str] = set()
         lost = False  # a request may take one instance down with it, not all of them
@@ -244,7 +259,8 @@ class EndpointManager:
             ep.name, ep.status, (dep.model_version or dep.served_version) if dep else "",
             dep.model_artifact if dep else "", ep.desired, [i.describe() for i in workers], ep.created_at,
             ep.updated_at, ep.failure_reason, ep.autoscaling, ep.replacements,
-            sum(1 for i in ep.instances if i.state == "InService" and not i.exited()))
+            sum(1 for i in ep.instances if i.state == "InService" and not i.exited()),
+            self.autoscaler.activities(ep.name))
 
     def _fail(self, ep: EndpointState, reason: str):
         """A failed change: a new endpoint is Failed, an existing one keeps serving as it was."""

@@ -1,0 +1,139 @@
+"""The local autoscaler with a real EndpointManager and real model_worker processes: registration
+clamps the count at once, a burst scales out, quiet scales back in after the cooldown."""
+import asyncio
+import io
+import os
+import time
+
+import pytest
+from PIL import Image
+
+from backends.local.gateway.endpoints import EndpointManager
+from backends.model_artifact import pack_model_artifact
+from core.config import AutoscalingConfig
+from core.scaling import scalable_target, target_tracking_policy
+from training.model import ModelConfig, build_model, save_model
+
+pytestmark = pytest.mark.integration
+NAME = "scaled"
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory) -> str:
+    """A tiny untrained resnet18 as model.tar.gz."""
+    root = tmp_path_factory.mktemp("artifact")
+    config = ModelConfig("resnet18", ["cat", "dog", "fox"], image_size=32)
+    save_model(build_model("resnet18", 3), config, root / "model")
+    return str(pack_model_artifact(root / "model", root / "out" / "model.tar.gz"))
+
+
+def registration(min_capacity: int, max_capacity: int) -> dict:
+    """What the local backend PUTs to /_local/endpoints/{name}/autoscaling: a target of 2 invocations
+    per instance per minute, no scale-out cooldown, 1 s of scale-in cooldown."""
+    config = AutoscalingConfig(min_capacity=min_capacity, max_capacity=max_capacity, target_invocations_per_instance=2,
+                               scale_out_cooldown_seconds=0, scale_in_cooldown_seconds=1)
+    target = scalable_target(NAME, "AllTraffic", config)
+    return {"min_capacity": target["MinCapacity"], "max_capacity": target["MaxCapacity"],
+            "policy": target_tracking_policy(NAME, "AllTraffic", config)}
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+async def eventually(condition, timeout: float) -> float:
+    start = time.monotonic()
+    while not condition():
+        assert time.monotonic() - start < timeout, "timed out waiting"
+        await asyncio.sleep(0.05)
+    return time.monotonic() - start
+
+
+@pytest.mark.timeout(90)
+def test_target_tracking_scales_out_and_in(artifact, tmp_path):
+    buf = io.BytesIO()
+    Image.new("RGB", (32, 32), (200, 30, 30)).save(buf, "JPEG")
+    jpeg = buf.getvalue()
+    seen: set[int] = set()
+
+    async def scenario():
+        # Window 2 s: each request counts as 30 a minute, so one request asks for 15 instances (at most 2).
+        manager = EndpointManager(tmp_path / "state", threads_per_instance=1, autoscaling_interval=0.2,
+                                  autoscaling_window=2.0)
+        await manager.start()
+
+        def describe():
+            info = manager.describe(NAME)
+            seen.update(i["pid"] for i in info.instances)
+            return info
+
+        def settled(count):
+            info = describe()
+            return (info.instance_count, info.current_instance_count, info.status) == (count, count, "InService") \
+                and not any(a["status"] == "InProgress" for a in info.scaling_activities)
+
+        def activities(**match):
+            return [a for a in describe().scaling_activities if all(a.get(k) == v for k, v in match.items())]
+
+        try:
+            await manager.create_or_update(NAME, artifact, instance_count=2)
+            describe()
+
+            # Registering a scalable target brings the count within [min, max] at once, cooldowns or not.
+            manager.set_autoscaling(NAME, registration(1, 1))
+            await eventually(lambda: settled(1), 10)
+            [clamp] = activities()
+            assert (clamp["from"], clamp["to"], clamp["cause"], clamp["status"]) == (2, 1, "registration", "Successful")
+
+            # Within range, with no traffic: nothing happens.
+            manager.set_autoscaling(NAME, registration(1, 2))
+            await asyncio.sleep(0.6)
+            assert describe().instance_count == 1 and len(activities()) == 1
+
+            # A burst: scale out to the maximum; traffic goes on, so no scale-in meanwhile.
+            scaled_out = False
+
+            async def traffic():
+                while not scaled_out:
+                    assert (await manager.invoke(NAME, jpeg, "image/jpeg", "application/json")).status_code == 200
+                    await asyncio.sleep(0.05)
+
+            load = asyncio.create_task(traffic())
+            await eventually(lambda: settled(2), 30)
+            await asyncio.sleep(1.2)  # past the scale-in cooldown, still busy
+            scaled_out = True
+            await load
+            info = describe()
+            assert (info.instance_count, info.current_instance_count, info.status) == (2, 2, "InService")
+            [out] = activities(direction="out")
+            assert (out["from"], out["to"], out["cause"], out["status"]) == (1, 2, "policy", "Successful")
+            assert "SageMakerVariantInvocationsPerInstance" in out["reason"] and out["end_time"] >= out["time"]
+            assert not activities(direction="in", cause="policy")
+            stopped = time.monotonic()
+
+            # Quiet: once the window is empty and the cooldown over, back to the minimum.
+            await eventually(lambda: settled(1), 15)
+            assert time.monotonic() - stopped >= 1.5  # the 2 s window had to empty first
+            [back] = activities(direction="in", cause="policy")
+            assert (back["from"], back["to"], back["status"]) == (2, 1, "Successful")
+            assert back["time"] >= out["end_time"] + 1.0  # the scale-in cooldown
+            assert [(a["cause"], a["direction"]) for a in describe().to_dict()["scaling_activities"]] == [
+                ("registration", "in"), ("policy", "out"), ("policy", "in")]
+            assert len(describe().instances) == 1 and describe().status == "InService"
+
+            # Removing the policy stops the scaling; the endpoint keeps serving as it is.
+            manager.set_autoscaling(NAME, None)
+            for _ in range(3):
+                await manager.invoke(NAME, jpeg, "image/jpeg", "application/json")
+            await asyncio.sleep(0.6)
+            assert describe().instance_count == 1 and len(activities()) == 3
+        finally:
+            await manager.close()
+
+    asyncio.run(scenario())
+    assert len(seen) >= 3
+    assert not [pid for pid in seen if alive(pid)], "worker processes left running"
