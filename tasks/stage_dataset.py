@@ -50,7 +50,7 @@ def stage_dataset(config: PipelineConfig, backend: Backend) -> StagedDataset:
                 raise PermanentError(str(exc)) from None
             checksum = folder_checksum(folder)
             prefix = f"s3://{backend.default_bucket()}/{config.project}/{config.stage}/datasets/{checksum[:16]}"
-            progress = artifacts.Progress(f"{config.stage}-staging", f"uploading {folder}")
+            progress = artifacts.Progress(f"{config.stage}-staging-progress", f"uploading {folder}")
             last = [0.0]
 
             def report(done: int, total: int) -> None:

@@ -23,7 +23,7 @@ def train_model(config: PipelineConfig, backend: Backend, dataset: StagedDataset
     logger = get_run_logger()
     training = config.training
     name = job_name or timestamped_name(pipeline_names(config.project, config.stage)["training_job_prefix"])
-    progress = artifacts.Progress(f"{config.stage}-training", f"training job {name}")
+    progress = artifacts.Progress(f"{config.stage}-training-progress", f"training job {name}")
 
     def on_epoch(values: dict[str, float]) -> None:
         progress.update(values["epoch"] / training.epochs,

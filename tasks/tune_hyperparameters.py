@@ -32,7 +32,7 @@ def tune_hyperparameters(config: PipelineConfig, backend: Backend, dataset: Stag
     logger = get_run_logger()
     training, tuning = config.training, config.training.tuning
     name = timestamped_name(pipeline_names(config.project, config.stage)["tuning_job_prefix"], TUNING_JOB_MAX)
-    progress = artifacts.Progress(f"{config.stage}-tuning", f"tuning job {name}: 0/{tuning.max_jobs} trials")
+    progress = artifacts.Progress(f"{config.stage}-tuning-progress", f"tuning job {name}: 0/{tuning.max_jobs} trials")
 
     def on_trial(trial, done: int, total: int) -> None:
         progress.update(done / total, f"{done}/{total} trials")

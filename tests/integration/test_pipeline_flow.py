@@ -59,10 +59,10 @@ def test_pipeline_end_to_end_then_again(prefect_api, tiny_dataset, tmp_path):
         kinds = {key: kind for key, (kind, _) in found.items()}
         for key, kind in [("demo-dataset", "markdown"), ("demo-trials", "table"), ("best-trial-epochs", "table"),
                           ("best-trial-training-curve", "markdown"), ("demo-endpoint-summary", "markdown"),
-                          ("demo-model-versions", "table"), ("smoke-test", "table"), ("demo-tuning", "progress"),
-                          ("demo-staging", "progress")]:
+                          ("demo-model-versions", "table"), ("smoke-test", "table"), ("demo-tuning-progress", "progress"),
+                          ("demo-staging-progress", "progress"), ("demo-tuning", "markdown")]:
             assert kinds.get(key) == kind, (key, kinds)
-        assert float(found["demo-tuning"][1]) == 100.0
+        assert float(found["demo-tuning-progress"][1]) == 100.0
         assert "data:image/png;base64," in found["best-trial-training-curve"][1]
         assert first.endpoint_invoke_url in found["demo-endpoint"][1]  # link artifacts are stored as markdown
         assert first.function_invoke_url in found["demo-function"][1]
