@@ -17,7 +17,6 @@ from torch.utils.data import Dataset
 
 SPLITS = ("train", "valid", "test")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
-AUGMENTATIONS = ("none", "flip", "crop_flip")
 
 
 class DataError(ValueError):

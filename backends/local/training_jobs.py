@@ -29,7 +29,7 @@ from core.uris import parse_s3_uri
 
 LogCallback = Callable[[str], None]
 MetricsCallback = Callable[[dict[str, float]], None]
-_TRAINING_CODE = ("train.py", "model.py", "data.py", "inference.py")
+_TRAINING_CODE = ("train.py", "contract.py", "model.py", "data.py", "inference.py")
 
 
 @dataclass
