@@ -29,7 +29,6 @@ import argparse
 import base64
 import io
 import json
-import math
 import os
 import platform
 import re
@@ -39,8 +38,11 @@ import tempfile
 import threading
 import time
 import traceback
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
+
+from serving_load import run_cell  # bench/ is on sys.path when run as a script
+from serving_report import LAMBDA_PROVISIONED, LAMBDA_RESERVED, PATHS, PHOTO_SIZE, _fmt, report
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # run as a script: make `training`, `backends` and `bench` importable
@@ -52,14 +54,7 @@ FUNCTION_NAME = "bench-serving-fn"
 REGION = "us-east-1"
 FAKE_CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing",
                     "aws_session_token": "testing"}  # only the local gateway is ever called
-PHOTO_SIZE = (500, 375)  # width x height, as the seed's dog photos
 JPEG_QUALITY = 95
-LAMBDA_RESERVED, LAMBDA_PROVISIONED = 16, 8
-TARGET_ENDPOINT_RATIO = 0.8  # (b) req/s >= 0.8 x (a) req/s at concurrency 1
-TARGET_LAMBDA_HOP_MS = 3.0  # p50(c) - p50(b) at concurrency 1
-OTHER_CPU_WARNING = 0.10
-STALL_MS = 20.0  # a no-op gateway round trip slower than this is not CPU time
-PATHS = {"a": "(a) in-process", "b": "(b) endpoint (sagemaker-runtime)", "c": "(c) Lambda -> endpoint"}
 QUICK = dict(architecture="resnet18", image_size=64, requests=16, warmup=2, time_limit=60.0, breakdown=8)
 
 
@@ -185,152 +180,6 @@ def _check_lambda(response: dict) -> dict:
     body = json.loads(answer["body"])
     _check_predictions(body)
     return body
-
-
-# -- one (path, concurrency) cell --------------------------------------------------------------
-@dataclass
-class Cell:
-    path: str
-    concurrency: int
-    requests: int = 0  # completed (ok + errors) inside the timing
-    errors: int = 0
-    wall_s: float = 0.0
-    req_per_s: float = 0.0
-    p50_ms: float | None = None
-    p99_ms: float | None = None
-    mean_ms: float | None = None
-    warmup_errors: int = 0
-    time_bounded: bool = False
-    other_cpu_share: float | None = None
-    first_error: str | None = None
-    extra: dict = field(default_factory=dict)
-
-
-def percentile(values: list[float], q: float) -> float | None:
-    """Linear interpolation between closest ranks (numpy's default)."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    k = (len(ordered) - 1) * q / 100
-    lo, hi = math.floor(k), math.ceil(k)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
-
-
-def run_cell(path: str, make_call, concurrency: int, requests: int, deadline: float, wait_s: float) -> Cell:
-    cell = Cell(path, concurrency)
-    calls = [make_call() for _ in range(concurrency)]  # clients before the clock
-    warm = threading.Barrier(concurrency)
-    go = threading.Barrier(concurrency + 1)
-    lock = threading.Lock()
-    issued = [0]
-    latencies: list[float] = []
-    errors: list[str] = []
-    ends: list[float] = []
-
-    def take() -> bool:
-        with lock:
-            if issued[0] >= requests or time.perf_counter() >= deadline:
-                if issued[0] < requests:
-                    cell.time_bounded = True
-                return False
-            issued[0] += 1
-            return True
-
-    def worker(call) -> None:
-        try:  # one untimed request per thread, all in flight together (every Lambda environment warms up)
-            warm.wait(timeout=wait_s)
-            call()
-        except Exception as exc:  # noqa: BLE001 - a benchmark counts errors, never dies of them
-            with lock:
-                cell.warmup_errors += 1
-                cell.first_error = cell.first_error or f"warm-up: {type(exc).__name__}: {exc}"[:300]
-        try:
-            go.wait(timeout=wait_s)
-        except threading.BrokenBarrierError:
-            return
-        while take():
-            began = time.perf_counter()
-            try:
-                call()
-                ok, message = True, ""
-            except Exception as exc:  # noqa: BLE001
-                ok, message = False, f"{type(exc).__name__}: {exc}"[:300]
-            ended = time.perf_counter()
-            with lock:
-                ends.append(ended)
-                if ok:
-                    latencies.append(ended - began)
-                else:
-                    errors.append(message)
-
-    threads = [threading.Thread(target=worker, args=(c,), name=f"{path}-{i}", daemon=True)
-               for i, c in enumerate(calls)]
-    for t in threads:
-        t.start()
-    cpu_before = _cpu_snapshot()
-    try:
-        go.wait(timeout=wait_s)
-    except threading.BrokenBarrierError:  # a warm-up outlived wait_s: the threads give up, the cell reports 0
-        cell.first_error = cell.first_error or f"warm-up took more than {wait_s:.0f} s"
-    started = time.perf_counter()
-    for t in threads:
-        t.join()
-    cpu_after = _cpu_snapshot()
-    cell.wall_s = (max(ends) if ends else time.perf_counter()) - started
-    cell.requests = len(ends)
-    cell.errors = len(errors)
-    cell.first_error = cell.first_error or (errors[0] if errors else None)
-    cell.req_per_s = (len(latencies) / cell.wall_s) if cell.wall_s > 0 else 0.0
-    ms = [x * 1000 for x in latencies]
-    cell.p50_ms, cell.p99_ms = percentile(ms, 50), percentile(ms, 99)
-    cell.mean_ms = statistics.fmean(ms) if ms else None
-    cell.other_cpu_share = _other_share(cpu_before, cpu_after)
-    for call in calls:
-        client = getattr(call, "client", None)
-        if client is not None:
-            client.close()
-    return cell
-
-
-# -- is anything else using the cores? ----------------------------------------------------------
-def _cpu_snapshot() -> tuple[float, float, float] | None:
-    """(machine busy CPU s, this process tree's CPU s, monotonic s) from /proc; None off Linux."""
-    try:
-        with open("/proc/stat") as f:
-            user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in f.readline().split()[1:9])
-        tick = os.sysconf("SC_CLK_TCK")
-        parents, cpu = {}, {}
-        for entry in os.scandir("/proc"):
-            if not entry.name.isdigit():
-                continue
-            try:
-                with open(f"/proc/{entry.name}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            pid = int(entry.name)
-            parents[pid] = int(fields[1])
-            cpu[pid] = (int(fields[11]) + int(fields[12])) / tick
-        ours, frontier = {os.getpid()}, [os.getpid()]
-        children: dict[int, list[int]] = {}
-        for pid, ppid in parents.items():
-            children.setdefault(ppid, []).append(pid)
-        while frontier:  # the gateway, its endpoint workers and Lambda environments are our descendants
-            for child in children.get(frontier.pop(), []):
-                if child not in ours:
-                    ours.add(child)
-                    frontier.append(child)
-        mine = sum(cpu.get(pid, 0.0) for pid in ours)
-        return (user + nice + system + irq + softirq + steal) / tick, mine, time.monotonic()
-    except (OSError, ValueError):
-        return None
-
-
-def _other_share(before, after) -> float | None:
-    if before is None or after is None or after[2] <= before[2]:
-        return None
-    other = (after[0] - before[0]) - (after[1] - before[1])
-    return max(0.0, other) / ((after[2] - before[2]) * (os.cpu_count() or 1))
 
 
 # -- the gateway side --------------------------------------------------------------------------
@@ -564,119 +413,6 @@ def run_all(args, model, url: str, body: bytes, payload: str, gateway,
         except Exception as exc:  # noqa: BLE001 - a diagnostic, not a result
             breakdown = {"error": f"{type(exc).__name__}: {exc}"[:300]}
     return cells, breakdown
-
-
-# -- the report --------------------------------------------------------------------------------
-def _fmt(value: float | None, digits: int = 1) -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}"
-
-
-def _sub(x: float | None, y: float | None) -> float | None:
-    return None if x is None or y is None else x - y
-
-
-def _cell(cells: list[dict], path: str, concurrency: int) -> dict | None:
-    return next((c for c in cells if c["path"] == path and c["concurrency"] == concurrency), None)
-
-
-def report(args: argparse.Namespace, results: dict) -> None:
-    cells, machine, setup = results["cells"], results["machine"], results["setup"]
-    print()
-    print(f"Serving: untrained {args.architecture} at {args.image_size} px, {args.classes} classes; request "
-          f"{PHOTO_SIZE[0]}x{PHOTO_SIZE[1]} JPEG, {results['request']['jpeg_bytes'] / 1024:.1f} KiB")
-    print(f"machine: {machine['cpu_count']} CPU cores, torch {machine['torch']} (CPU), python {machine['python']}; "
-          f"torch threads: in-process {machine['in_process_torch_threads']} (torch's default), endpoint "
-          f"{args.instances} instance(s) with {', '.join(setup['endpoint_instance_threads'])} each (the gateway's "
-          f"choice); Lambda reserved {LAMBDA_RESERVED}, provisioned {LAMBDA_PROVISIONED}")
-    print()
-    print("| path | concurrency | requests | errors | req/s | p50 ms | p99 ms |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
-    for c in cells:
-        flag = " (time-bounded)" if c["time_bounded"] else ""
-        print(f"| {PATHS[c['path']]} | {c['concurrency']} | {c['requests']}{flag} | {c['errors']} | "
-              f"{c['req_per_s']:.2f} | {_fmt(c['p50_ms'])} | {_fmt(c['p99_ms'])} |")
-    print()
-
-    ratios: dict = {}
-    for concurrency in args.concurrency:
-        a, b = _cell(cells, "a", concurrency), _cell(cells, "b", concurrency)
-        ratio = b["req_per_s"] / a["req_per_s"] if a and b and a["req_per_s"] > 0 else None
-        ratios[f"b_over_a_c{concurrency}"] = ratio
-        print(f"throughput (b)/(a) at concurrency {concurrency}: {_fmt(ratio, 2)}")
-    b1, c1 = _cell(cells, "b", 1), _cell(cells, "c", 1)
-    hop = c1["p50_ms"] - b1["p50_ms"] if b1 and c1 and b1["p50_ms"] is not None and c1["p50_ms"] is not None else None
-    ratios["lambda_hop_p50_ms"] = hop
-    print(f"Lambda hop at concurrency 1 (p50(c) - p50(b)): {_fmt(hop, 2)} ms")
-    r1 = ratios.get("b_over_a_c1")
-    targets = {
-        f"(b) >= {TARGET_ENDPOINT_RATIO} x (a) throughput at concurrency 1": None if r1 is None else r1 >= TARGET_ENDPOINT_RATIO,
-        f"Lambda hop <= {TARGET_LAMBDA_HOP_MS:g} ms at p50": None if hop is None else hop <= TARGET_LAMBDA_HOP_MS,
-    }
-    bd = results.get("breakdown") or {}
-    stall = bd.get("noop_http") is not None and bd["noop_http"] > STALL_MS
-    results["gateway_response_stall"] = stall
-    for name, met in targets.items():
-        verdict = "n/a (not measured)" if met is None else "met" if met else "NOT met"
-        if stall and name.startswith("Lambda hop") and met is not None:
-            verdict += (" -- but not a fair reading: the gateway's ~40 ms response stall (see the notes) hits "
-                        "(b) and (c) unevenly, so their difference is not the hop; see the breakdown")
-        print(f"target {name}: {verdict}")
-    results["ratios"], results["targets"] = ratios, targets
-
-    notes = []
-    errors = [c for c in cells if c["errors"] or c["warmup_errors"]]
-    for c in errors:
-        notes.append(f"{PATHS[c['path']]} at concurrency {c['concurrency']}: {c['errors']} error(s), "
-                     f"{c['warmup_errors']} in warm-up; first: {c['first_error']}")
-    for c in cells:
-        extra = c.get("extra") or {}
-        if extra.get("cold_starts") or extra.get("throttles"):
-            notes.append(f"{PATHS[c['path']]} at concurrency {c['concurrency']}: {extra['cold_starts']} cold start(s), "
-                         f"{extra['throttles']} throttle(s) during the cell")
-    if any(c["time_bounded"] for c in cells):
-        notes.append(f"cells marked (time-bounded) hit their share of --time-limit {args.time_limit:g} s")
-    shares = [c["other_cpu_share"] for c in cells if c["other_cpu_share"] is not None]
-    if shares and max(shares) > OTHER_CPU_WARNING:
-        notes.append(f"other processes used up to {max(shares):.0%} of the cores during a cell: the machine was "
-                     "busy, so these timings are noisy; rerun when it is idle")
-    if max(args.concurrency) > 1:
-        notes.append("at concurrency > 1, (a) runs every request in threads of this one process (torch's intra-op "
-                     "threads in each, so the cores are oversubscribed), while (b)/(c) queue at the endpoint, whose "
-                     "worker runs at most 2 predictions at once with its own torch threads")
-    if bd and "error" not in bd:
-        print()
-        print(f"Lambda hop breakdown, concurrency 1 (medians of {bd['requests']} rounds, after the table; (c) asks for "
-              f"its log tail, LogType=Tail):")
-        print(f"  gateway no-op round trip (GET /_local/status, keep-alive): {_fmt(bd['noop_http'], 2)} ms")
-        print(f"  a no-op function invoked with the same {results['request']['lambda_payload_bytes'] / 1024:.0f} KiB "
-              f"payload: {_fmt(bd['noop_function'], 2)} ms (boto3 lambda client + gateway + runtime, no endpoint call)")
-        print(f"  (b) {_fmt(bd['b_total'])} ms, (c) {_fmt(bd['c_total'])} ms: hop "
-              f"{_fmt(_sub(bd['c_total'], bd['b_total']), 2)} ms =")
-        print(f"    {_fmt(_sub(bd['c_total'], bd['c_report']), 2)} ms outside the handler's process: boto3 lambda "
-              f"client, gateway, frames over the pipe ((c) - REPORT Duration)")
-        print(f"    {_fmt(_sub(bd['c_report'], bd['c_handler']), 2)} ms in the runtime around the handler: event JSON "
-              f"decode, result encode, log lines (REPORT Duration - handler latency_ms)")
-        print(f"    {_fmt(_sub(bd['c_handler'], bd['b_total']), 2)} ms in the handler beyond what (b) costs its caller: "
-              f"base64 decode, its own invoke_endpoint, JSON (handler latency_ms - (b))")
-        if stall:
-            notes.append(f"a no-op request to the gateway takes {bd['noop_http']:.0f} ms: the Nagle / delayed-ACK "
-                         "signature (Linux delays an ACK 40 ms at least, longer -- up to 200 ms -- when requests are "
-                         "slow). Gateway responses can stall that long, in (b) and (c) alike (and inside (c), on the "
-                         "handler's own call) -- compare (b) to (a). Likely cause: the gateway's listening socket is "
-                         "created without IPPROTO_TCP, so asyncio does not set TCP_NODELAY on the connections it "
-                         "accepts (backends/local/gateway/server.py, serve())")
-    elif bd and "error" in bd:
-        notes.append(f"the Lambda-hop breakdown failed: {bd['error']}")
-    if args.quick:
-        notes.append("--quick is a smoke run (resnet18 at 64 px, few requests): its numbers say little about "
-                     "serving the real model")
-    if notes:
-        print()
-        for note in notes:
-            print(f"- {note}")
-    print()
-    print(f"(benchmark took {results['total_s']:.0f} s; setup: endpoint {setup['endpoint_s']:.1f} s, "
-          f"function {setup['function_s']:.1f} s)")
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from moto import mock_aws  # noqa: E402
 from backends.aws.storage import MANIFEST_NAME, MULTIPART_THRESHOLD, S3Storage, SyncSummary  # noqa: E402
 from core.datasets import folder_checksum  # noqa: E402
 from core.retry import is_transient  # noqa: E402
+from tests.helpers import make_folder  # noqa: E402
 
 BUCKET = "sagemaker-flows-test"
 PREFIX = f"s3://{BUCKET}/proj/dev/datasets/pets"
@@ -48,14 +49,6 @@ def s3():
 @pytest.fixture
 def storage(s3):
     return S3Storage(s3)
-
-
-def make_folder(root, files):
-    for rel, content in files.items():
-        path = root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(content)
-    return root
 
 
 def manifest(s3, prefix=PREFIX):

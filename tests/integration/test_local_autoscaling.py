@@ -2,7 +2,6 @@
 clamps the count at once, a burst scales out, quiet scales back in after the cooldown."""
 import asyncio
 import io
-import os
 import time
 
 import pytest
@@ -13,6 +12,7 @@ from backends.model_artifact import pack_model_artifact
 from core.config import AutoscalingConfig
 from core.scaling import scalable_target, target_tracking_policy
 from training.model import ModelConfig, build_model, save_model
+from tests.helpers import alive  # noqa: E402
 
 pytestmark = pytest.mark.integration
 NAME = "scaled"
@@ -35,14 +35,6 @@ def registration(min_capacity: int, max_capacity: int) -> dict:
     target = scalable_target(NAME, "AllTraffic", config)
     return {"min_capacity": target["MinCapacity"], "max_capacity": target["MaxCapacity"],
             "policy": target_tracking_policy(NAME, "AllTraffic", config)}
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 async def eventually(condition, timeout: float) -> float:

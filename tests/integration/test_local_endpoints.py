@@ -15,6 +15,7 @@ from backends.local.gateway.endpoints import (EndpointManager, EndpointNotFound,
                                               EndpointUpdateError)
 from backends.model_artifact import TRAINING_SOURCE_DIR, pack_model_artifact
 from training.model import ModelConfig, build_model, save_model
+from tests.helpers import alive  # noqa: E402
 
 pytestmark = pytest.mark.integration
 CLASSES = ["cat", "dog", "fox"]
@@ -57,14 +58,6 @@ def image_bytes(fmt: str, color=(200, 30, 30), size=(48, 40)) -> bytes:
 JPEG, PNG = image_bytes("JPEG"), image_bytes("PNG", (20, 200, 90))
 BATCH = json.dumps({"instances": [base64.b64encode(PNG).decode(), {"image": base64.b64encode(JPEG).decode()}]})
 REQUESTS = [(JPEG, "image/jpeg"), (PNG, "image/png"), (BATCH.encode(), "application/json")]
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def check_prediction(result, version: str) -> None:

@@ -1,14 +1,7 @@
 import pytest
 
 from backends.local.store import LocalStore, sha256_file
-
-
-def make_folder(root, files):
-    for rel, content in files.items():
-        path = root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(content)
-    return root
+from tests.helpers import make_folder  # noqa: E402
 
 
 def test_upload_copies_only_what_changed(tmp_path):
