@@ -1,7 +1,7 @@
-"""Backends: where the pipeline's side effects happen. `get_backend` picks one by name."""
+"""Backends: where the pipeline's side effects happen. `get_backend` builds one by name."""
 from __future__ import annotations
 
-from backends.base import Backend
+from backends.backend import Backend
 from core.config import PipelineConfig
 
 

@@ -2,31 +2,47 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Protocol, TypeVar
 
 TrialStatus = Literal["Completed", "Failed", "Stopped", "InProgress"]
 
 
+class Trial(Protocol):
+    """What the choice reads of a trial (backends.types.TrialSummary is one)."""
+
+    job_name: str
+    status: str
+    objective: float | None
+    failure_reason: str | None
+    index: int  # creation order; breaks ties
+
+
 @dataclass(frozen=True)
 class TrialOutcome:
-    name: str
+    """A plain Trial, for callers that have no TrialSummary."""
+
+    job_name: str
     status: TrialStatus
     objective: float | None = None
     hyperparameters: dict[str, str] = field(default_factory=dict)
     failure_reason: str | None = None
-    index: int = 0  # creation order; breaks ties
+    index: int = 0
+
+
+T = TypeVar("T", bound=Trial)
 
 
 class NoSuccessfulTrialError(RuntimeError):
     """Every trial failed, or none reported a usable objective value."""
 
 
-def usable(trial: TrialOutcome) -> bool:
+def usable(trial: Trial) -> bool:
     return trial.status == "Completed" and trial.objective is not None and math.isfinite(trial.objective)
 
 
-def choose_best_trial(trials: list[TrialOutcome], objective_type: Literal["Minimize", "Maximize"]) -> TrialOutcome:
+def choose_best_trial(trials: Sequence[T], objective_type: Literal["Minimize", "Maximize"]) -> T:
     """The completed trial with the best finite objective; on a tie, the earliest created.
 
     Failed, stopped and unfinished trials, and objectives that are NaN or infinite, never win.
@@ -36,7 +52,7 @@ def choose_best_trial(trials: list[TrialOutcome], objective_type: Literal["Minim
     candidates = [t for t in trials if usable(t)]
     if not candidates:
         reasons = "; ".join(
-            f"{t.name}: {t.failure_reason or (t.status if t.status != 'Completed' else f'objective {t.objective}')}"
+            f"{t.job_name}: {t.failure_reason or (t.status if t.status != 'Completed' else f'objective {t.objective}')}"
             for t in trials
         ) or "no trials ran"
         raise NoSuccessfulTrialError(f"no trial completed with a usable objective ({reasons})")

@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from core.metrics import MAXIMIZED_METRICS, MINIMIZED_METRICS
+from core.names import PipelineNames
 
 NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$"
 # Flags of training/train.py that a tuning job may vary.
@@ -286,6 +287,11 @@ class PipelineConfig(Section):
     promotion: PromotionConfig = Field(default_factory=PromotionConfig, description="When retraining replaces the champion.")
     aws: AwsConfig = Field(default_factory=AwsConfig, description="AWS account settings (aws backend).")
     local: LocalConfig = Field(default_factory=LocalConfig, description="Local backend settings.")
+
+    @property
+    def names(self) -> PipelineNames:
+        """What this pipeline calls everything it makes (core/names.py)."""
+        return PipelineNames(self.project, self.stage)
 
     @model_validator(mode="after")
     def _capacity_fits_initial_count(self) -> "PipelineConfig":

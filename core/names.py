@@ -1,13 +1,16 @@
-"""Resource and job names that satisfy SageMaker's naming rules."""
+"""Names of everything a pipeline makes (resources, jobs, roles, S3 prefixes), decided in one place
+and the same on both backends. They satisfy SageMaker's, Lambda's and IAM's naming rules."""
 from __future__ import annotations
 
 import re
 import secrets
+from dataclasses import dataclass
 from datetime import datetime, timezone
 
 _INVALID = re.compile(r"[^a-zA-Z0-9-]+")
 TRAINING_JOB_MAX = 63
 TUNING_JOB_MAX = 32  # SageMaker's limit for HyperParameterTuningJobName
+ROLE_MAX = 64
 
 
 def _clean(text: str) -> str:
@@ -32,14 +35,63 @@ def trial_job_name(tuning_job_name: str, index: int, token: str) -> str:
     return f"{tuning_job_name}-{index:03d}-{token[:8]}"
 
 
-def pipeline_names(project: str, stage: str) -> dict[str, str]:
-    """The names of everything one pipeline makes; the same on both backends."""
-    return {
-        "endpoint": resource_name(project, stage, "endpoint"),
-        "endpoint_config_prefix": resource_name(project, stage, "config", 40),
-        "model_group": resource_name(project, stage, "models"),
-        "function": resource_name(project, stage, "predict", 64),
-        "training_job_prefix": resource_name(project, stage, "train", 40),
+@dataclass(frozen=True)
+class PipelineNames:
+    """What one pipeline (project + stage) calls its resources, jobs, roles and S3 prefixes."""
+
+    project: str
+    stage: str
+
+    @property
+    def endpoint(self) -> str:
+        return resource_name(self.project, self.stage, "endpoint")
+
+    @property
+    def model_group(self) -> str:
+        return resource_name(self.project, self.stage, "models")
+
+    @property
+    def function(self) -> str:
+        return resource_name(self.project, self.stage, "predict", 64)
+
+    @property
+    def training_job_prefix(self) -> str:
+        return resource_name(self.project, self.stage, "train", 40)
+
+    @property
+    def tuning_job_prefix(self) -> str:
         # Tuning job names are limited to 32 characters: the stage keeps them apart.
-        "tuning_job_prefix": _clean(f"{stage}-tune"),
-    }
+        return _clean(f"{self.stage}-tune")
+
+    def role(self, kind: str) -> str:
+        """The IAM role (and instance profile) of `kind`: sagemaker, ec2 or lambda."""
+        return f"{self.project}-{self.stage}-{kind}"[:ROLE_MAX]
+
+    @property
+    def tags(self) -> dict[str, str]:
+        """Tags every AWS resource of the pipeline carries."""
+        return {"sagemaker-flows:project": self.project, "sagemaker-flows:stage": self.stage}
+
+    # -- S3 (or the local store): everything under s3://<bucket>/<project>/<stage>/ ---------------
+    @property
+    def prefix(self) -> str:
+        return f"{self.project}/{self.stage}"
+
+    def dataset_uri(self, bucket: str, checksum: str) -> str:
+        """Where a dataset is staged: named by its content, so a changed folder never overwrites a used one."""
+        return f"s3://{bucket}/{self.prefix}/datasets/{checksum[:16]}"
+
+    def pretrained_uri(self, bucket: str, filename: str) -> str:
+        return f"s3://{bucket}/{self.prefix}/pretrained/{filename}"
+
+    def jobs_uri(self, bucket: str) -> str:
+        """Training jobs write `<jobs_uri>/<job>/output/model.tar.gz`."""
+        return f"s3://{bucket}/{self.prefix}/jobs"
+
+    def code_uri(self, bucket: str) -> str:
+        """Where the training code is uploaded for jobs on AWS."""
+        return f"s3://{bucket}/{self.prefix}/code"
+
+
+def pipeline_names(project: str, stage: str) -> PipelineNames:
+    return PipelineNames(project, stage)

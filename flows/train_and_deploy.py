@@ -36,7 +36,8 @@ class PipelineResult(BaseModel):
     endpoint_invoke_url: str
     function_name: str
     function_invoke_url: str
-    aws_endpoint_url: str | None = Field(None, description="What boto3 takes as endpoint_url (local backend).")
+    aws_endpoint_url: str | None = Field(
+        None, description="What boto3 takes as endpoint_url to reach the endpoint and function (None: AWS's own).")
     smoke_test_accuracy: float
     smoke_test_p50_ms: float
     step_seconds: dict[str, float]
@@ -82,12 +83,12 @@ def train_and_deploy(config: PipelineConfig) -> PipelineResult:
             function = publish_lambda(config, backend, endpoint)
         with timer.step("smoke_test"):
             report = smoke_test(backend, function, dataset)
-        local_url = backend.gateway().url if config.backend == "local" else None
+        endpoint_url = backend.endpoint_url
     finally:
         backend.close()
     return PipelineResult(
         backend=config.backend, model_group=version.group, model_version=version.version, job_name=candidate.job_name,
         metrics=candidate.metrics, dataset_uri=dataset.uri, endpoint_name=endpoint.name,
         endpoint_invoke_url=endpoint.invoke_url, function_name=function.name, function_invoke_url=function.invoke_url,
-        aws_endpoint_url=local_url, smoke_test_accuracy=report.accuracy, smoke_test_p50_ms=report.p50_ms,
+        aws_endpoint_url=endpoint_url, smoke_test_accuracy=report.accuracy, smoke_test_p50_ms=report.p50_ms,
         step_seconds=timer.seconds)

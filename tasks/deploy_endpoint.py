@@ -3,17 +3,17 @@ from __future__ import annotations
 
 from prefect import get_run_logger, task
 
-from backends.base import Backend, EndpointState, ModelVersion
+from backends.backend import Backend
+from backends.types import EndpointState, ModelVersion
 from core.config import PipelineConfig
-from core.names import pipeline_names
 from tasks import artifacts
 from tasks.retry_policy import TASK_OPTIONS
 
 
 @task(name="deploy_endpoint", **TASK_OPTIONS)
 def deploy_endpoint(config: PipelineConfig, backend: Backend, model: ModelVersion) -> EndpointState:
-    name = pipeline_names(config.project, config.stage)["endpoint"]
-    state = backend.deploy_endpoint(name, model, config.hosting)
+    name = config.names.endpoint
+    state = backend.hosting.deploy_endpoint(name, model, config.hosting)
     get_run_logger().info("endpoint %s %s serving %s on %d instance(s)", name, state.status, state.model_version,
                           state.instance_count)
     artifacts.link(f"{config.stage}-endpoint", state.invoke_url, f"{name} invocations",

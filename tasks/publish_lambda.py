@@ -3,17 +3,17 @@ from __future__ import annotations
 
 from prefect import task
 
-from backends.base import Backend, EndpointState, FunctionState
+from backends.backend import Backend
+from backends.types import EndpointState, FunctionState
 from core.config import PipelineConfig
-from core.names import pipeline_names
 from tasks import artifacts
 from tasks.retry_policy import TASK_OPTIONS
 
 
 @task(name="publish_lambda", **TASK_OPTIONS)
 def publish_lambda(config: PipelineConfig, backend: Backend, endpoint: EndpointState) -> FunctionState:
-    name = pipeline_names(config.project, config.stage)["function"]
-    state = backend.publish_function(name, endpoint.name, config.function)
+    name = config.names.function
+    state = backend.functions.publish_function(name, endpoint.name, config.function)
     artifacts.link(f"{config.stage}-function", state.invoke_url, f"{name} invoke", "Lambda Invoke URL")
     artifacts.markdown(f"{config.stage}-function-summary", "\n".join([
         f"## Lambda `{name}`", f"- calls endpoint `{endpoint.name}`",

@@ -5,7 +5,8 @@ import json
 
 from prefect import task
 
-from backends.base import Backend, EndpointState, ScalingState
+from backends.backend import Backend
+from backends.types import EndpointState, ScalingState
 from core.config import PipelineConfig
 from tasks import artifacts
 from tasks.retry_policy import TASK_OPTIONS
@@ -14,9 +15,9 @@ from tasks.retry_policy import TASK_OPTIONS
 @task(name="register_autoscaling", **TASK_OPTIONS)
 def register_autoscaling(config: PipelineConfig, backend: Backend, endpoint: EndpointState) -> ScalingState | None:
     if not config.autoscaling.enabled:
-        backend.deregister_autoscaling(endpoint.name, endpoint.variant_name)
+        backend.hosting.deregister_autoscaling(endpoint.name, endpoint.variant_name)
         return None
-    state = backend.register_autoscaling(endpoint.name, endpoint.variant_name, config.autoscaling)
+    state = backend.hosting.register_autoscaling(endpoint.name, endpoint.variant_name, config.autoscaling)
     artifacts.markdown(f"{config.stage}-autoscaling", "\n".join([
         f"## Autoscaling `{state.resource_id}`", f"- capacity: {state.min_capacity}..{state.max_capacity} instances",
         "- policy:", "```json", json.dumps(state.policy, indent=2), "```"]))

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from prefect import task
 
-from backends.base import Backend, ModelCandidate, ModelVersion, StagedDataset
+from backends.backend import Backend
+from backends.types import ModelCandidate, ModelVersion, StagedDataset
 from core.config import PipelineConfig
-from core.names import pipeline_names
 from tasks import artifacts
 from tasks.retry_policy import TASK_OPTIONS
 
@@ -13,12 +13,12 @@ from tasks.retry_policy import TASK_OPTIONS
 @task(name="register_model", **TASK_OPTIONS)
 def register_model(config: PipelineConfig, backend: Backend, candidate: ModelCandidate, dataset: StagedDataset,
                    promote: bool = True) -> ModelVersion:
-    group = pipeline_names(config.project, config.stage)["model_group"]
-    version = backend.register_model_version(group, candidate.model_artifact, candidate.metrics,
+    group = config.names.model_group
+    version = backend.registry.register_model_version(group, candidate.model_artifact, candidate.metrics,
                                              candidate.hyperparameters, dataset.checksum, candidate.job_name)
     if promote:
-        version = backend.promote_model_version(group, version.version)
-    history = backend.list_model_versions(group)
+        version = backend.registry.promote_model_version(group, version.version)
+    history = backend.registry.list_model_versions(group)
     artifacts.table(f"{config.stage}-model-versions", [
         {"version": v.version, "champion": v.champion, "job": v.job_name,
          "test_accuracy": round(v.metrics.get("test_accuracy", float("nan")), 4),

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from prefect import task
 
-from backends.base import ModelCandidate, TuningOutcome
-from core.best_trial import NoSuccessfulTrialError, TrialOutcome, choose_best_trial
+from backends.types import ModelCandidate, TuningOutcome
+from core.best_trial import NoSuccessfulTrialError, choose_best_trial
 from core.metrics import model_metrics
 from core.retry import PermanentError
 from tasks import artifacts
@@ -13,13 +13,10 @@ from tasks.retry_policy import TASK_OPTIONS
 
 @task(name="select_best_model", **TASK_OPTIONS)
 def select_best_model(tuning: TuningOutcome) -> ModelCandidate:
-    outcomes = [TrialOutcome(t.job_name, t.status, t.objective, t.tuned_hyperparameters, t.failure_reason, t.index)
-                for t in tuning.trials]
     try:
-        best = choose_best_trial(outcomes, tuning.objective_type)
+        trial = choose_best_trial(tuning.trials, tuning.objective_type)
     except NoSuccessfulTrialError as exc:
         raise PermanentError(str(exc)) from None
-    trial = next(t for t in tuning.trials if t.job_name == best.name)
     artifacts.markdown("best-trial", "\n".join([
         f"## Best trial `{trial.job_name}`",
         f"- {tuning.objective_metric} = {trial.objective:.4f} ({tuning.objective_type})",

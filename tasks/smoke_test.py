@@ -9,7 +9,8 @@ from dataclasses import dataclass
 
 from prefect import get_run_logger, task
 
-from backends.base import Backend, FunctionState, StagedDataset
+from backends.backend import Backend
+from backends.types import FunctionState, StagedDataset
 from core.datasets import pick_samples
 from core.retry import PermanentError
 from tasks import artifacts
@@ -32,13 +33,13 @@ class SmokeTestReport:
 def smoke_test(backend: Backend, function: FunctionState, dataset: StagedDataset, samples: int = SAMPLES) -> SmokeTestReport:
     logger = get_run_logger()
     test_prefix = dataset.uri.rstrip("/") + "/test"
-    keys = pick_samples(backend.list_objects(test_prefix), samples)
+    keys = pick_samples(backend.storage.list_objects(test_prefix), samples)
     if not keys:
         raise PermanentError(f"no test images under {test_prefix}")
-    client = backend.aws_client("lambda")
+    client = backend.client("lambda")
     rows, latencies, correct, version = [], [], 0, ""
     for key in keys:
-        event = {"image": base64.b64encode(backend.read_object(f"{test_prefix}/{key}")).decode()}
+        event = {"image": base64.b64encode(backend.storage.read_object(f"{test_prefix}/{key}")).decode()}
         started = time.perf_counter()
         response = client.invoke(FunctionName=function.name, Payload=json.dumps(event).encode())
         latencies.append((time.perf_counter() - started) * 1000)

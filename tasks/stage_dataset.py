@@ -8,7 +8,8 @@ from pathlib import Path
 
 from prefect import get_run_logger, task
 
-from backends.base import Backend, StagedDataset
+from backends.backend import Backend
+from backends.types import StagedDataset
 from core.config import PipelineConfig
 from core.datasets import DatasetError, check_layout, folder_checksum, safe_extract_zip
 from core.retry import PermanentError
@@ -36,7 +37,7 @@ def stage_dataset(config: PipelineConfig, backend: Backend) -> StagedDataset:
     logger = get_run_logger()
     source = config.data.source
     if source.startswith("s3://"):
-        staged = backend.describe_prefix(source)  # already staged: train from it in place
+        staged = backend.storage.describe_prefix(source)  # already staged: train from it in place
     else:
         with tempfile.TemporaryDirectory(prefix="sagemaker-flows-") as scratch:
             try:
@@ -49,7 +50,7 @@ def stage_dataset(config: PipelineConfig, backend: Backend) -> StagedDataset:
             except DatasetError as exc:
                 raise PermanentError(str(exc)) from None
             checksum = folder_checksum(folder)
-            prefix = f"s3://{backend.default_bucket()}/{config.project}/{config.stage}/datasets/{checksum[:16]}"
+            prefix = config.names.dataset_uri(backend.storage.default_bucket(), checksum)
             progress = artifacts.Progress(f"{config.stage}-staging-progress", f"uploading {folder}")
             last = [0.0]
 
@@ -58,7 +59,7 @@ def stage_dataset(config: PipelineConfig, backend: Backend) -> StagedDataset:
                     last[0] = done / total
                     progress.update(done / total, f"{done}/{total} files")
 
-            staged = backend.upload_folder(str(folder), prefix, progress=report)
+            staged = backend.storage.upload_folder(str(folder), prefix, progress=report)
     logger.info("dataset at %s: %d files (%d uploaded, %d unchanged)", staged.uri, staged.files, staged.uploaded,
                 staged.unchanged)
     artifacts.markdown(f"{config.stage}-dataset", "\n".join([

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from prefect import task
 
-from backends.base import Backend
+from backends.backend import Backend
 from core.config import PipelineConfig
 from core.retry import PermanentError
 from tasks.retry_policy import TASK_OPTIONS
@@ -19,5 +19,5 @@ def stage_pretrained_weights(config: PipelineConfig, backend: Backend) -> str | 
     path = Path(source).expanduser()
     if not path.is_file():
         raise PermanentError(f"training.pretrained_weights {source} is not a file")
-    uri = f"s3://{backend.default_bucket()}/{config.project}/{config.stage}/pretrained/{path.name}"
-    return backend.upload_file(str(path), uri)
+    uri = config.names.pretrained_uri(backend.storage.default_bucket(), path.name)
+    return backend.storage.upload_file(str(path), uri)

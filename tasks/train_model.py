@@ -3,18 +3,19 @@ from __future__ import annotations
 
 from prefect import get_run_logger, task
 
-from backends.base import Backend, ModelCandidate, StagedDataset, TrainingRequest
+from backends.backend import Backend
+from backends.types import ModelCandidate, StagedDataset, TrainingRequest
 from core.config import PipelineConfig
 from core.hyperparameters import static_hyperparameters
-from core.names import pipeline_names, timestamped_name
+from core.names import timestamped_name
 from core.metrics import model_metrics
-from core.retry import PermanentError
+from backends.errors import JobFailedError
 from tasks import artifacts
 from tasks.retry_policy import TASK_OPTIONS
 
 
 def output_uri(config: PipelineConfig, backend: Backend) -> str:
-    return f"s3://{backend.default_bucket()}/{config.project}/{config.stage}/jobs"
+    return config.names.jobs_uri(backend.storage.default_bucket())
 
 
 @task(name="train_model", **TASK_OPTIONS)
@@ -22,7 +23,7 @@ def train_model(config: PipelineConfig, backend: Backend, dataset: StagedDataset
                 pretrained_uri: str | None = None, job_name: str | None = None) -> ModelCandidate:
     logger = get_run_logger()
     training = config.training
-    name = job_name or timestamped_name(pipeline_names(config.project, config.stage)["training_job_prefix"])
+    name = job_name or timestamped_name(config.names.training_job_prefix)
     progress = artifacts.Progress(f"{config.stage}-training-progress", f"training job {name}")
 
     def on_epoch(values: dict[str, float]) -> None:
@@ -33,9 +34,9 @@ def train_model(config: PipelineConfig, backend: Backend, dataset: StagedDataset
 
     request = TrainingRequest(name, static_hyperparameters(training), dataset.uri, output_uri(config, backend),
                               pretrained_uri, training.instance_type, training.max_runtime_seconds)
-    outcome = backend.run_training_job(request, on_epoch=on_epoch)
+    outcome = backend.training.run_training_job(request, on_epoch=on_epoch)
     if outcome.status != "Completed":
-        raise PermanentError(f"training job {name} {outcome.status.lower()}: {outcome.failure_reason} "
+        raise JobFailedError(f"training job {name} {outcome.status.lower()}: {outcome.failure_reason} "
                              f"(log: {outcome.log_location})")
     progress.update(1.0, f"{name} completed")
     metrics = outcome.final_metrics

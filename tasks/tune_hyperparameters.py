@@ -5,11 +5,12 @@ import math
 
 from prefect import get_run_logger, task
 
-from backends.base import Backend, StagedDataset, TuningOutcome, TuningRequest
+from backends.backend import Backend
+from backends.types import StagedDataset, TuningOutcome, TuningRequest
 from core.config import PipelineConfig
 from core.hyperparameters import static_hyperparameters
-from core.names import TUNING_JOB_MAX, pipeline_names, timestamped_name
-from core.retry import PermanentError
+from core.names import TUNING_JOB_MAX, timestamped_name
+from backends.errors import JobFailedError
 from tasks import artifacts
 from tasks.retry_policy import TASK_OPTIONS
 from tasks.train_model import output_uri
@@ -31,7 +32,7 @@ def tune_hyperparameters(config: PipelineConfig, backend: Backend, dataset: Stag
                          pretrained_uri: str | None = None) -> TuningOutcome:
     logger = get_run_logger()
     training, tuning = config.training, config.training.tuning
-    name = timestamped_name(pipeline_names(config.project, config.stage)["tuning_job_prefix"], TUNING_JOB_MAX)
+    name = timestamped_name(config.names.tuning_job_prefix, TUNING_JOB_MAX)
     progress = artifacts.Progress(f"{config.stage}-tuning-progress", f"tuning job {name}: 0/{tuning.max_jobs} trials")
 
     def on_trial(trial, done: int, total: int) -> None:
@@ -44,10 +45,10 @@ def tune_hyperparameters(config: PipelineConfig, backend: Backend, dataset: Stag
         tuning.strategy, tuning.objective.metric, tuning.objective.type, tuning.max_jobs, tuning.max_parallel_jobs,
         dataset.uri, output_uri(config, backend), pretrained_uri, training.instance_type, training.max_runtime_seconds,
         training.seed)
-    outcome = backend.run_tuning_job(request, on_trial=on_trial)
+    outcome = backend.training.run_tuning_job(request, on_trial=on_trial)
     artifacts.table(f"{config.stage}-trials", trial_rows(outcome), f"trials of tuning job {name}")
     if outcome.status != "Completed":
-        raise PermanentError(f"tuning job {name} failed: {outcome.failure_reason}")
+        raise JobFailedError(f"tuning job {name} failed: {outcome.failure_reason}")
     completed = sum(t.status == "Completed" for t in outcome.trials)
     artifacts.markdown(f"{config.stage}-tuning", "\n".join([
         f"## Tuning job `{name}`", f"- strategy: {tuning.strategy}, objective: {tuning.objective.type} {tuning.objective.metric}",

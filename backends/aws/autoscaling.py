@@ -10,9 +10,8 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
-from botocore.exceptions import ClientError
-
-from backends.base import ScalingState
+from backends.aws.errors import if_exists
+from backends.types import ScalingState
 from core.config import AutoscalingConfig
 from core.scaling import SCALABLE_DIMENSION, policy_name, resource_id, scalable_target, target_tracking_policy
 
@@ -21,13 +20,6 @@ NAMESPACE = "sagemaker"
 _POLICY_KEYS = ("PolicyName", "ServiceNamespace", "ResourceId", "ScalableDimension", "PolicyType",
                 "TargetTrackingScalingPolicyConfiguration", "StepScalingPolicyConfiguration",
                 "PredictiveScalingPolicyConfiguration")
-
-
-def _is_missing(error: ClientError) -> bool:
-    """AWS answers ObjectNotFoundException for a missing target or policy (moto: ValidationException)."""
-    code = error.response.get("Error", {}).get("Code", "")
-    message = error.response.get("Error", {}).get("Message", "")
-    return code == "ObjectNotFoundException" or (code == "ValidationException" and "No scal" in message)
 
 
 class EndpointAutoscaling:
@@ -83,22 +75,12 @@ class EndpointAutoscaling:
         """Delete the policy and the scalable target; False if nothing was registered."""
         rid = resource_id(endpoint_name, variant_name)
         target = self._target(rid)
-        try:
-            self.client.delete_scaling_policy(PolicyName=policy_name(endpoint_name), ServiceNamespace=NAMESPACE,
-                                              ResourceId=rid, ScalableDimension=SCALABLE_DIMENSION)
-        except ClientError as error:
-            if not _is_missing(error):
-                raise
+        if_exists(self.client.delete_scaling_policy, PolicyName=policy_name(endpoint_name), ServiceNamespace=NAMESPACE,
+                  ResourceId=rid, ScalableDimension=SCALABLE_DIMENSION)
         if target is None:
             return False
-        try:
-            self.client.deregister_scalable_target(ServiceNamespace=NAMESPACE, ResourceId=rid,
-                                                   ScalableDimension=SCALABLE_DIMENSION)
-        except ClientError as error:
-            if not _is_missing(error):
-                raise
-            return False
-        return True
+        return if_exists(self.client.deregister_scalable_target, ServiceNamespace=NAMESPACE, ResourceId=rid,
+                         ScalableDimension=SCALABLE_DIMENSION)
 
     @contextlib.contextmanager
     def suspended_for_update(self, endpoint_name: str, variant_name: str) -> Iterator[bool]:
@@ -114,12 +96,8 @@ class EndpointAutoscaling:
             return
         policies = self._policies(rid)
         for policy in policies:
-            try:
-                self.client.delete_scaling_policy(PolicyName=policy["PolicyName"], ServiceNamespace=NAMESPACE,
-                                                  ResourceId=rid, ScalableDimension=SCALABLE_DIMENSION)
-            except ClientError as error:
-                if not _is_missing(error):
-                    raise
+            if_exists(self.client.delete_scaling_policy, PolicyName=policy["PolicyName"], ServiceNamespace=NAMESPACE,
+                      ResourceId=rid, ScalableDimension=SCALABLE_DIMENSION)
         self.client.deregister_scalable_target(ServiceNamespace=NAMESPACE, ResourceId=rid,
                                                ScalableDimension=SCALABLE_DIMENSION)
         try:

@@ -17,13 +17,15 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from botocore.exceptions import ClientError
 
-from backends.base import EpochCallback, LogCallback, TrainingOutcome, TrainingRequest
+from backends.aws.errors import error_code, error_message, is_not_found
+from backends.errors import WaitTimedOutError
+from backends.types import EpochCallback, LogCallback, TrainingOutcome, TrainingRequest
+from backends.waiting import SYSTEM_CLOCK, Clock, wait_for
 from core.ec2_user_data import DLAMI_SSM_PARAMETER, job_prefix, render_user_data
 from core.metrics import epoch_rows, final_metrics, parse_metric_line, parse_metric_log
 from core.retry import is_transient
@@ -92,11 +94,11 @@ class _LogFollower:
 
 class Ec2Training:
     def __init__(self, ec2, ssm, s3, poll_seconds: float = 15.0, *, ami_parameter: str | None = None,
-                 sleep: Callable[[float], None] = time.sleep):
+                 clock: Clock = SYSTEM_CLOCK):
         self.ec2, self.ssm, self.s3 = ec2, ssm, s3
         self.poll_seconds = poll_seconds
         self.ami_parameter = ami_parameter or os.environ.get("SAGEMAKER_FLOWS_DLAMI_PARAMETER") or DLAMI_SSM_PARAMETER
-        self._sleep = sleep
+        self.clock = clock
 
     # -- the job ----------------------------------------------------------------------------------
     def run(self, request: TrainingRequest, *, instance_type: str, instance_profile_arn: str, code_uri: str,
@@ -231,29 +233,29 @@ class Ec2Training:
                     raise
                 log.info("run_instances: %s; retrying", exc)
                 params["ClientToken"] = f"{job_name[:30]}-{uuid.uuid4().hex}"
-                self._sleep(min(2.0 * attempt, 10.0))
+                self.clock.sleep(min(2.0 * attempt, 10.0))
         raise AssertionError("unreachable")
 
     # -- while it runs ----------------------------------------------------------------------------
     def _wait(self, instance_id: str, objects: _JobObjects, timeout: float, elapsed: float,
               follower: _LogFollower, max_runtime: int) -> dict:
         """The instance's status marker, or one made up here when it ended silently or took too long."""
-        deadline = time.monotonic() + timeout - elapsed
-        while True:
+        def probe() -> dict | None:
             try:
-                marker = self._poll(instance_id, objects, follower)
+                return self._poll(instance_id, objects, follower)
             except Exception as exc:  # noqa: BLE001 - a throttled poll must not end hours of training
                 if not is_transient(exc):
                     raise
                 log.warning("training job poll: %s; trying again", exc)
-                marker = None
-            if marker is not None:
-                return marker
-            if time.monotonic() >= deadline:
-                return {"status": "Failed", "failure_reason":
-                        f"MaxRuntimeExceeded: no status from {instance_id} within {timeout:.0f} s "
-                        f"(max runtime {max_runtime} s plus boot and upload); the instance was terminated"}
-            self._sleep(self.poll_seconds)
+                return None
+
+        try:
+            return wait_for(probe, what=f"training job on {instance_id}", timeout_s=timeout - elapsed,
+                            interval_s=self.poll_seconds, clock=self.clock)
+        except WaitTimedOutError:
+            return {"status": "Failed", "failure_reason":
+                    f"MaxRuntimeExceeded: no status from {instance_id} within {timeout:.0f} s "
+                    f"(max runtime {max_runtime} s plus boot and upload); the instance was terminated"}
 
     def _poll(self, instance_id: str, objects: _JobObjects, follower: _LogFollower) -> dict | None:
         """One look: the marker if there is one, new log lines, and whether the instance is gone."""
@@ -277,7 +279,7 @@ class Ec2Training:
         try:
             reservations = self.ec2.describe_instances(InstanceIds=[instance_id])["Reservations"]
         except ClientError as exc:
-            if _code(exc) == "InvalidInstanceID.NotFound":  # long gone
+            if is_not_found(exc):  # long gone
                 return "terminated", "no longer listed"
             if is_transient(exc):
                 return "unknown", ""
@@ -318,7 +320,7 @@ class Ec2Training:
                 return self.s3.get_object(Bucket=obj.bucket, Key=obj.key, Range=f"bytes={start}-")["Body"].read()
             return self.s3.get_object(Bucket=obj.bucket, Key=obj.key)["Body"].read()
         except ClientError as exc:
-            if _code(exc) in ("NoSuchKey", "404", "NotFound"):
+            if is_not_found(exc):
                 return None
             raise
 
@@ -327,7 +329,7 @@ class Ec2Training:
             self.s3.head_object(Bucket=obj.bucket, Key=obj.key)
             return True
         except ClientError as exc:
-            if _code(exc) in ("NoSuchKey", "404", "NotFound"):
+            if is_not_found(exc):
                 return False
             raise
 
@@ -368,11 +370,7 @@ class Ec2Training:
         )
 
 
-def _code(exc: ClientError) -> str:
-    return str(exc.response.get("Error", {}).get("Code", ""))
-
-
 def _profile_not_ready(exc: ClientError) -> bool:
     """EC2 does not know a just-created instance profile yet (IAM is eventually consistent)."""
-    message = str(exc.response.get("Error", {}).get("Message", "")).lower()
-    return _code(exc) == "InvalidParameterValue" and ("instance profile" in message or "iaminstanceprofile" in message)
+    message = error_message(exc).lower()
+    return error_code(exc) == "InvalidParameterValue" and ("instance profile" in message or "iaminstanceprofile" in message)

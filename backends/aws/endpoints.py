@@ -16,14 +16,16 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import re
-import time
 from collections.abc import Callable
 from typing import Any
 
-from botocore.exceptions import ClientError
+from botocore.exceptions import WaiterError
 
-from backends.base import EndpointState, ModelVersion
+from backends.aws.errors import if_exists, or_none
+from backends.errors import DeploymentFailedError, WaitTimedOutError
+from backends.types import EndpointState, ModelVersion
 from core.config import HostingConfig
 
 log = logging.getLogger(__name__)
@@ -33,10 +35,6 @@ SETTLING = {"Creating", "Updating", "SystemUpdating", "RollingBack", "Deleting"}
 RECREATE = {"Failed", "OutOfService"}  # nothing serves: delete and create again
 TERMINATION_WAIT_S = 300
 MAX_EXECUTION_S = 3600
-
-
-class EndpointDeploymentError(RuntimeError):
-    """The endpoint did not reach InService on the new configuration."""
 
 
 class SageMakerEndpoints:
@@ -72,13 +70,13 @@ class SageMakerEndpoints:
                               "count": hosting.initial_instance_count, "variant": hosting.variant_name})
         config_name = _fit(name, f"-cfg-{config_hash}")
 
-        if self._describe_or_none("describe_model", ModelName=model_name) is None:
+        if or_none(self._sm.describe_model, ModelName=model_name) is None:
             log.info("creating model %s", model_name)
             self._sm.create_model(
                 ModelName=model_name, ExecutionRoleArn=role_arn,
                 PrimaryContainer={"Image": image_uri, "ModelDataUrl": model.model_artifact, "Environment": env},
                 **({"Tags": tag_list} if tag_list else {}))
-        if self._describe_or_none("describe_endpoint_config", EndpointConfigName=config_name) is None:
+        if or_none(self._sm.describe_endpoint_config, EndpointConfigName=config_name) is None:
             log.info("creating endpoint config %s", config_name)
             self._sm.create_endpoint_config(
                 EndpointConfigName=config_name,
@@ -95,7 +93,7 @@ class SageMakerEndpoints:
             log.warning("endpoint %s is %s (%s): deleting it to create it again", name, current["EndpointStatus"],
                         current.get("FailureReason", "no reason given"))
             self._sm.delete_endpoint(EndpointName=name)
-            self._wait_gone(name)
+            self._waiter("endpoint_deleted", name, "to be deleted")
             current = None
 
         if current is None:
@@ -135,15 +133,15 @@ class SageMakerEndpoints:
 
     def _check(self, name: str, described: dict | None, config_name: str, updated: bool) -> None:
         if described is None:
-            raise EndpointDeploymentError(f"endpoint {name} disappeared while deploying {config_name}")
+            raise DeploymentFailedError(f"endpoint {name} disappeared while deploying {config_name}")
         status = described["EndpointStatus"]
         if status != "InService":
-            raise EndpointDeploymentError(
+            raise DeploymentFailedError(
                 f"endpoint {name} is {status} after deploying {config_name}: "
                 f"{described.get('FailureReason', 'no reason given')}")
         if updated and described.get("EndpointConfigName") != config_name:
             reason = described.get("FailureReason")
-            raise EndpointDeploymentError(
+            raise DeploymentFailedError(
                 f"endpoint {name} rolled back to {described.get('EndpointConfigName')}: the update to {config_name} "
                 f"failed{': ' + reason if reason else ''}; the previous configuration still serves")
 
@@ -158,72 +156,49 @@ class SageMakerEndpoints:
 
     def delete(self, name: str) -> bool:
         """Delete the endpoint and the configs and models deploy() made for it; False when none was there."""
-        removed = False
-        try:
-            self._sm.delete_endpoint(EndpointName=name)
+        removed = if_exists(self._sm.delete_endpoint, EndpointName=name)
+        if removed:
             log.info("deleting endpoint %s", name)
-            removed = True
-            self._wait_gone(name)
-        except ClientError as err:
-            if not _is_missing(err):
-                raise
+            self._waiter("endpoint_deleted", name, "to be deleted")
         for page in self._sm.get_paginator("list_endpoint_configs").paginate(NameContains=_head(name)):
             for config in page.get("EndpointConfigs", []):
                 if _owned(config["EndpointConfigName"], name, _CONFIG_SUFFIX):
-                    removed |= self._delete_quietly("delete_endpoint_config", EndpointConfigName=config["EndpointConfigName"])
+                    removed |= if_exists(self._sm.delete_endpoint_config,
+                                         EndpointConfigName=config["EndpointConfigName"])
         for page in self._sm.get_paginator("list_models").paginate(NameContains=_head(name)):
             for model in page.get("Models", []):
                 if _owned(model["ModelName"], name, _MODEL_SUFFIX):
-                    removed |= self._delete_quietly("delete_model", ModelName=model["ModelName"])
+                    removed |= if_exists(self._sm.delete_model, ModelName=model["ModelName"])
         return removed
 
     # -- helpers ------------------------------------------------------------------------
     def _raw(self, name: str) -> dict | None:
-        return self._describe_or_none("describe_endpoint", EndpointName=name)
-
-    def _describe_or_none(self, operation: str, **params) -> dict | None:
-        try:
-            return getattr(self._sm, operation)(**params)
-        except ClientError as err:
-            if _is_missing(err):
-                return None
-            raise
-
-    def _delete_quietly(self, operation: str, **params) -> bool:
-        try:
-            getattr(self._sm, operation)(**params)
-            log.info("%s %s", operation, next(iter(params.values())))
-            return True
-        except ClientError as err:
-            if _is_missing(err):
-                return False
-            raise
+        return or_none(self._sm.describe_endpoint, EndpointName=name)
 
     def _wait(self, name: str) -> dict | None:
-        """Poll until the endpoint leaves the settling states (or is gone); None when gone."""
-        deadline = time.monotonic() + self.timeout_s
-        while True:
-            described = self._raw(name)
-            if described is None or described["EndpointStatus"] not in SETTLING:
-                return described
-            if time.monotonic() >= deadline:
-                raise EndpointDeploymentError(
-                    f"endpoint {name} still {described['EndpointStatus']} after {self.timeout_s:.0f} s")
-            time.sleep(self.poll_seconds)
+        """Wait (botocore's endpoint_in_service) until the endpoint is InService or Failed; its
+        description then, None when it is gone."""
+        self._waiter("endpoint_in_service", name, "to be InService")
+        return self._raw(name)
 
-    def _wait_gone(self, name: str) -> None:
-        deadline = time.monotonic() + self.timeout_s
-        while self._raw(name) is not None:
-            if time.monotonic() >= deadline:
-                raise TimeoutError(f"endpoint {name} still exists {self.timeout_s:.0f} s after its deletion")
-            time.sleep(self.poll_seconds)
+    def _waiter(self, waiter: str, name: str, what: str) -> None:
+        """A botocore waiter on the endpoint; a failure state is for the caller to read, a timeout raises."""
+        delay = max(self.poll_seconds, 0.01)
+        config = {"Delay": self.poll_seconds, "MaxAttempts": max(1, math.ceil(self.timeout_s / delay))}
+        try:
+            self._sm.get_waiter(waiter).wait(EndpointName=name, WaiterConfig=config)
+        except WaiterError as exc:
+            if "Max attempts exceeded" in str(exc):
+                status = (exc.last_response or {}).get("EndpointStatus", "unknown")
+                raise WaitTimedOutError(f"endpoint {name} still {status} after {self.timeout_s:.0f} s waiting for "
+                                        f"it {what}") from None
 
     def _model_label(self, config_name: str | None) -> str:
         """MODEL_VERSION of the model behind the config ("" when it cannot be read)."""
-        config = self._describe_or_none("describe_endpoint_config", EndpointConfigName=config_name) if config_name else None
+        config = or_none(self._sm.describe_endpoint_config, EndpointConfigName=config_name) if config_name else None
         variants = (config or {}).get("ProductionVariants") or [{}]
         model_name = variants[0].get("ModelName")
-        described = self._describe_or_none("describe_model", ModelName=model_name) if model_name else None
+        described = or_none(self._sm.describe_model, ModelName=model_name) if model_name else None
         return ((described or {}).get("PrimaryContainer") or {}).get("Environment", {}).get("MODEL_VERSION", "")
 
     def _state(self, name: str, described: dict, label: str, variant_name: str) -> EndpointState:
@@ -262,9 +237,3 @@ def _owned(resource: str, endpoint: str, suffix: re.Pattern) -> bool:
             return True
     return False
 
-
-def _is_missing(err: ClientError) -> bool:
-    error = err.response.get("Error", {})
-    message = error.get("Message", "")
-    return error.get("Code") in ("ResourceNotFound", "ResourceNotFoundException") or (
-        error.get("Code") == "ValidationException" and ("Could not find" in message or "does not exist" in message))

@@ -1,35 +1,37 @@
-"""The Lambda function in front of the endpoint: a deterministic code zip and an idempotent publish.
+"""The Functions service on Lambda: a deterministic code zip and an idempotent publish.
 
 publish() creates the function or updates only what differs (code by CodeSha256, configuration by
 field), publishes a version only when something changed (or none exists yet), points an alias at
 it, and sets reserved concurrency on the function and provisioned concurrency on the alias, waiting
-for each step AWS runs asynchronously (function State, LastUpdateStatus, provisioned Status).
+for each step AWS runs asynchronously: botocore's function_active_v2 / function_updated_v2 waiters
+for the function, backends.waiting for provisioned concurrency (botocore has no waiter for it).
 """
 from __future__ import annotations
 
 import base64
 import hashlib
 import io
+import math
 import os
-import time
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError, WaiterError
 
-from backends.base import FunctionState
+from backends.aws.errors import error_code, if_exists, or_none
+from backends.errors import DeploymentFailedError, WaitTimedOutError
+from backends.types import FunctionState
+from backends.waiting import SYSTEM_CLOCK, Clock, wait_for
 from core.config import FunctionConfig
 
 _FIXED_TIMESTAMP = (1980, 1, 1, 0, 0, 0)  # the earliest a zip can hold
 _EXCLUDED_DIRS = {"__pycache__"}
 _EXCLUDED_SUFFIXES = (".pyc", ".pyo")
-_NOT_FOUND = {"ResourceNotFoundException", "ProvisionedConcurrencyConfigNotFoundException"}
 # The configuration fields publish() manages, compared one by one with GetFunctionConfiguration.
 _MANAGED = ("Role", "Handler", "Runtime", "MemorySize", "Timeout", "Environment")
-
-
-class FunctionDeployError(RuntimeError):
-    """A Lambda step ended in a failed state (function State/LastUpdateStatus, provisioned Status)."""
+LAMBDA_SOURCE_DIR = Path(__file__).resolve().parents[2] / "lambda_src"
+ALIAS = "live"
 
 
 def zip_source(folder: str) -> bytes:
@@ -65,10 +67,6 @@ def code_sha256(code_zip: bytes) -> str:
     return base64.b64encode(hashlib.sha256(code_zip).digest()).decode("ascii")
 
 
-def _code(error: ClientError) -> str:
-    return error.response.get("Error", {}).get("Code", "")
-
-
 def _environment(configuration: dict) -> dict[str, str]:
     return dict((configuration.get("Environment") or {}).get("Variables") or {})
 
@@ -85,21 +83,32 @@ def _differs(configuration: dict, desired: dict) -> list[str]:
 
 
 class LambdaFunctions:
-    """Lambda functions published behind an alias, with reserved and provisioned concurrency."""
+    """Lambda functions published behind an alias, with reserved and provisioned concurrency.
 
-    def __init__(self, lambda_client, poll_seconds: float = 2.0, timeout_s: float = 600):
+    role_arn(function name, endpoint name) gives the role a function runs as (PipelineRoles); it is
+    needed by publish_function only, as are tags (put on every function made).
+    """
+
+    def __init__(self, lambda_client, poll_seconds: float = 2.0, timeout_s: float = 600, *,
+                 role_arn: Callable[[str, str], str] | None = None, tags: dict[str, str] | None = None,
+                 source_dir: Path = LAMBDA_SOURCE_DIR, clock: Clock = SYSTEM_CLOCK):
         self.client = lambda_client
         self.poll_seconds = poll_seconds
         self.timeout_s = timeout_s
+        self.role_arn, self.tags, self.source_dir = role_arn, tags, source_dir
+        self.clock = clock
+
+    # -- the Functions service ------------------------------------------------------------
+    def publish_function(self, name: str, endpoint_name: str, config: FunctionConfig) -> FunctionState:
+        if self.role_arn is None:
+            raise ValueError("publish_function needs the role_arn the functions run as")
+        environment = {"ENDPOINT_NAME": endpoint_name, "ALLOWED_URL_HOSTS": ",".join(config.allowed_url_hosts)}
+        return self.publish(name, self.role_arn(name, endpoint_name), zip_source(str(self.source_dir)), environment,
+                            config, tags=self.tags)
 
     # -- reads ------------------------------------------------------------------------
     def _configuration(self, name: str) -> dict | None:
-        try:
-            return self.client.get_function_configuration(FunctionName=name)
-        except ClientError as error:
-            if _code(error) == "ResourceNotFoundException":
-                return None
-            raise
+        return or_none(self.client.get_function_configuration, FunctionName=name)
 
     def _latest_version(self, name: str) -> dict | None:
         """The configuration of the highest published version (not $LATEST), or None."""
@@ -112,54 +121,40 @@ class LambdaFunctions:
         return latest
 
     def _alias(self, name: str, alias: str) -> dict | None:
-        try:
-            return self.client.get_alias(FunctionName=name, Name=alias)
-        except ClientError as error:
-            if _code(error) == "ResourceNotFoundException":
-                return None
-            raise
+        return or_none(self.client.get_alias, FunctionName=name, Name=alias)
 
     def _provisioned(self, name: str, alias: str) -> dict | None:
-        try:
-            return self.client.get_provisioned_concurrency_config(FunctionName=name, Qualifier=alias)
-        except ClientError as error:
-            if _code(error) in _NOT_FOUND:
-                return None
-            raise
+        return or_none(self.client.get_provisioned_concurrency_config, FunctionName=name, Qualifier=alias)
 
     # -- waits ------------------------------------------------------------------------
-    def _poll(self, what: str, probe):
-        """Call probe() every poll_seconds until it returns something (not None); timeout_s at most."""
-        deadline = time.monotonic() + self.timeout_s
-        while True:
-            result = probe()
-            if result is not None:
-                return result
-            if time.monotonic() >= deadline:
-                raise TimeoutError(f"{what}: not done after {self.timeout_s:g} s")
-            time.sleep(self.poll_seconds)
-
     def _wait_ready(self, name: str) -> dict:
         """Wait until the function is Active and no update is in progress; its configuration."""
-        def probe():
-            configuration = self.client.get_function_configuration(FunctionName=name)
-            state, update = configuration.get("State", "Active"), configuration.get("LastUpdateStatus", "Successful")
-            if state == "Failed":
-                raise FunctionDeployError(f"Lambda function {name} failed: {configuration.get('StateReason', state)}")
-            if update == "Failed":
-                raise FunctionDeployError(
-                    f"Lambda function {name} update failed: {configuration.get('LastUpdateStatusReason', update)}")
-            return configuration if state == "Active" and update == "Successful" else None
-        return self._poll(f"Lambda function {name} to become Active with its last update Successful", probe)
+        delay = max(self.poll_seconds, 0.01)
+        config = {"Delay": self.poll_seconds, "MaxAttempts": max(1, math.ceil(self.timeout_s / delay))}
+        for waiter, what in (("function_active_v2", "become Active"), ("function_updated_v2", "finish its update")):
+            try:
+                self.client.get_waiter(waiter).wait(FunctionName=name, WaiterConfig=config)
+            except WaiterError as exc:
+                if "Max attempts exceeded" in str(exc):
+                    raise WaitTimedOutError(f"Lambda function {name} did not {what} within {self.timeout_s:g} s") \
+                        from None
+                configuration = self.client.get_function_configuration(FunctionName=name)
+                if configuration.get("State") == "Failed":
+                    reason = configuration.get("StateReason", "no reason given")
+                    raise DeploymentFailedError(f"Lambda function {name} failed: {reason}") from None
+                reason = configuration.get("LastUpdateStatusReason", "no reason given")
+                raise DeploymentFailedError(f"Lambda function {name} update failed: {reason}") from None
+        return self.client.get_function_configuration(FunctionName=name)
 
     def _wait_provisioned(self, name: str, alias: str) -> dict:
         def probe():
             current = self.client.get_provisioned_concurrency_config(FunctionName=name, Qualifier=alias)
             if current.get("Status") == "FAILED":
-                raise FunctionDeployError(f"provisioned concurrency of {name}:{alias} failed: "
-                                          f"{current.get('StatusReason', 'no reason given')}")
+                raise DeploymentFailedError(f"provisioned concurrency of {name}:{alias} failed: "
+                                            f"{current.get('StatusReason', 'no reason given')}")
             return current if current.get("Status") == "READY" else None
-        return self._poll(f"provisioned concurrency of {name}:{alias} to become READY", probe)
+        return wait_for(probe, what=f"provisioned concurrency of {name}:{alias} to become READY",
+                        timeout_s=self.timeout_s, interval_s=self.poll_seconds, clock=self.clock)
 
     # -- steps ------------------------------------------------------------------------
     def _create(self, name: str, code_zip: bytes, desired: dict, tags: dict[str, str] | None) -> None:
@@ -173,10 +168,11 @@ class LambdaFunctions:
                 return self.client.create_function(**kwargs)
             except ClientError as error:
                 # A role made moments ago may not be assumable yet (IAM is eventually consistent).
-                if _code(error) == "InvalidParameterValueException" and "assume" in str(error):
+                if error_code(error) == "InvalidParameterValueException" and "assume" in str(error):
                     return None
                 raise
-        self._poll(f"Lambda to accept the role of {name}", attempt)
+        wait_for(attempt, what=f"Lambda to accept the role of {name}", timeout_s=self.timeout_s,
+                 interval_s=self.poll_seconds, clock=self.clock)
 
     def _ensure_tags(self, arn: str, tags: dict[str, str] | None) -> None:
         if not tags:
@@ -205,11 +201,7 @@ class LambdaFunctions:
     def _set_provisioned(self, name: str, alias: str, provisioned: int, current: dict | None) -> None:
         if provisioned <= 0:
             if current is not None:
-                try:
-                    self.client.delete_provisioned_concurrency_config(FunctionName=name, Qualifier=alias)
-                except ClientError as error:
-                    if _code(error) not in _NOT_FOUND:
-                        raise
+                if_exists(self.client.delete_provisioned_concurrency_config, FunctionName=name, Qualifier=alias)
             return
         if (current is None or current.get("RequestedProvisionedConcurrentExecutions") != provisioned
                 or current.get("Status") == "FAILED"):
@@ -219,7 +211,7 @@ class LambdaFunctions:
 
     # -- public -----------------------------------------------------------------------
     def publish(self, name: str, role_arn: str, code_zip: bytes, environment: dict[str, str], config: FunctionConfig,
-                alias: str = "live", runtime: str = "python3.12", handler: str = "handler.lambda_handler",
+                alias: str = ALIAS, runtime: str = "python3.12", handler: str = "handler.lambda_handler",
                 tags: dict[str, str] | None = None) -> FunctionState:
         """Create or update the function, publish a version if anything changed, and serve it from `alias`."""
         sha = code_sha256(code_zip)
@@ -264,7 +256,7 @@ class LambdaFunctions:
             invoke_url=f"https://lambda.{region}.amazonaws.com/2015-03-31/functions/{name}:{alias}/invocations",
             code_sha256=current["CodeSha256"])
 
-    def delete(self, name: str) -> bool:
+    def delete_function(self, name: str) -> bool:
         """Delete the aliases' provisioned concurrency, the aliases and the function; False if there was none."""
         if self._configuration(name) is None:
             return False
@@ -272,20 +264,6 @@ class LambdaFunctions:
         for page in self.client.get_paginator("list_aliases").paginate(FunctionName=name):
             aliases += [a["Name"] for a in page.get("Aliases", [])]
         for alias in aliases:
-            try:
-                self.client.delete_provisioned_concurrency_config(FunctionName=name, Qualifier=alias)
-            except ClientError as error:
-                if _code(error) not in _NOT_FOUND:
-                    raise
-            try:
-                self.client.delete_alias(FunctionName=name, Name=alias)
-            except ClientError as error:
-                if _code(error) != "ResourceNotFoundException":
-                    raise
-        try:
-            self.client.delete_function(FunctionName=name)
-        except ClientError as error:
-            if _code(error) == "ResourceNotFoundException":
-                return False
-            raise
-        return True
+            if_exists(self.client.delete_provisioned_concurrency_config, FunctionName=name, Qualifier=alias)
+            if_exists(self.client.delete_alias, FunctionName=name, Name=alias)
+        return if_exists(self.client.delete_function, FunctionName=name)

@@ -1,4 +1,6 @@
-"""Idempotent IAM roles and instance profiles (the client is passed in, never created here).
+"""IAM roles and instance profiles, each function idempotent (the client is passed in, never created
+here), and PipelineRoles: the three roles of one pipeline, with policies built by core/iam.py from
+the resources they guard.
 
 Every function converges: a second call with the same arguments makes no write call.
 propagation_delay_s: IAM is eventually consistent and a new role takes about 10 s before a service
@@ -11,16 +13,17 @@ import json
 import logging
 import time
 
+from collections.abc import Callable
+
 from botocore.exceptions import ClientError
 
+from backends.aws.errors import error_code, or_none
+from core import iam as policies
 from core.iam import UNAVOIDABLE_WILDCARD_SIDS, assume_role_policy, wildcard_resources
+from core.names import PipelineNames
 
 log = logging.getLogger(__name__)
 MANAGED_TAG = "sagemaker-flows:managed"
-
-
-def _missing(error: ClientError) -> bool:
-    return error.response.get("Error", {}).get("Code") in ("NoSuchEntity", "NoSuchEntityException")
 
 
 def _canonical(document) -> str:
@@ -39,21 +42,13 @@ def _canonical(document) -> str:
 
 
 def _get_role(iam, name: str) -> dict | None:
-    try:
-        return iam.get_role(RoleName=name)["Role"]
-    except ClientError as error:
-        if _missing(error):
-            return None
-        raise
+    found = or_none(iam.get_role, RoleName=name)
+    return found["Role"] if found else None
 
 
 def _inline_policy(iam, role_name: str, policy_name: str):
-    try:
-        return iam.get_role_policy(RoleName=role_name, PolicyName=policy_name)["PolicyDocument"]
-    except ClientError as error:
-        if _missing(error):
-            return None
-        raise
+    found = or_none(iam.get_role_policy, RoleName=role_name, PolicyName=policy_name)
+    return found["PolicyDocument"] if found else None
 
 
 def _paginate(iam, operation: str, key: str, **kwargs) -> list:
@@ -77,7 +72,7 @@ def ensure_role(iam, name: str, trusted_service: str, policy_name: str, policy_d
                 Tags=[{"Key": k, "Value": v} for k, v in wanted_tags.items()])["Role"]
             changed = True
         except ClientError as error:  # created meanwhile by a concurrent run: converge it instead
-            if error.response.get("Error", {}).get("Code") != "EntityAlreadyExists":
+            if error_code(error) != "EntityAlreadyExists":
                 raise
             role = _get_role(iam, name)
     if not changed:
@@ -100,11 +95,10 @@ def ensure_role(iam, name: str, trusted_service: str, policy_name: str, policy_d
 def ensure_instance_profile(iam, name: str, role_name: str, propagation_delay_s: float = 0) -> str:
     """Create or converge an instance profile holding exactly `role_name`; its ARN."""
     changed = False
-    try:
-        profile = iam.get_instance_profile(InstanceProfileName=name)["InstanceProfile"]
-    except ClientError as error:
-        if not _missing(error):
-            raise
+    found = or_none(iam.get_instance_profile, InstanceProfileName=name)
+    if found:
+        profile = found["InstanceProfile"]
+    else:
         profile = iam.create_instance_profile(
             InstanceProfileName=name, Tags=[{"Key": MANAGED_TAG, "Value": "true"}])["InstanceProfile"]
         changed = True
@@ -137,13 +131,53 @@ def delete_role(iam, name: str) -> bool:
 
 def delete_instance_profile(iam, name: str) -> bool:
     """Detach its role and delete the instance profile; False if it did not exist."""
-    try:
-        profile = iam.get_instance_profile(InstanceProfileName=name)["InstanceProfile"]
-    except ClientError as error:
-        if _missing(error):
-            return False
-        raise
+    found = or_none(iam.get_instance_profile, InstanceProfileName=name)
+    if found is None:
+        return False
+    profile = found["InstanceProfile"]
     for role in profile.get("Roles", []):
         iam.remove_role_from_instance_profile(InstanceProfileName=name, RoleName=role["RoleName"])
     iam.delete_instance_profile(InstanceProfileName=name)
     return True
+
+
+class PipelineRoles:
+    """The roles one pipeline's AWS resources run as: SageMaker jobs and endpoints, the EC2 training
+    instance (through its instance profile), and the Lambda function."""
+
+    def __init__(self, iam, names: PipelineNames, bucket: Callable[[], str], account_id: Callable[[], str],
+                 region: str, propagation_delay_s: float = 10.0):
+        self.iam, self.names, self.region = iam, names, region
+        self._bucket, self._account_id = bucket, account_id
+        self.propagation_delay_s = propagation_delay_s
+
+    def _ensure(self, kind: str, service: str, policy_name: str, document: dict) -> str:
+        return ensure_role(self.iam, self.names.role(kind), service, policy_name, document, self.names.tags,
+                           self.propagation_delay_s)
+
+    def sagemaker_role_arn(self) -> str:
+        document = policies.sagemaker_execution_policy(self._bucket(), self.names.prefix, self._account_id(),
+                                                       self.region)
+        return self._ensure("sagemaker", "sagemaker.amazonaws.com", "sagemaker-flows-execution", document)
+
+    def ec2_instance_profile_arn(self) -> str:
+        document = policies.ec2_training_policy(self._bucket(), self.names.prefix, self._account_id(), self.region)
+        self._ensure("ec2", "ec2.amazonaws.com", "sagemaker-flows-ec2-training", document)
+        name = self.names.role("ec2")
+        return ensure_instance_profile(self.iam, name, name, self.propagation_delay_s)
+
+    def lambda_role_arn(self, function_name: str, endpoint_name: str) -> str:
+        endpoint_arn = policies.endpoint_arn(self.region, self._account_id(), endpoint_name)
+        document = policies.lambda_policy(endpoint_arn, self._bucket(), self.names.prefix, self._account_id(),
+                                          self.region, function_name)
+        return self._ensure("lambda", "lambda.amazonaws.com", "sagemaker-flows-invoke-endpoint", document)
+
+    def delete_all(self) -> list[str]:
+        """Remove the roles and the instance profile; what was removed."""
+        removed = []
+        if delete_instance_profile(self.iam, self.names.role("ec2")):
+            removed.append(f"instance profile {self.names.role('ec2')}")
+        for kind in ("lambda", "sagemaker", "ec2"):
+            if delete_role(self.iam, self.names.role(kind)):
+                removed.append(f"role {self.names.role(kind)}")
+        return removed

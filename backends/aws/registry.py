@@ -13,12 +13,15 @@ from __future__ import annotations
 import base64
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
 from botocore.exceptions import ClientError
 
-from backends.base import ModelVersion
+from backends.aws.errors import is_not_found, or_none
+from backends.errors import NotFoundError
+from backends.types import ModelVersion
 
 log = logging.getLogger(__name__)
 
@@ -31,18 +34,23 @@ _DESCRIPTION_MAX = 1024
 
 
 class ModelRegistry:
-    def __init__(self, sagemaker):
+    """The Registry service on SageMaker. image_uri: the inference image versions are registered with
+    (or a function that picks it); description: what new groups say they hold."""
+
+    def __init__(self, sagemaker, image_uri: str | Callable[[], str], description: str = ""):
         self._sm = sagemaker
+        self._image_uri = image_uri
+        self.description = description
 
     # -- groups -----------------------------------------------------------------------
-    def ensure_group(self, group: str, description: str = "") -> str:
+    def ensure_group(self, group: str) -> str:
         """The group's ARN; the group is created when missing."""
         arn = self._group_arn(group)
         if arn:
             return arn
         params: dict[str, Any] = {"ModelPackageGroupName": group}
-        if description:
-            params["ModelPackageGroupDescription"] = description[:_DESCRIPTION_MAX]
+        if self.description:
+            params["ModelPackageGroupDescription"] = self.description[:_DESCRIPTION_MAX]
         try:
             arn = self._sm.create_model_package_group(**params)["ModelPackageGroupArn"]
             log.info("created model package group %s", group)
@@ -55,19 +63,15 @@ class ModelRegistry:
             raise
 
     def _group_arn(self, group: str) -> str | None:
-        try:
-            return self._sm.describe_model_package_group(ModelPackageGroupName=group)["ModelPackageGroupArn"]
-        except ClientError as err:
-            if _is_missing(err):
-                return None
-            raise
+        found = or_none(self._sm.describe_model_package_group, ModelPackageGroupName=group)
+        return found["ModelPackageGroupArn"] if found else None
 
     # -- versions ---------------------------------------------------------------------
-    def register(self, group: str, model_artifact: str, image_uri: str, metrics: dict[str, float],
-                 hyperparameters: dict[str, str], dataset_checksum: str, job_name: str) -> ModelVersion:
+    def register_model_version(self, group: str, model_artifact: str, metrics: dict[str, float],
+                               hyperparameters: dict[str, str], dataset_checksum: str, job_name: str) -> ModelVersion:
         """A new version, or the existing one registered from the same training job."""
         self.ensure_group(group)
-        existing = next((v for v in self.list(group) if v.job_name == job_name), None)
+        existing = next((v for v in self.list_model_versions(group) if v.job_name == job_name), None)
         if existing:
             log.info("%s is already registered as %s", job_name, existing.label)
             return existing
@@ -83,7 +87,7 @@ class ModelRegistry:
             ModelPackageGroupName=group,
             ModelPackageDescription=description[:_DESCRIPTION_MAX],
             InferenceSpecification={
-                "Containers": [{"Image": image_uri, "ModelDataUrl": model_artifact}],
+                "Containers": [{"Image": self._image(), "ModelDataUrl": model_artifact}],
                 "SupportedContentTypes": CONTENT_TYPES,
                 "SupportedResponseMIMETypes": RESPONSE_TYPES,
             },
@@ -94,7 +98,10 @@ class ModelRegistry:
         log.info("registered %s as %s", job_name, version.label)
         return version
 
-    def list(self, group: str) -> list[ModelVersion]:
+    def _image(self) -> str:
+        return self._image_uri() if callable(self._image_uri) else self._image_uri
+
+    def list_model_versions(self, group: str) -> list[ModelVersion]:
         """Every version of the group by version number; the latest Approved one is the champion."""
         described = [self._sm.describe_model_package(ModelPackageName=arn) for arn in self._package_arns(group)]
         described.sort(key=lambda d: d.get("ModelPackageVersion", 0))
@@ -103,7 +110,7 @@ class ModelRegistry:
         versions = [_to_version(group, d) for d in described]
         return [replace(v, champion=v.version == champion) for v in versions]
 
-    def promote(self, group: str, version: int) -> ModelVersion:
+    def promote_model_version(self, group: str, version: int) -> ModelVersion:
         """Approve `version`; every other Approved version of the group becomes Rejected.
 
         Approved is what SageMaker's deployment tooling (EventBridge rules, CI pipelines, the
@@ -111,14 +118,14 @@ class ModelRegistry:
         Approved versions would leave "the approved model" ambiguous. The superseded version is
         Rejected rather than sent back to PendingManualApproval, which would claim it awaits a
         review that will never come; its ApprovalDescription says it was superseded, not found
-        bad, and promote() can approve it again (a rollback). The new one is approved first, so
+        bad, and promote_model_version() can approve it again (a rollback). The new one is approved first, so
         there is never a moment without an Approved version.
         """
         described = {d.get("ModelPackageVersion"): d for d in
                      (self._sm.describe_model_package(ModelPackageName=arn) for arn in self._package_arns(group))}
         target = described.get(version)
         if target is None:
-            raise KeyError(f"model group {group} has no version {version}")
+            raise NotFoundError(f"model group {group} has no version {version}")
         if target.get("ModelApprovalStatus") != APPROVED:
             self._set_status(target, APPROVED, f"promoted to champion of {group}")
         for number, other in described.items():
@@ -144,7 +151,7 @@ class ModelRegistry:
                     ModelPackageGroupName=group, ModelPackageType="Versioned"):
                 arns.extend(s["ModelPackageArn"] for s in page.get("ModelPackageSummaryList", []))
         except ClientError as err:
-            if _is_missing(err):
+            if is_not_found(err):
                 return []
             raise
         return arns
@@ -185,9 +192,3 @@ def _unpack(key: str, properties: dict[str, str]) -> dict:
         return json.loads(text)
     return json.loads(base64.b64decode(text))
 
-
-def _is_missing(err: ClientError) -> bool:
-    error = err.response.get("Error", {})
-    message = error.get("Message", "")
-    return error.get("Code") in ("ResourceNotFound", "ResourceNotFoundException") or (
-        error.get("Code") == "ValidationException" and ("does not exist" in message or "not found" in message.lower()))

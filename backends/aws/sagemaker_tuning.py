@@ -20,7 +20,6 @@ import os
 import re
 import shutil
 import tempfile
-import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,7 +28,10 @@ from datetime import datetime
 import boto3
 from botocore.exceptions import ClientError
 
-from backends.base import TrialCallback, TrialSummary, TuningOutcome, TuningRequest
+from backends.aws.errors import error_code, or_none
+from backends.errors import WaitTimedOutError
+from backends.types import TrialCallback, TrialSummary, TuningOutcome, TuningRequest
+from backends.waiting import SYSTEM_CLOCK, Clock, wait_for
 from core.metrics import METRIC_DEFINITIONS
 from core.uris import parse_s3_uri
 
@@ -137,13 +139,6 @@ def _duration_seconds(summary: dict, description: dict | None) -> float:
     return 0.0
 
 
-def _is_not_found(exc: ClientError) -> bool:
-    error = exc.response.get("Error", {})
-    code, message = error.get("Code", ""), error.get("Message", "").lower()
-    return code in ("ResourceNotFound", "ResourceNotFoundException") or (
-        code == "ValidationException" and any(s in message for s in ("not found", "could not find", "does not exist")))
-
-
 @contextmanager
 def _sdk_role_check_skipped() -> Iterator[None]:
     """ModelTrainer validates its role against the SDK's generic execution-role smoke test, which asks for
@@ -165,10 +160,12 @@ def _sdk_role_check_skipped() -> Iterator[None]:
 class SageMakerTuning:
     """Starts (once) and follows a SageMaker hyperparameter tuning job."""
 
-    def __init__(self, boto_session: boto3.Session, sagemaker_client, poll_seconds: float = 30.0):
+    def __init__(self, boto_session: boto3.Session, sagemaker_client, poll_seconds: float = 30.0,
+                 clock: Clock = SYSTEM_CLOCK):
         self.boto_session = boto_session
         self.sagemaker_client = sagemaker_client
         self.poll_seconds = poll_seconds
+        self.clock = clock
 
     def run(self, request: TuningRequest, *, role_arn: str, region: str, source_dir: str,
             code_bucket_prefix: str | None = None, on_trial: TrialCallback | None = None,
@@ -179,14 +176,14 @@ class SageMakerTuning:
         the execution role must be able to read it. timeout_s: past it, the tuning job is stopped and the
         outcome is Failed.
         """
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        deadline = None if timeout_s is None else self.clock.now() + timeout_s
         if self.describe(request.job_name) is None:
             code_uri = code_bucket_prefix or parse_s3_uri(request.output_uri).join("code").uri
             try:
                 self.start(request, role_arn=role_arn, region=region, source_dir=source_dir, code_uri=code_uri,
                            timeout_s=timeout_s)
             except ClientError as exc:  # started meanwhile by someone else: follow that one
-                if exc.response.get("Error", {}).get("Code") not in ("ResourceInUse", "ResourceInUseException"):
+                if error_code(exc) not in ("ResourceInUse", "ResourceInUseException"):
                     raise
                 logger.info("tuning job %s already exists: attaching to it", request.job_name)
         else:
@@ -200,12 +197,7 @@ class SageMakerTuning:
 
     # -- AWS calls ------------------------------------------------------------------------
     def describe(self, job_name: str) -> dict | None:
-        try:
-            return self.sagemaker_client.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName=job_name)
-        except ClientError as exc:
-            if _is_not_found(exc):
-                return None
-            raise
+        return or_none(self.sagemaker_client.describe_hyper_parameter_tuning_job, HyperParameterTuningJobName=job_name)
 
     def list_trials(self, job_name: str) -> list[dict]:
         """Every training job of the tuning job (all pages), oldest first."""
@@ -292,13 +284,15 @@ class SageMakerTuning:
                 on_trial: TrialCallback | None) -> TuningOutcome:
         name = request.job_name
         ended: dict[str, TrialSummary] = {}
-        timed_out = False
-        while True:
+        seen: dict = {}  # the last look: description and trial summaries
+
+        def look() -> bool | None:
+            """One look at the job, reporting the trials that ended since the last; True once it has ended."""
             description = self.describe(name)
             if description is None:
                 raise RuntimeError(f"tuning job {name} disappeared while it was followed")
-            status = description["HyperParameterTuningJobStatus"]
             summaries = self.list_trials(name)  # after describe: a finished job's list is complete
+            seen.update(description=description, summaries=summaries)
             total = _total_trials(description, len(summaries))
             for position, summary in enumerate(summaries):
                 job = summary["TrainingJobName"]
@@ -307,15 +301,20 @@ class SageMakerTuning:
                 ended[job] = self._trial(summary, trial_index(job, name, position), request.objective_metric)
                 if on_trial:
                     on_trial(ended[job], len(ended), total)
-            if status in TERMINAL_TUNING_STATUSES:
-                break
-            if deadline is not None and time.monotonic() >= deadline:
-                logger.warning("tuning job %s still %s after %s s: stopping it", name, status, timeout_s)
-                self.stop(name)
-                timed_out = True
-                break
-            pause = self.poll_seconds if deadline is None else min(self.poll_seconds, deadline - time.monotonic())
-            time.sleep(max(0.0, pause))
+            return True if description["HyperParameterTuningJobStatus"] in TERMINAL_TUNING_STATUSES else None
+
+        timed_out = False
+        remaining = math.inf if deadline is None else max(0.0, deadline - self.clock.now())
+        try:
+            wait_for(look, what=f"tuning job {name}", timeout_s=remaining, interval_s=self.poll_seconds,
+                     clock=self.clock)
+        except WaitTimedOutError:
+            logger.warning("tuning job %s still %s after %s s: stopping it", name,
+                           seen["description"]["HyperParameterTuningJobStatus"], timeout_s)
+            self.stop(name)
+            timed_out = True
+        description, summaries = seen["description"], seen["summaries"]
+        status = description["HyperParameterTuningJobStatus"]
 
         trials = sorted(
             (ended.get(s["TrainingJobName"])
@@ -334,11 +333,8 @@ class SageMakerTuning:
     def _trial(self, summary: dict, index: int, objective_metric: str) -> TrialSummary:
         description = None
         if summary["TrainingJobStatus"] == "Completed":
-            try:
-                description = self.sagemaker_client.describe_training_job(TrainingJobName=summary["TrainingJobName"])
-            except ClientError as exc:
-                if not _is_not_found(exc):
-                    raise
+            description = or_none(self.sagemaker_client.describe_training_job,
+                                  TrainingJobName=summary["TrainingJobName"])
         return trial_from_summary(summary, index, objective_metric, description)
 
     def _sdk_boto_session(self, region: str) -> boto3.Session:

@@ -24,7 +24,6 @@ import json
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -32,6 +31,9 @@ from boto3.exceptions import S3UploadFailedError
 from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import ClientError
 
+from backends.aws.errors import error_code, http_status, is_not_found
+from backends.errors import InvalidRequestError, NotFoundError
+from backends.types import Progress, StagedDataset
 from core.datasets import manifest_checksum, sha256_file
 from core.retry import PermanentError
 from core.uris import S3Uri, parse_s3_uri
@@ -42,45 +44,39 @@ MANIFEST_NAME = "_manifest.json"
 MANIFEST_VERSION = 1
 MULTIPART_THRESHOLD = 16 * 1024 * 1024
 DELETE_BATCH = 1000  # the most keys one DeleteObjects call takes
-_NOT_FOUND = frozenset({"404", "NoSuchKey", "NoSuchBucket", "NotFound"})
-
-Progress = Callable[[int, int], None]
-
-
-@dataclass(frozen=True)
-class SyncSummary:
-    uri: str  # the prefix, s3://bucket/key
-    files: int  # files in the dataset
-    uploaded: int
-    unchanged: int
-    deleted: int  # objects removed because their file is gone
-    total_bytes: int
-    checksum: str  # core.datasets.folder_checksum of the folder
 
 
 def _is_hidden(rel: str) -> bool:
     return rel.rsplit("/", 1)[-1].startswith(".")
 
 
-def _error_code(exc: ClientError) -> str:
-    return str(exc.response.get("Error", {}).get("Code", ""))
-
-
-def _status(exc: ClientError) -> int:
-    return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
-
-
 class S3Storage:
-    """S3 operations on a boto3 S3 client that the caller makes (backends/session.py)."""
+    """The Storage service on S3, on a boto3 S3 client that the caller makes (backends/session.py).
 
-    def __init__(self, client, max_workers: int = 8, transfer_config: TransferConfig | None = None):
+    bucket: the default bucket's name, or a function that works it out (it may need the account id).
+    """
+
+    def __init__(self, client, bucket: str | Callable[[], str] | None = None, max_workers: int = 8,
+                 transfer_config: TransferConfig | None = None):
         self.client = client
+        self._bucket = bucket
+        self._bucket_ready: str | None = None
         self.max_workers = max(1, max_workers)
         self.transfer_config = transfer_config or TransferConfig(
             multipart_threshold=MULTIPART_THRESHOLD, multipart_chunksize=MULTIPART_THRESHOLD, max_concurrency=4,
             use_threads=True)
 
     # -- buckets ----------------------------------------------------------------------
+    def default_bucket(self) -> str:
+        """The configured bucket, made on first use when it does not exist yet."""
+        if self._bucket_ready is None:
+            if self._bucket is None:
+                raise InvalidRequestError("no default bucket is configured: set aws.bucket")
+            name = self._bucket() if callable(self._bucket) else self._bucket
+            self.ensure_bucket(name)
+            self._bucket_ready = name
+        return self._bucket_ready
+
     def ensure_bucket(self, bucket: str, region: str | None = None) -> bool:
         """Create `bucket` in `region` if it does not exist, with all public access blocked and
         SSE-S3 default encryption. True if it was created; an existing bucket is left as it is."""
@@ -89,11 +85,11 @@ class S3Storage:
             self.client.head_bucket(Bucket=bucket)
             return False
         except ClientError as exc:
-            if _status(exc) == 403 or _error_code(exc) in ("403", "Forbidden", "AccessDenied"):
+            if http_status(exc) == 403 or error_code(exc) in ("403", "Forbidden", "AccessDenied"):
                 raise PermanentError(
                     f"S3 bucket {bucket!r} exists but these credentials cannot use it (bucket names are global; "
                     "it may belong to another account): set aws.bucket to a bucket of yours") from None
-            if _error_code(exc) not in _NOT_FOUND:
+            if not is_not_found(exc):
                 raise
         kwargs: dict = {"Bucket": bucket}
         if region != "us-east-1":  # us-east-1 takes no LocationConstraint
@@ -101,9 +97,9 @@ class S3Storage:
         try:
             self.client.create_bucket(**kwargs)
         except ClientError as exc:
-            if _error_code(exc) == "BucketAlreadyOwnedByYou":  # made meanwhile by another run
+            if error_code(exc) == "BucketAlreadyOwnedByYou":  # made meanwhile by another run
                 return False
-            if _error_code(exc) == "BucketAlreadyExists":
+            if error_code(exc) == "BucketAlreadyExists":
                 raise PermanentError(f"S3 bucket name {bucket!r} is taken by another account: set aws.bucket to "
                                      "another name") from None
             raise
@@ -117,64 +113,54 @@ class S3Storage:
         return True
 
     # -- single objects -----------------------------------------------------------------
-    def put_file(self, path: str | os.PathLike, uri: str) -> str:
+    def upload_file(self, path: str | os.PathLike, uri: str) -> str:
         """Upload one file with an S3-verified SHA-256 (also kept in its `sha256` metadata); returns `uri`."""
         loc = parse_s3_uri(uri)
         if not loc.key:
-            raise ValueError(f"{uri} names a bucket, not an object")
+            raise InvalidRequestError(f"{uri} names a bucket, not an object")
         path = Path(path)
         self._upload(path, loc, sha256_file(path), path.stat().st_size)
         return loc.uri
 
-    def read(self, uri: str) -> bytes:
+    def read_object(self, uri: str) -> bytes:
         loc = parse_s3_uri(uri)
         try:
             return self.client.get_object(Bucket=loc.bucket, Key=loc.key)["Body"].read()
         except ClientError as exc:
-            if _error_code(exc) in _NOT_FOUND:
-                raise FileNotFoundError(f"no object at {uri}") from None
+            if is_not_found(exc):
+                raise NotFoundError(f"no object at {uri}") from None
             raise
 
     def exists(self, uri: str) -> bool:
-        """Whether an object is stored at exactly `uri` (list_keys answers for prefixes, not objects)."""
+        """Whether an object is stored at exactly `uri` (list_objects answers for prefixes, not objects)."""
         loc = parse_s3_uri(uri)
         try:
             self.client.head_object(Bucket=loc.bucket, Key=loc.key)
             return True
         except ClientError as exc:
-            if _error_code(exc) in _NOT_FOUND:
+            if is_not_found(exc):
                 return False
             raise
 
-    def list_keys(self, prefix_uri: str) -> list[str]:
+    def list_objects(self, prefix_uri: str) -> list[str]:
         """Keys under the prefix, relative to it and sorted; the manifest and folder markers left out."""
         return sorted(rel for rel in self._list(parse_s3_uri(prefix_uri)) if rel != MANIFEST_NAME and
                       rel and not rel.endswith("/"))
 
-    def delete_prefix(self, prefix_uri: str) -> int:
-        """Remove every object under the prefix, the manifest first (so it stops counting as staged).
-        Returns how many objects were removed."""
-        prefix = parse_s3_uri(prefix_uri)
-        rels = list(self._list(prefix))
-        if MANIFEST_NAME in rels:  # on its own, before the rest: a batch deletes in no set order
-            self._delete(prefix, [MANIFEST_NAME])
-        self._delete(prefix, [rel for rel in rels if rel != MANIFEST_NAME])
-        return len(rels)
-
     # -- dataset folders -------------------------------------------------------------------
-    def sync_folder(self, folder: str | os.PathLike, prefix_uri: str, progress: Progress | None = None) -> SyncSummary:
+    def upload_folder(self, folder: str | os.PathLike, prefix_uri: str, progress: Progress | None = None) -> StagedDataset:
         """Make prefix_uri mirror `folder`: upload new and changed files (by SHA-256), skip the rest,
         delete objects whose file is gone, then write the manifest. `progress(done, total)` is called
         once per file, from this thread, with `done` counting up to `total`."""
         root = Path(folder)
         if not root.is_dir():
-            raise FileNotFoundError(f"{root} is not a folder")
+            raise NotFoundError(f"{root} is not a folder")
         prefix = parse_s3_uri(prefix_uri)
         # The same walk as core.datasets.folder_checksum, so the checksum is the same.
         paths = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
         rels = [p.relative_to(root).as_posix() for p in paths]
         if MANIFEST_NAME in rels:
-            raise ValueError(f"{root / MANIFEST_NAME}: a dataset cannot hold a top-level file named {MANIFEST_NAME}, "
+            raise InvalidRequestError(f"{root / MANIFEST_NAME}: a dataset cannot hold a top-level file named {MANIFEST_NAME}, "
                              "the name of the staging manifest; rename it")
         total = len(paths)
         with ThreadPoolExecutor(self.max_workers, thread_name_prefix="sha256") as pool:
@@ -225,27 +211,28 @@ class S3Storage:
                     "total_bytes": sum(sizes), "files": files}
         if changing or manifest != previous:
             self._write_manifest(prefix, manifest)
-        return SyncSummary(prefix.uri, total, len(to_upload), len(keep), len(stale), sum(sizes), checksum)
+        return StagedDataset(uri=prefix.uri, files=total, uploaded=len(to_upload), unchanged=len(keep),
+                             total_bytes=sum(sizes), checksum=checksum, deleted=len(stale))
 
-    def describe_prefix(self, prefix_uri: str) -> SyncSummary:
-        """A prefix that is already staged. With a manifest (staged by sync_folder): its checksum, after
+    def describe_prefix(self, prefix_uri: str) -> StagedDataset:
+        """A prefix that is already staged. With a manifest (staged by upload_folder): its checksum, after
         a listing confirms the objects are still those it names. Without one (uploaded by other
         means): the checksum from each object's SHA-256 (its `sha256` metadata, or a full-object
-        SHA-256 checksum S3 kept), or a ValueError when some object has none."""
+        SHA-256 checksum S3 kept), or an InvalidRequestError when some object has none."""
         prefix = parse_s3_uri(prefix_uri)
         manifest = self._read_manifest(prefix)
         if manifest is not None:
             return self._describe_from_manifest(prefix, manifest)
         return self._describe_from_objects(prefix)
 
-    def _describe_from_manifest(self, prefix: S3Uri, manifest: dict) -> SyncSummary:
+    def _describe_from_manifest(self, prefix: S3Uri, manifest: dict) -> StagedDataset:
         files = manifest.get("files")
         if manifest.get("complete") is not True or not isinstance(files, dict):
-            raise ValueError(f"{prefix.uri} is not completely staged: an upload to it failed or is still running. "
+            raise InvalidRequestError(f"{prefix.uri} is not completely staged: an upload to it failed or is still running. "
                              "Run the pipeline again with the local folder as data.source to finish it")
         checksum = manifest_checksum({rel: entry["sha256"] for rel, entry in files.items()})
         if checksum != manifest.get("checksum"):
-            raise ValueError(f"{prefix.uri}/{MANIFEST_NAME} is inconsistent (its checksum does not match its file "
+            raise InvalidRequestError(f"{prefix.uri}/{MANIFEST_NAME} is inconsistent (its checksum does not match its file "
                              "list); stage the folder again with the pipeline")
         listed = {rel: obj for rel, obj in self._list(prefix).items() if rel != MANIFEST_NAME}
         missing = sorted(rel for rel, entry in files.items() if rel not in listed or listed[rel]["size"] != entry["size"]
@@ -256,29 +243,31 @@ class S3Storage:
             detail = "; ".join(part for part in (
                 f"{len(missing)} changed or missing (e.g. {', '.join(missing[:3])})" if missing else "",
                 f"{len(extra)} not in the manifest (e.g. {', '.join(extra[:3])})" if extra else "") if part)
-            raise ValueError(f"{prefix.uri} changed since it was staged: {detail}. Stage the folder again with the "
+            raise InvalidRequestError(f"{prefix.uri} changed since it was staged: {detail}. Stage the folder again with the "
                              "pipeline (data.source = the local folder)")
         total_bytes = sum(int(entry["size"]) for entry in files.values())
-        return SyncSummary(prefix.uri, len(files), 0, len(files), 0, total_bytes, checksum)
+        return StagedDataset(uri=prefix.uri, files=len(files), uploaded=0, unchanged=len(files),
+                             total_bytes=total_bytes, checksum=checksum)
 
-    def _describe_from_objects(self, prefix: S3Uri) -> SyncSummary:
+    def _describe_from_objects(self, prefix: S3Uri) -> StagedDataset:
         listed = {rel: obj for rel, obj in self._list(prefix).items()
                   if rel and not rel.endswith("/") and not _is_hidden(rel)}
         if not listed:
-            raise ValueError(f"nothing is stored under {prefix.uri}: give a local folder as data.source, or the "
+            raise NotFoundError(f"nothing is stored under {prefix.uri}: give a local folder as data.source, or the "
                              "s3:// prefix the pipeline staged it to")
         with ThreadPoolExecutor(self.max_workers, thread_name_prefix="s3-head") as pool:
             digests = dict(zip(listed, pool.map(
                 lambda rel: self._object_sha256(S3Uri(prefix.bucket, self._key(prefix, rel))), listed)))
         unknown = sorted(rel for rel, digest in digests.items() if digest is None)
         if unknown:
-            raise ValueError(
+            raise InvalidRequestError(
                 f"{prefix.uri} has no staging manifest and {len(unknown)} of its {len(listed)} objects carry no SHA-256 "
                 f"(e.g. {', '.join(unknown[:3])}), so its content can't be checksummed without downloading it all. "
                 "Stage the folder with the pipeline (data.source = the local folder), or give a local folder instead "
                 "of this prefix")
         total_bytes = sum(obj["size"] for obj in listed.values())
-        return SyncSummary(prefix.uri, len(listed), 0, len(listed), 0, total_bytes, manifest_checksum(digests))
+        return StagedDataset(uri=prefix.uri, files=len(listed), uploaded=0, unchanged=len(listed),
+                             total_bytes=total_bytes, checksum=manifest_checksum(digests))
 
     def _object_sha256(self, loc: S3Uri) -> str | None:
         head = self.client.head_object(Bucket=loc.bucket, Key=loc.key, ChecksumMode="ENABLED")
@@ -358,7 +347,7 @@ class S3Storage:
         try:
             body = self.client.get_object(Bucket=prefix.bucket, Key=self._key(prefix, MANIFEST_NAME))["Body"].read()
         except ClientError as exc:
-            if _error_code(exc) in _NOT_FOUND:
+            if is_not_found(exc):
                 return None
             raise
         try:

@@ -2,17 +2,18 @@
 
 Each object has a sidecar record (size, SHA-256) under <state>/store/.meta, like S3's
 checksums; a folder upload copies only files whose SHA-256 changed, and writes each
-object through a temporary file so nothing half-written is ever visible.
+object and record through a temporary file (backends/files.py) so nothing half-written is ever visible.
 """
 from __future__ import annotations
 
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from backends.errors import NotFoundError
+from backends.files import atomic_path, write_atomic
 from core.datasets import manifest_checksum, sha256_file
 from core.uris import S3Uri, parse_s3_uri
 
@@ -57,35 +58,24 @@ class LocalStore:
     def put_file(self, source: str | os.PathLike, uri: str, sha256: str | None = None) -> dict:
         loc = parse_s3_uri(uri)
         target = self.path(loc)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".upload-")
-        os.close(fd)
-        try:
+        with atomic_path(target) as tmp:
             shutil.copyfile(source, tmp)
-            os.replace(tmp, target)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
         record = {"size": target.stat().st_size, "sha256": sha256 or sha256_file(target)}
-        meta = self._meta_path(loc)
-        meta.parent.mkdir(parents=True, exist_ok=True)
-        meta.write_text(json.dumps(record))
+        write_atomic(self._meta_path(loc), json.dumps(record))
         return record
 
-    def get_file(self, uri: str, destination: str | os.PathLike) -> Path:
+    def read(self, uri: str) -> bytes:
         source = self.path(uri)
         if not source.is_file():
-            raise FileNotFoundError(f"no object at {uri}")
-        Path(destination).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(source, destination)
-        return Path(destination)
+            raise NotFoundError(f"no object at {uri}")
+        return source.read_bytes()
 
     def list(self, prefix_uri: str) -> list[str]:
         """Keys under a prefix, relative to it, sorted."""
         base = self.path(prefix_uri)
         if not base.is_dir():
             return []
-        return sorted(p.relative_to(base).as_posix() for p in base.rglob("*") if p.is_file() and not p.name.startswith(".upload-"))
+        return sorted(p.relative_to(base).as_posix() for p in base.rglob("*") if p.is_file() and not _partial(p))
 
     def delete(self, uri: str) -> None:
         loc = parse_s3_uri(uri)
@@ -98,7 +88,7 @@ class LocalStore:
         and (delete=True) remove objects whose file is gone, so a dataset prefix never mixes versions."""
         folder = Path(folder)
         if not folder.is_dir():
-            raise FileNotFoundError(f"{folder} is not a folder")
+            raise NotFoundError(f"{folder} is not a folder")
         prefix = parse_s3_uri(prefix_uri)
         files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
         uploaded = unchanged = total = 0
@@ -125,3 +115,8 @@ class LocalStore:
                     self.delete(prefix.join(rel).uri)
                     deleted += 1
         return SyncResult(prefix.uri, uploaded, unchanged, deleted, total, manifest_checksum(checksums))
+
+
+def _partial(path: Path) -> bool:
+    """A write in progress (backends/files.atomic_path), not an object."""
+    return path.name.startswith(".") and path.name.endswith(".partial")

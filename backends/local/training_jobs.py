@@ -20,9 +20,11 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from backends.files import write_atomic
 from backends.local.state import LocalState
 from backends.local.store import LocalStore
 from backends.model_artifact import TRAINING_SOURCE_DIR, pack_model_artifact
+from backends.types import TrainingOutcome
 from core.hyperparameters import hyperparameter_flags
 from core.metrics import METRIC_DEFINITIONS, parse_metric_line
 from core.uris import parse_s3_uri
@@ -68,6 +70,12 @@ class TrainingJobResult:
     def from_json(cls, text: str) -> "TrainingJobResult":
         return cls(**json.loads(text))
 
+    def outcome(self) -> TrainingOutcome:
+        return TrainingOutcome(job_name=self.name, status=self.status, hyperparameters=self.hyperparameters,
+                               failure_reason=self.failure_reason, final_metrics=self.final_metrics,
+                               epochs=self.epochs, model_artifact=self.model_artifact, log_location=self.log_path,
+                               duration_seconds=self.duration_seconds)
+
 
 class LocalTrainingJobs:
     def __init__(self, state: LocalState, store: LocalStore | None = None, python: str = sys.executable,
@@ -110,7 +118,7 @@ class LocalTrainingJobs:
         log_path = job / "training.log"
         result = TrainingJobResult(spec.name, "InProgress", dict(spec.hyperparameters), log_path=str(log_path),
                                    job_dir=str(job), started_at=time.time())
-        (job / "job.json").write_text(result.to_json())
+        write_atomic(job / "job.json", result.to_json())
         cmd = [self.python, "-u", str(job / "code" / "train.py"), *hyperparameter_flags(spec.hyperparameters)]
         proc = subprocess.Popen(cmd, cwd=job / "code", env=self._environment(spec, job), stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True, bufsize=1, start_new_session=True)
@@ -169,7 +177,7 @@ class LocalTrainingJobs:
 
     def _finish(self, result: TrainingJobResult) -> TrainingJobResult:
         result.ended_at = time.time()
-        Path(result.job_dir, "job.json").write_text(result.to_json())
+        write_atomic(Path(result.job_dir, "job.json"), result.to_json())
         return result
 
     def _prepare(self, spec: TrainingJobSpec) -> Path:

@@ -18,9 +18,11 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 
+from backends.files import write_atomic
 from backends.local.state import LocalState
 from backends.local.training_jobs import LocalTrainingJobs, TrainingJobResult, TrainingJobSpec
-from core.best_trial import NoSuccessfulTrialError, TrialOutcome, choose_best_trial
+from backends.types import TrialCallback, TrialSummary
+from core.best_trial import NoSuccessfulTrialError, choose_best_trial
 from core.names import trial_job_name
 
 STRATEGIES = ("Bayesian", "Random", "Grid")
@@ -44,39 +46,21 @@ class TuningJobSpec:
 
 
 @dataclass
-class TrialRecord:
-    index: int
-    name: str
-    status: str
-    tuned_hyperparameters: dict[str, str]
-    objective: float | None = None
-    failure_reason: str | None = None
-    duration_seconds: float = 0.0
-    final_metrics: dict[str, float] = field(default_factory=dict)
-    model_artifact: str | None = None
-    log_path: str = ""
-    epochs: list[dict[str, float]] = field(default_factory=list)
-
-    def outcome(self) -> TrialOutcome:
-        return TrialOutcome(self.name, self.status, self.objective, self.tuned_hyperparameters, self.failure_reason, self.index)
-
-
-@dataclass
 class TuningJobResult:
     name: str
     status: str  # Completed | Failed
     objective_metric: str
     objective_type: str
     strategy: str
-    trials: list[TrialRecord] = field(default_factory=list)
+    trials: list[TrialSummary] = field(default_factory=list)
     best_trial: str | None = None
     failure_reason: str | None = None
     started_at: float = 0.0
     ended_at: float = 0.0
 
     @property
-    def best(self) -> TrialRecord | None:
-        return next((t for t in self.trials if t.name == self.best_trial), None)
+    def best(self) -> TrialSummary | None:
+        return next((t for t in self.trials if t.job_name == self.best_trial), None)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -84,11 +68,8 @@ class TuningJobResult:
     @classmethod
     def from_json(cls, text: str) -> "TuningJobResult":
         data = json.loads(text)
-        data["trials"] = [TrialRecord(**t) for t in data["trials"]]
+        data["trials"] = [TrialSummary(**t) for t in data["trials"]]
         return cls(**data)
-
-
-TrialCallback = Callable[[TrialRecord, int, int], None]
 
 
 class _Proposer:
@@ -202,7 +183,7 @@ class LocalTuning:
                                  started_at=time.time())
         self._save(result)
 
-        def run_trial(index: int) -> TrialRecord:
+        def run_trial(index: int) -> TrialSummary:
             tuned = proposer.propose(index)
             token = hashlib.sha256(json.dumps(tuned, sort_keys=True).encode()).hexdigest()
             name = trial_job_name(spec.name, index + 1, token)
@@ -213,7 +194,9 @@ class LocalTuning:
                 outcome = self.jobs.run(job, on_log=(lambda line: on_log(name, line)) if on_log else None)
             except Exception as exc:  # the trial could not even start: record it, keep tuning
                 proposer.report(index, None)
-                return TrialRecord(index, name, "Failed", tuned, failure_reason=f"{type(exc).__name__}: {exc}")
+                return TrialSummary(index=index, job_name=name, status="Failed", tuned_hyperparameters=tuned,
+                                    objective=None, failure_reason=f"{type(exc).__name__}: {exc}", final_metrics={},
+                                    model_artifact=None, duration_seconds=0.0)
             record = _trial_record(index, tuned, outcome, spec.objective_metric)
             proposer.report(index, record.objective if record.status == "Completed" else None)
             return record
@@ -228,8 +211,8 @@ class LocalTuning:
                 raise
         result.trials.sort(key=lambda t: t.index)
         try:
-            best = choose_best_trial([t.outcome() for t in result.trials], spec.objective_type)
-            result.status, result.best_trial = "Completed", best.name
+            best = choose_best_trial(result.trials, spec.objective_type)
+            result.status, result.best_trial = "Completed", best.job_name
         except NoSuccessfulTrialError as exc:
             result.status, result.failure_reason = "Failed", str(exc)
         result.ended_at = time.time()
@@ -250,19 +233,16 @@ class LocalTuning:
                     started += 1
 
     def _save(self, result: TuningJobResult) -> None:
-        path = self._record_path(result.name)
-        tmp = path.with_suffix(".json.partial")
-        tmp.write_text(result.to_json())
-        os.replace(tmp, path)
+        write_atomic(self._record_path(result.name), result.to_json())
 
 
-def _trial_record(index: int, tuned: dict[str, str], outcome: TrainingJobResult, metric: str) -> TrialRecord:
-    record = TrialRecord(index, outcome.name, outcome.status, tuned, failure_reason=outcome.failure_reason,
-                         duration_seconds=outcome.duration_seconds, final_metrics=outcome.final_metrics,
-                         model_artifact=outcome.model_artifact, log_path=outcome.log_path, epochs=outcome.epochs)
-    if outcome.status == "Completed":
-        record.objective = outcome.final_metrics.get(metric)
-        if record.objective is None:
-            record.status = "Failed"
-            record.failure_reason = f"the objective metric {metric} was never reported"
-    return record
+def _trial_record(index: int, tuned: dict[str, str], outcome: TrainingJobResult, metric: str) -> TrialSummary:
+    status, reason, objective = outcome.status, outcome.failure_reason, None
+    if status == "Completed":
+        objective = outcome.final_metrics.get(metric)
+        if objective is None:  # as on SageMaker: no objective, no usable trial
+            status, reason = "Failed", f"the objective metric {metric} was never reported"
+    return TrialSummary(index=index, job_name=outcome.name, status=status, tuned_hyperparameters=tuned,
+                        objective=objective, failure_reason=reason, final_metrics=outcome.final_metrics,
+                        model_artifact=outcome.model_artifact, duration_seconds=outcome.duration_seconds,
+                        epochs=outcome.epochs, log_location=outcome.log_path)

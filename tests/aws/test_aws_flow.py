@@ -55,7 +55,7 @@ def test_flow_on_aws_then_again_then_teardown(aws_world):
     first = pipeline.train_and_deploy(config)
 
     assert first.backend == "aws" and first.model_version == 1
-    assert first.endpoint_invoke_url == f"https://runtime.sagemaker.{REGION}.amazonaws.com/endpoints/{names['endpoint']}/invocations"
+    assert first.endpoint_invoke_url == f"https://runtime.sagemaker.{REGION}.amazonaws.com/endpoints/{names.endpoint}/invocations"
     bucket = first.dataset_uri.split("/")[2]
     dataset_prefix = first.dataset_uri.split("/", 3)[3]
     manifest = json.loads(c["s3"].get_object(Bucket=bucket, Key=f"{dataset_prefix}/_manifest.json")["Body"].read())
@@ -74,9 +74,9 @@ def test_flow_on_aws_then_again_then_teardown(aws_world):
 
     # The best trial (lowest valid_loss: the second) is registered, approved and serving.
     assert first.job_name.endswith("-002-00000002")
-    packages = c["sagemaker"].list_model_packages(ModelPackageGroupName=names["model_group"])["ModelPackageSummaryList"]
+    packages = c["sagemaker"].list_model_packages(ModelPackageGroupName=names.model_group)["ModelPackageSummaryList"]
     assert [p["ModelApprovalStatus"] for p in packages] == ["Approved"]
-    endpoint = c["sagemaker"].describe_endpoint(EndpointName=names["endpoint"])
+    endpoint = c["sagemaker"].describe_endpoint(EndpointName=names.endpoint)
     assert endpoint["EndpointStatus"] == "InService"
 
     target = c["application-autoscaling"].describe_scalable_targets(ServiceNamespace="sagemaker")["ScalableTargets"]
@@ -84,19 +84,19 @@ def test_flow_on_aws_then_again_then_teardown(aws_world):
     policy = c["application-autoscaling"].describe_scaling_policies(ServiceNamespace="sagemaker")["ScalingPolicies"][0]
     assert policy["TargetTrackingScalingPolicyConfiguration"]["TargetValue"] == 10.0
 
-    function = c["lambda"].get_function(FunctionName=names["function"])
-    assert function["Configuration"]["Environment"]["Variables"]["ENDPOINT_NAME"] == names["endpoint"]
+    function = c["lambda"].get_function(FunctionName=names.function)
+    assert function["Configuration"]["Environment"]["Variables"]["ENDPOINT_NAME"] == names.endpoint
     assert function["Concurrency"]["ReservedConcurrentExecutions"] == 10
-    assert c["lambda"].get_alias(FunctionName=names["function"], Name="live")["FunctionVersion"] == "1"
+    assert c["lambda"].get_alias(FunctionName=names.function, Name="live")["FunctionVersion"] == "1"
     assert fakes["provisioned"].puts[-1]["ProvisionedConcurrentExecutions"] == 2
-    assert fakes["invoke"].invocations and set(fakes["invoke"].invocations) == {names["function"]}
+    assert fakes["invoke"].invocations and set(fakes["invoke"].invocations) == {names.function}
 
     lambda_role = f"{config.project}-{config.stage}-lambda"
     document = c["iam"].get_role_policy(RoleName=lambda_role, PolicyName="sagemaker-flows-invoke-endpoint")["PolicyDocument"]
     invoke = [s for s in document["Statement"] if "sagemaker:InvokeEndpoint" in json.dumps(s["Action"])]
     assert [s["Resource"] for s in invoke] in (
-        [f"arn:aws:sagemaker:{REGION}:123456789012:endpoint/{names['endpoint']}"],
-        [[f"arn:aws:sagemaker:{REGION}:123456789012:endpoint/{names['endpoint']}"]])
+        [f"arn:aws:sagemaker:{REGION}:123456789012:endpoint/{names.endpoint}"],
+        [[f"arn:aws:sagemaker:{REGION}:123456789012:endpoint/{names.endpoint}"]])
 
     second = pipeline.train_and_deploy(config)
 
@@ -105,15 +105,15 @@ def test_flow_on_aws_then_again_then_teardown(aws_world):
     update = fakes["sagemaker"].updates[-1]
     assert update["DeploymentConfig"]["BlueGreenUpdatePolicy"]["TrafficRoutingConfiguration"]["Type"] == "ALL_AT_ONCE"
     assert len(c["lambda"].list_functions()["Functions"]) == 1
-    versions = c["lambda"].list_versions_by_function(FunctionName=names["function"])["Versions"]
+    versions = c["lambda"].list_versions_by_function(FunctionName=names.function)["Versions"]
     assert [v["Version"] for v in versions] == ["$LATEST", "1"]  # same code and settings: no new version
     assert len(c["application-autoscaling"].describe_scalable_targets(ServiceNamespace="sagemaker")["ScalableTargets"]) == 1
-    packages = c["sagemaker"].list_model_packages(ModelPackageGroupName=names["model_group"])["ModelPackageSummaryList"]
+    packages = c["sagemaker"].list_model_packages(ModelPackageGroupName=names.model_group)["ModelPackageSummaryList"]
     assert sorted(p["ModelApprovalStatus"] for p in packages) == ["Approved", "Rejected"]
 
     report = teardown_flow.teardown(config)
 
-    assert f"endpoint {names['endpoint']}" in report.removed and f"function {names['function']}" in report.removed
+    assert f"endpoint {names.endpoint}" in report.removed and f"function {names.function}" in report.removed
     assert c["sagemaker"].list_endpoints()["Endpoints"] == []
     assert c["sagemaker"].list_endpoint_configs()["EndpointConfigs"] == []
     assert c["sagemaker"].list_models()["Models"] == []
@@ -121,7 +121,7 @@ def test_flow_on_aws_then_again_then_teardown(aws_world):
     assert c["application-autoscaling"].describe_scalable_targets(ServiceNamespace="sagemaker")["ScalableTargets"] == []
     assert [r["RoleName"] for r in c["iam"].list_roles()["Roles"] if r["RoleName"].startswith(config.project)] == []
     # Registered models stay.
-    assert len(c["sagemaker"].list_model_packages(ModelPackageGroupName=names["model_group"])["ModelPackageSummaryList"]) == 2
+    assert len(c["sagemaker"].list_model_packages(ModelPackageGroupName=names.model_group)["ModelPackageSummaryList"]) == 2
 
 
 TRANSIENT = {

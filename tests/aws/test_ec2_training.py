@@ -19,7 +19,8 @@ from botocore.exceptions import ClientError  # noqa: E402
 from moto import mock_aws  # noqa: E402
 
 from backends.aws.ec2_training import JOB_TAG, MANAGED_TAG, Ec2Training  # noqa: E402
-from backends.base import TrainingRequest  # noqa: E402
+from backends.types import TrainingRequest  # noqa: E402
+from backends.waiting import Clock  # noqa: E402
 from core.ec2_user_data import DLAMI_SSM_PARAMETER  # noqa: E402
 
 REGION = "us-east-1"
@@ -302,7 +303,7 @@ def test_cancellation_while_polling_terminates_and_propagates(aws):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        _runner(aws, sleep=sleep).run(request, **_run_kwargs(aws))
+        _runner(aws, clock=Clock(sleep=sleep)).run(request, **_run_kwargs(aws))
     [instance] = _instances(aws["ec2"], request.job_name)
     assert instance["State"]["Name"] == "terminated" and calls == [0.05] * 3
 
@@ -348,7 +349,7 @@ def test_a_not_yet_usable_instance_profile_is_retried(aws):
     ec2 = FlakyEc2(aws["ec2"])
     naps = []
     runner = Ec2Training(ec2, aws["ssm"], aws["s3"], poll_seconds=0.05, ami_parameter=AMI_PARAMETER,
-                         sleep=lambda s: naps.append(s) or time.sleep(min(s, 0.05)))
+                         clock=Clock(sleep=lambda s: naps.append(s) or time.sleep(min(s, 0.05))))
     outcome = runner.run(_request(), **_run_kwargs(aws, timeout_s=0.2))
     assert ec2.failures == 0 and naps[:2] == [2.0, 4.0]
     assert outcome.status == "Failed" and len(_instances(aws["ec2"], _request().job_name)) == 1

@@ -19,8 +19,9 @@ import pytest  # noqa: E402
 from botocore.awsrequest import AWSResponse  # noqa: E402
 from moto import mock_aws  # noqa: E402
 
-from backends.aws.endpoints import EndpointDeploymentError, SageMakerEndpoints  # noqa: E402
-from backends.base import ModelVersion  # noqa: E402
+from backends.aws.endpoints import SageMakerEndpoints  # noqa: E402
+from backends.errors import DeploymentFailedError  # noqa: E402
+from backends.types import ModelVersion  # noqa: E402
 from core.config import HostingConfig  # noqa: E402
 
 REGION = "us-east-1"
@@ -183,7 +184,7 @@ def test_rolled_back_update_raises_and_still_calls_after_update(endpoints, sagem
     old_config = sagemaker.describe_endpoint(EndpointName=NAME)["EndpointConfigName"]
     Calls(sagemaker, update="rollback")
     order = []
-    with pytest.raises(EndpointDeploymentError, match="rolled back"):
+    with pytest.raises(DeploymentFailedError, match="rolled back"):
         endpoints.deploy(NAME, _version(2), IMAGE, ROLE, HOSTING,
                          before_update=lambda: order.append("before"), after_update=lambda: order.append("after"))
     assert order == ["before", "after"]

@@ -23,7 +23,8 @@ import boto3  # noqa: E402
 import pytest  # noqa: E402
 from moto import mock_aws  # noqa: E402
 
-from backends.aws.functions import FunctionDeployError, LambdaFunctions, code_sha256, zip_source  # noqa: E402
+from backends.aws.functions import LambdaFunctions, code_sha256, zip_source  # noqa: E402
+from backends.errors import DeploymentFailedError, WaitTimedOutError  # noqa: E402
 from core.config import FunctionConfig  # noqa: E402
 from tests.aws.fakes import FakeProvisioned  # noqa: E402
 
@@ -209,7 +210,7 @@ def test_failed_provisioned_concurrency_raises_with_its_reason(aws, tmp_path):
     client, role = aws
     FakeProvisioned(client.meta.events, statuses=("IN_PROGRESS", "FAILED"), reason="Insufficient unreserved concurrency")
 
-    with pytest.raises(FunctionDeployError, match=r"live.*failed: Insufficient unreserved concurrency"):
+    with pytest.raises(DeploymentFailedError, match=r"live.*failed: Insufficient unreserved concurrency"):
         LambdaFunctions(client, poll_seconds=0).publish(NAME, role, zip_source(str(_source(tmp_path))),
                                                         ENVIRONMENT, FunctionConfig())
 
@@ -219,7 +220,7 @@ def test_provisioned_concurrency_that_never_gets_ready_times_out(aws, tmp_path):
     client, role = aws
     FakeProvisioned(client.meta.events, statuses=("IN_PROGRESS",))
 
-    with pytest.raises(TimeoutError, match="READY"):
+    with pytest.raises(WaitTimedOutError, match="READY"):
         LambdaFunctions(client, poll_seconds=0, timeout_s=0).publish(
             NAME, role, zip_source(str(_source(tmp_path))), ENVIRONMENT, FunctionConfig())
 
@@ -233,10 +234,10 @@ def test_delete_twice_is_true_then_false(aws, tmp_path):
     functions.publish(NAME, role, zip_source(str(_source(tmp_path))), ENVIRONMENT, FunctionConfig())
     assert provisioned.configs
 
-    assert functions.delete(NAME) is True
+    assert functions.delete_function(NAME) is True
     assert provisioned.configs == {}
     assert client.list_functions()["Functions"] == []
-    assert functions.delete(NAME) is False
+    assert functions.delete_function(NAME) is False
 
 
 def test_zip_source_is_deterministic_and_leaves_out_bytecode(tmp_path):

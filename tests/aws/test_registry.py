@@ -12,6 +12,7 @@ import pytest  # noqa: E402
 from moto import mock_aws  # noqa: E402
 
 from backends.aws.registry import ModelRegistry  # noqa: E402
+from backends.errors import NotFoundError  # noqa: E402
 
 GROUP = "proj-dev-models"
 IMAGE = "763104351884.dkr.ecr.us-east-1.amazonaws.com/pytorch-inference:2.5-cpu-py311"
@@ -27,18 +28,18 @@ def sagemaker():
 
 @pytest.fixture
 def registry(sagemaker):
-    return ModelRegistry(sagemaker)
+    return ModelRegistry(sagemaker, IMAGE, "models of proj/dev")
 
 
 def _register(registry, job: str, accuracy: float = 0.9, hyperparameters: dict | None = None):
-    return registry.register(GROUP, f"s3://bucket/proj/dev/models/{job}/output/model.tar.gz", IMAGE,
-                             {"val_accuracy": accuracy, "val_loss": 0.25},
-                             hyperparameters or {"lr": "0.001", "epochs": "3"}, "ab" * 32, job)
+    return registry.register_model_version(GROUP, f"s3://bucket/proj/dev/models/{job}/output/model.tar.gz",
+                                           {"val_accuracy": accuracy, "val_loss": 0.25},
+                                           hyperparameters or {"lr": "0.001", "epochs": "3"}, "ab" * 32, job)
 
 
 def test_ensure_group_is_idempotent(registry, sagemaker):
-    arn = registry.ensure_group(GROUP, "models of proj/dev")
-    assert arn == registry.ensure_group(GROUP, "models of proj/dev")
+    arn = registry.ensure_group(GROUP)
+    assert arn == registry.ensure_group(GROUP)
     assert arn.endswith(f":model-package-group/{GROUP}")
     groups = sagemaker.list_model_package_groups()["ModelPackageGroupSummaryList"]
     assert [g["ModelPackageGroupName"] for g in groups] == [GROUP]
@@ -48,7 +49,7 @@ def test_register_twice_from_the_same_job_makes_one_version(registry, sagemaker)
     first = _register(registry, "train-1")
     again = _register(registry, "train-1", accuracy=0.1)
     assert again == first
-    assert [v.version for v in registry.list(GROUP)] == [1]
+    assert [v.version for v in registry.list_model_versions(GROUP)] == [1]
     assert len(sagemaker.list_model_packages(ModelPackageGroupName=GROUP)["ModelPackageSummaryList"]) == 1
 
 
@@ -81,7 +82,7 @@ def test_two_jobs_make_versions_1_and_2_in_order(registry):
     two = _register(registry, "train-2", accuracy=0.95)
     three = _register(registry, "train-3", accuracy=0.5)
     assert (one.version, two.version, three.version) == (1, 2, 3)
-    listed = registry.list(GROUP)
+    listed = registry.list_model_versions(GROUP)
     assert [(v.version, v.job_name) for v in listed] == [(1, "train-1"), (2, "train-2"), (3, "train-3")]
     assert not any(v.champion for v in listed)
     assert listed[1].metrics["val_accuracy"] == 0.95
@@ -90,11 +91,11 @@ def test_two_jobs_make_versions_1_and_2_in_order(registry):
 def test_promote_makes_one_champion_and_rejects_the_previous(registry, sagemaker):
     _register(registry, "train-1")
     _register(registry, "train-2")
-    assert registry.promote(GROUP, 1).champion
-    promoted = registry.promote(GROUP, 2)
+    assert registry.promote_model_version(GROUP, 1).champion
+    promoted = registry.promote_model_version(GROUP, 2)
     assert (promoted.version, promoted.champion, promoted.job_name) == (2, True, "train-2")
 
-    listed = registry.list(GROUP)
+    listed = registry.list_model_versions(GROUP)
     assert [(v.version, v.champion) for v in listed] == [(1, False), (2, True)]
     # Metadata survives the status changes.
     assert [v.job_name for v in listed] == ["train-1", "train-2"]
@@ -112,19 +113,19 @@ def test_promote_makes_one_champion_and_rejects_the_previous(registry, sagemaker
 def test_promote_back_is_a_rollback(registry):
     _register(registry, "train-1")
     _register(registry, "train-2")
-    registry.promote(GROUP, 2)
-    registry.promote(GROUP, 1)
-    assert [(v.version, v.champion) for v in registry.list(GROUP)] == [(1, True), (2, False)]
+    registry.promote_model_version(GROUP, 2)
+    registry.promote_model_version(GROUP, 1)
+    assert [(v.version, v.champion) for v in registry.list_model_versions(GROUP)] == [(1, True), (2, False)]
     # Promoting the champion again changes nothing.
-    assert registry.promote(GROUP, 1).champion
-    assert [(v.version, v.champion) for v in registry.list(GROUP)] == [(1, True), (2, False)]
+    assert registry.promote_model_version(GROUP, 1).champion
+    assert [(v.version, v.champion) for v in registry.list_model_versions(GROUP)] == [(1, True), (2, False)]
 
 
 def test_promote_unknown_version(registry):
     _register(registry, "train-1")
-    with pytest.raises(KeyError):
-        registry.promote(GROUP, 7)
+    with pytest.raises(NotFoundError, match="has no version 7"):
+        registry.promote_model_version(GROUP, 7)
 
 
 def test_list_of_an_unknown_group_is_empty(registry):
-    assert registry.list("no-such-group") == []
+    assert registry.list_model_versions("no-such-group") == []

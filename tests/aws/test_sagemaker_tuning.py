@@ -37,7 +37,7 @@ from moto import mock_aws  # noqa: E402
 from backends.aws import images  # noqa: E402
 from backends.aws.sagemaker_tuning import (  # noqa: E402
     SageMakerTuning, grid_size, sdk_parameter_ranges, trial_from_summary, trial_index)
-from backends.base import TuningRequest  # noqa: E402
+from backends.types import TuningRequest  # noqa: E402
 from core.config import (  # noqa: E402
     CategoricalParameterRange, ContinuousParameterRange, IntegerParameterRange, ParameterRanges)
 from core.metrics import METRIC_DEFINITIONS  # noqa: E402

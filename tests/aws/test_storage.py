@@ -16,7 +16,9 @@ import pytest  # noqa: E402
 from botocore.exceptions import ClientError  # noqa: E402
 from moto import mock_aws  # noqa: E402
 
-from backends.aws.storage import MANIFEST_NAME, MULTIPART_THRESHOLD, S3Storage, SyncSummary  # noqa: E402
+from backends.aws.storage import MANIFEST_NAME, MULTIPART_THRESHOLD, S3Storage  # noqa: E402
+from backends.errors import InvalidRequestError, NotFoundError  # noqa: E402
+from backends.types import StagedDataset  # noqa: E402
 from core.datasets import folder_checksum  # noqa: E402
 from core.retry import is_transient  # noqa: E402
 from tests.helpers import make_folder  # noqa: E402
@@ -83,13 +85,13 @@ class CountPuts:
 def test_first_sync_uploads_everything_and_writes_the_manifest(s3, storage, tmp_path):
     folder = make_folder(tmp_path / "pets", FILES)
     calls = []
-    summary = storage.sync_folder(folder, PREFIX, progress=lambda done, total: calls.append((done, total)))
+    summary = storage.upload_folder(folder, PREFIX, progress=lambda done, total: calls.append((done, total)))
 
     checksum = folder_checksum(folder)
-    assert summary == SyncSummary(PREFIX, len(VISIBLE), len(VISIBLE), 0, 0,
-                                  sum(len(FILES[rel]) for rel in VISIBLE), checksum)
+    assert summary == StagedDataset(PREFIX, files=len(VISIBLE), uploaded=len(VISIBLE), unchanged=0, deleted=0,
+                                    total_bytes=sum(len(FILES[rel]) for rel in VISIBLE), checksum=checksum)
     assert calls == [(i, len(VISIBLE)) for i in range(1, len(VISIBLE) + 1)]
-    assert storage.list_keys(PREFIX) == VISIBLE  # no manifest, no hidden files
+    assert storage.list_objects(PREFIX) == VISIBLE  # no manifest, no hidden files
     written = manifest(s3)
     assert written["complete"] is True and written["checksum"] == checksum
     assert {rel: (e["sha256"], e["size"]) for rel, e in written["files"].items()} == {
@@ -99,16 +101,17 @@ def test_first_sync_uploads_everything_and_writes_the_manifest(s3, storage, tmp_
     digest = hashlib.sha256(FILES["train/cat/1.png"])
     assert head["Metadata"]["sha256"] == digest.hexdigest()
     assert head["ChecksumSHA256"] == base64.b64encode(digest.digest()).decode()
-    assert storage.describe_prefix(PREFIX) == SyncSummary(PREFIX, len(VISIBLE), 0, len(VISIBLE), 0,
-                                                          summary.total_bytes, checksum)
+    assert storage.describe_prefix(PREFIX) == StagedDataset(PREFIX, files=len(VISIBLE), uploaded=0,
+                                                            unchanged=len(VISIBLE), deleted=0,
+                                                            total_bytes=summary.total_bytes, checksum=checksum)
 
 
 def test_second_sync_uploads_nothing(s3, storage, tmp_path):
     folder = make_folder(tmp_path / "pets", FILES)
-    first = storage.sync_folder(folder, PREFIX)
+    first = storage.upload_folder(folder, PREFIX)
     puts = CountPuts(s3)
     before = s3.head_object(Bucket=BUCKET, Key=f"proj/dev/datasets/pets/{MANIFEST_NAME}")["LastModified"]
-    again = storage.sync_folder(folder, PREFIX)
+    again = storage.upload_folder(folder, PREFIX)
     assert (again.uploaded, again.unchanged, again.deleted) == (0, len(VISIBLE), 0)
     assert again.checksum == first.checksum
     assert puts.count == 0
@@ -117,17 +120,17 @@ def test_second_sync_uploads_nothing(s3, storage, tmp_path):
 
 def test_changed_deleted_and_added_files(s3, storage, tmp_path):
     folder = make_folder(tmp_path / "pets", FILES)
-    first = storage.sync_folder(folder, PREFIX)
+    first = storage.upload_folder(folder, PREFIX)
     (folder / "train/dog/2.png").write_bytes(b"dog TWO")  # same size, other bytes
     (folder / "test/dog/4.png").unlink()
     make_folder(folder, {"valid/dog/5.png": b"dog five"})
 
-    third = storage.sync_folder(folder, PREFIX)
+    third = storage.upload_folder(folder, PREFIX)
     assert (third.files, third.uploaded, third.unchanged, third.deleted) == (len(VISIBLE), 2, len(VISIBLE) - 2, 1)
     assert third.checksum == folder_checksum(folder) != first.checksum
-    keys = storage.list_keys(PREFIX)
+    keys = storage.list_objects(PREFIX)
     assert "test/dog/4.png" not in keys and "valid/dog/5.png" in keys
-    assert storage.read(f"{PREFIX}/train/dog/2.png") == b"dog TWO"
+    assert storage.read_object(f"{PREFIX}/train/dog/2.png") == b"dog TWO"
     written = manifest(s3)
     assert written["checksum"] == third.checksum and set(written["files"]) == set(keys)
     assert written["files"]["train/dog/2.png"]["sha256"] == hashlib.sha256(b"dog TWO").hexdigest()
@@ -135,50 +138,50 @@ def test_changed_deleted_and_added_files(s3, storage, tmp_path):
 
 
 def test_a_prefix_with_a_longer_name_is_another_prefix(s3, storage, tmp_path):
-    storage.sync_folder(make_folder(tmp_path / "a", {"x.png": b"x"}), f"s3://{BUCKET}/d/v1")
-    storage.sync_folder(make_folder(tmp_path / "b", {"y.png": b"y"}), f"s3://{BUCKET}/d/v10")
-    again = storage.sync_folder(tmp_path / "a", f"s3://{BUCKET}/d/v1")
+    storage.upload_folder(make_folder(tmp_path / "a", {"x.png": b"x"}), f"s3://{BUCKET}/d/v1")
+    storage.upload_folder(make_folder(tmp_path / "b", {"y.png": b"y"}), f"s3://{BUCKET}/d/v10")
+    again = storage.upload_folder(tmp_path / "a", f"s3://{BUCKET}/d/v1")
     assert again.deleted == 0
-    assert storage.list_keys(f"s3://{BUCKET}/d/v10") == ["y.png"]
+    assert storage.list_objects(f"s3://{BUCKET}/d/v10") == ["y.png"]
 
 
 def test_failed_upload_is_never_counted_as_staged(s3, storage, tmp_path):
     folder = make_folder(tmp_path / "pets", FILES)
     puts = CountPuts(s3, fail_at=3)
     with pytest.raises(ClientError, match="injected failure") as failure:
-        storage.sync_folder(folder, PREFIX)
+        storage.upload_folder(folder, PREFIX)
     assert is_transient(failure.value)  # the real S3 error, so the task's retry policy can classify it
     puts.remove()
     assert manifest(s3) in (None, {"version": 1, "complete": False, "files": {}})
-    with pytest.raises(ValueError, match="not completely staged"):
+    with pytest.raises(InvalidRequestError, match="not completely staged"):
         storage.describe_prefix(PREFIX)
 
-    done = storage.sync_folder(folder, PREFIX)
+    done = storage.upload_folder(folder, PREFIX)
     assert done.checksum == folder_checksum(folder)
     assert storage.describe_prefix(PREFIX).checksum == done.checksum
 
 
 def test_failed_resync_keeps_the_prefix_unstaged_until_a_rerun_finishes(s3, storage, tmp_path):
     folder = make_folder(tmp_path / "pets", FILES)
-    storage.sync_folder(folder, PREFIX)
+    storage.upload_folder(folder, PREFIX)
     changed = ["train/cat/1.png", "train/dog/2.png", "valid/cat/3.png", "test/dog/4.png"]
     for rel in changed:
         (folder / rel).write_bytes(b"v2 " + FILES[rel])
     puts = CountPuts(s3, fail_at=3)
     with pytest.raises(ClientError):
-        storage.sync_folder(folder, PREFIX)
+        storage.upload_folder(folder, PREFIX)
     puts.remove()
     # Some objects are v2 now, others v1: the old manifest must not vouch for them any more.
     left = manifest(s3)
     assert left["complete"] is False and not set(left["files"]) & set(changed)
-    with pytest.raises(ValueError, match="not completely staged"):
+    with pytest.raises(InvalidRequestError, match="not completely staged"):
         storage.describe_prefix(PREFIX)
 
     # Even a file put back to its old bytes is re-sent: its object may hold the failed run's bytes.
     (folder / changed[0]).write_bytes(FILES[changed[0]])
-    rerun = storage.sync_folder(folder, PREFIX)
+    rerun = storage.upload_folder(folder, PREFIX)
     assert (rerun.uploaded, rerun.unchanged) == (len(changed), len(VISIBLE) - len(changed))
-    assert storage.read(f"{PREFIX}/{changed[0]}") == FILES[changed[0]]
+    assert storage.read_object(f"{PREFIX}/{changed[0]}") == FILES[changed[0]]
     assert storage.describe_prefix(PREFIX).checksum == folder_checksum(folder)
 
 
@@ -197,20 +200,20 @@ def test_describe_prefix_without_a_manifest(s3, storage, tmp_path):
 
     for rel in VISIBLE:
         s3.put_object(Bucket=BUCKET, Key=f"other/plain/{rel}", Body=FILES[rel])
-    with pytest.raises(ValueError, match="can't be checksummed") as refused:
+    with pytest.raises(InvalidRequestError, match="can't be checksummed") as refused:
         storage.describe_prefix(f"s3://{BUCKET}/other/plain")
     assert "Stage the folder with the pipeline" in str(refused.value)
-    with pytest.raises(ValueError, match="nothing is stored"):
+    with pytest.raises(NotFoundError, match="nothing is stored"):
         storage.describe_prefix(f"s3://{BUCKET}/nothing/here")
 
 
 def test_describe_prefix_notices_objects_changed_after_staging(s3, storage, tmp_path):
-    storage.sync_folder(make_folder(tmp_path / "pets", FILES), PREFIX)
+    storage.upload_folder(make_folder(tmp_path / "pets", FILES), PREFIX)
     s3.delete_object(Bucket=BUCKET, Key="proj/dev/datasets/pets/valid/cat/3.png")
     s3.put_object(Bucket=BUCKET, Key="proj/dev/datasets/pets/stray.txt", Body=b"?")
-    with pytest.raises(ValueError, match="changed since it was staged.*valid/cat/3.png.*stray.txt"):
+    with pytest.raises(InvalidRequestError, match="changed since it was staged.*valid/cat/3.png.*stray.txt"):
         storage.describe_prefix(PREFIX)
-    repaired = storage.sync_folder(tmp_path / "pets", PREFIX)  # re-sends the deleted file, drops the stray
+    repaired = storage.upload_folder(tmp_path / "pets", PREFIX)  # re-sends the deleted file, drops the stray
     assert (repaired.uploaded, repaired.deleted) == (1, 1)
     assert storage.describe_prefix(PREFIX).checksum == folder_checksum(tmp_path / "pets")
 
@@ -220,39 +223,37 @@ def test_large_file_goes_multipart_and_reads_back_equal(s3, storage, tmp_path):
     folder = make_folder(tmp_path / "big", {"train/x/big.bin": big, "train/x/small.png": b"s"})
     multipart = []
     s3.meta.events.register("before-call.s3.CreateMultipartUpload", lambda params, **kw: multipart.append(params))
-    summary = storage.sync_folder(folder, f"s3://{BUCKET}/big")
+    summary = storage.upload_folder(folder, f"s3://{BUCKET}/big")
     assert summary.uploaded == 2 and summary.checksum == folder_checksum(folder)
     assert [p["url_path"].split("?")[0] for p in multipart] == ["/big/train/x/big.bin"]
     assert multipart[0]["headers"]["x-amz-checksum-algorithm"] == "SHA256"
-    assert storage.read(f"s3://{BUCKET}/big/train/x/big.bin") == big
+    assert storage.read_object(f"s3://{BUCKET}/big/train/x/big.bin") == big
     head = s3.head_object(Bucket=BUCKET, Key="big/train/x/big.bin")
     assert head["ETag"].strip('"').endswith("-2")  # two parts
     assert head["Metadata"]["sha256"] == hashlib.sha256(big).hexdigest()
-    assert storage.sync_folder(folder, f"s3://{BUCKET}/big").uploaded == 0
+    assert storage.upload_folder(folder, f"s3://{BUCKET}/big").uploaded == 0
 
 
-def test_put_file_read_list_and_delete_prefix(s3, storage, tmp_path):
+def test_upload_file_read_and_list(s3, storage, tmp_path):
     source = tmp_path / "model.tar.gz"
     source.write_bytes(b"model bytes")
     uri = f"s3://{BUCKET}/proj/dev/models/model.tar.gz"
-    assert storage.put_file(source, uri) == uri
-    assert storage.read(uri) == b"model bytes"
+    assert storage.upload_file(source, uri) == uri
+    assert storage.read_object(uri) == b"model bytes"
     assert storage.exists(uri) and not storage.exists(uri + ".missing")
     head = s3.head_object(Bucket=BUCKET, Key="proj/dev/models/model.tar.gz", ChecksumMode="ENABLED")
     assert head["Metadata"]["sha256"] == hashlib.sha256(b"model bytes").hexdigest() and head["ChecksumSHA256"]
-    with pytest.raises(FileNotFoundError, match="no object at"):
-        storage.read(f"s3://{BUCKET}/proj/dev/models/none")
+    with pytest.raises(NotFoundError, match="no object at"):
+        storage.read_object(f"s3://{BUCKET}/proj/dev/models/none")
 
-    # More than one page of listing and more than one DeleteObjects batch.
+    # More than one page of listing.
     for i in range(1005):
         s3.put_object(Bucket=BUCKET, Key=f"many/k{i:04d}", Body=b"")
     s3.put_object(Bucket=BUCKET, Key=f"many/{MANIFEST_NAME}", Body=b"{}")
     s3.put_object(Bucket=BUCKET, Key="many-not-this/k", Body=b"")
-    keys = storage.list_keys(f"s3://{BUCKET}/many")
+    keys = storage.list_objects(f"s3://{BUCKET}/many")
     assert len(keys) == 1005 and keys[0] == "k0000" and MANIFEST_NAME not in keys
-    assert storage.delete_prefix(f"s3://{BUCKET}/many") == 1006
-    assert storage.list_keys(f"s3://{BUCKET}/many") == []
-    assert storage.list_keys(f"s3://{BUCKET}/many-not-this") == ["k"]
+    assert storage.list_objects(f"s3://{BUCKET}/many-not-this") == ["k"]
 
 
 def test_ensure_bucket_is_idempotent_and_locks_the_bucket_down(s3, storage):
@@ -272,5 +273,5 @@ def test_ensure_bucket_is_idempotent_and_locks_the_bucket_down(s3, storage):
 
 def test_a_folder_cannot_shadow_the_manifest(storage, tmp_path):
     folder = make_folder(tmp_path / "d", {MANIFEST_NAME: b"{}", "train/a/1.png": b"1"})
-    with pytest.raises(ValueError, match="staging manifest"):
-        storage.sync_folder(folder, PREFIX)
+    with pytest.raises(InvalidRequestError, match="staging manifest"):
+        storage.upload_folder(folder, PREFIX)

@@ -12,7 +12,8 @@ import pytest
 from botocore.config import Config
 from PIL import Image
 
-from backends.local.gateway.client import GatewayClient, GatewayError
+from backends.errors import DeploymentFailedError
+from backends.local.gateway.client import GatewayClient
 from backends.local.gateway.server import ensure_gateway, running_gateway, stop_gateway
 from backends.local.state import LocalState
 from backends.model_artifact import pack_model_artifact
@@ -179,7 +180,7 @@ def test_killed_instance_is_replaced(gateway):
 def test_broken_update_leaves_the_old_model_serving(gateway):
     info, client, _, tmp_factory = gateway
     broken = make_artifact(tmp_factory.mktemp("broken"), broken=True)
-    with pytest.raises(GatewayError):
+    with pytest.raises(DeploymentFailedError, match="deploying .* failed"):
         client.put_endpoint("pets", broken, instance_count=2, model_version="v2-broken")
     response = runtime(info.url).invoke_endpoint(EndpointName="pets", ContentType="image/png", Body=image_bytes("PNG"))
     assert json.loads(response["Body"].read())["model_version"] == "v1"

@@ -31,7 +31,7 @@ def test_three_trials_two_in_parallel_one_failing(local_state, tiny_dataset):
         running_peak[0] = max(running_peak[0], len(jobs._running))
 
     started = time.time()
-    result = LocalTuning(local_state, jobs).run(spec, on_trial=lambda t, done, total: trials_seen.append((t.name, done, total)),
+    result = LocalTuning(local_state, jobs).run(spec, on_trial=lambda t, done, total: trials_seen.append((t.job_name, done, total)),
                                                 on_log=on_log)
 
     assert result.status == "Completed"
@@ -42,12 +42,12 @@ def test_three_trials_two_in_parallel_one_failing(local_state, tiny_dataset):
     completed = [by_arch["resnet18"], by_arch["mobilenet_v3_small"]]
     assert all(t.status == "Completed" and t.objective is not None and t.model_artifact for t in completed)
     best = min(completed, key=lambda t: t.objective)
-    assert result.best_trial == best.name and result.best.model_artifact == best.model_artifact
+    assert result.best_trial == best.job_name and result.best.model_artifact == best.model_artifact
     assert [done for _, done, _ in trials_seen] == [1, 2, 3] and all(total == 3 for _, _, total in trials_seen)
     assert running_peak[0] == 2  # two trials really ran at once
     # Each trial got half the cores.
-    assert all(local_state.jobs.joinpath(t.name, "training.log").exists() for t in completed)
-    assert result.trials[0].name.startswith("digits-tune-001-")
+    assert all(local_state.jobs.joinpath(t.job_name, "training.log").exists() for t in completed)
+    assert result.trials[0].job_name.startswith("digits-tune-001-")
     # Re-running the finished tuning job returns it without training again.
     assert LocalTuning(local_state, jobs).run(spec).ended_at == result.ended_at
     assert time.time() - started < 300

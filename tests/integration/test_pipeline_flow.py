@@ -70,26 +70,26 @@ def test_pipeline_end_to_end_then_again(prefect_api, tiny_dataset, tmp_path):
         second = train_and_deploy(config)
         assert second.model_version == 2
         backend = LocalBackend(home=config.local.home)
-        status = backend.gateway().status()
+        status = backend.gateway.client().status()
         assert [e["name"] for e in status["endpoints"]] == [first.endpoint_name]
         assert status["endpoints"][0]["model_version"] == f"{first.model_group}/2"
         assert status["endpoints"][0]["autoscaling"]["max_capacity"] == 4
         assert [f["name"] for f in status["functions"]] == [first.function_name]
-        versions = backend.list_model_versions(first.model_group)
+        versions = backend.registry.list_model_versions(first.model_group)
         assert [v.version for v in versions] == [1, 2] and [v.champion for v in versions] == [False, True]
         assert versions[0].dataset_checksum == versions[1].dataset_checksum
     finally:
         report = teardown(config)
     assert f"endpoint {first.endpoint_name}" in report.removed and f"function {first.function_name}" in report.removed
     assert running_gateway(LocalBackend(home=config.local.home).state) is None
-    assert [v.version for v in LocalBackend(home=config.local.home).list_model_versions(first.model_group)] == [1, 2]
+    assert [v.version for v in LocalBackend(home=config.local.home).registry.list_model_versions(first.model_group)] == [1, 2]
 
 
 @dataclass
-class FaultyBackend:
-    """A real local backend whose `method` fails `times` times first with `error`."""
+class FaultyService:
+    """A real service whose `method` fails `times` times first with `error`."""
 
-    inner: LocalBackend
+    inner: object
     method: str
     error: Exception
     times: int
@@ -109,6 +109,12 @@ class FaultyBackend:
         return flaky
 
 
+def with_faulty_hosting(backend: LocalBackend, method: str, error: Exception, times: int) -> FaultyService:
+    """`backend`, its hosting service's `method` failing `times` times first."""
+    backend.hosting = FaultyService(backend.hosting, method, error, times)
+    return backend.hosting
+
+
 def throttling(operation: str) -> ClientError:
     return ClientError({"Error": {"Code": "ThrottlingException", "Message": "Rate exceeded"},
                         "ResponseMetadata": {"HTTPStatusCode": 400}}, operation)
@@ -117,16 +123,18 @@ def throttling(operation: str) -> ClientError:
 def test_transient_fault_is_retried_and_permanent_fails_at_once(prefect_api, tiny_dataset, tmp_path, monkeypatch):
     config = tiny_config(tmp_path / "home", tiny_dataset)
     config = config.model_copy(update={"training": config.training.model_copy(update={"mode": "instance"})})
-    faulty = FaultyBackend(LocalBackend(home=config.local.home), "deploy_endpoint", throttling("CreateEndpoint"), times=2)
-    monkeypatch.setattr(pipeline, "get_backend", lambda name, cfg: faulty)
+    backend = LocalBackend(home=config.local.home)
+    faulty = with_faulty_hosting(backend, "deploy_endpoint", throttling("CreateEndpoint"), times=2)
+    monkeypatch.setattr(pipeline, "get_backend", lambda name, cfg: backend)
     try:
         result = train_and_deploy(config)
         assert faulty.calls == 3 and result.smoke_test_accuracy >= 0.0
 
         refused = ClientError({"Error": {"Code": "ValidationException", "Message": "Instance type ml.bogus is not supported"},
                                "ResponseMetadata": {"HTTPStatusCode": 400}}, "CreateEndpointConfig")
-        permanent = FaultyBackend(faulty.inner, "deploy_endpoint", refused, times=5)
-        monkeypatch.setattr(pipeline, "get_backend", lambda name, cfg: permanent)
+        backend = LocalBackend(home=config.local.home)
+        permanent = with_faulty_hosting(backend, "deploy_endpoint", refused, times=5)
+        monkeypatch.setattr(pipeline, "get_backend", lambda name, cfg: backend)
         started = time.perf_counter()
         with pytest.raises(ClientError, match="Instance type ml.bogus is not supported"):
             train_and_deploy(config)

@@ -11,20 +11,20 @@ def trial(i, objective, status="Completed", reason=None):
 
 def test_minimize_and_maximize():
     trials = [trial(0, 0.5), trial(1, 0.2), trial(2, 0.9)]
-    assert choose_best_trial(trials, "Minimize").name == "t1"
-    assert choose_best_trial(trials, "Maximize").name == "t2"
+    assert choose_best_trial(trials, "Minimize").job_name == "t1"
+    assert choose_best_trial(trials, "Maximize").job_name == "t2"
 
 
 def test_failed_nan_and_infinite_never_win():
     trials = [trial(0, 0.01, "Failed", "corrupt image"), trial(1, math.nan), trial(2, -math.inf),
               trial(3, None), trial(4, 0.7), trial(5, 0.0, "Stopped")]
-    assert choose_best_trial(trials, "Minimize").name == "t4"
+    assert choose_best_trial(trials, "Minimize").job_name == "t4"
 
 
 def test_ties_go_to_the_earliest_trial():
     trials = [trial(2, 0.3), trial(0, 0.3), trial(1, 0.3)]
-    assert choose_best_trial(trials, "Minimize").name == "t0"
-    assert choose_best_trial(trials, "Maximize").name == "t0"
+    assert choose_best_trial(trials, "Minimize").job_name == "t0"
+    assert choose_best_trial(trials, "Maximize").job_name == "t0"
 
 
 def test_no_usable_trial_lists_every_reason():

@@ -69,8 +69,8 @@ def test_download_checks_the_sha256(tmp_path):
 
 def test_names_fit_sagemaker_limits():
     names = pipeline_names("sagemaker-flows", "dev")
-    assert names["endpoint"] == "sagemaker-flows-dev-endpoint" and names["function"] == "sagemaker-flows-dev-predict"
-    tuning = timestamped_name(names["tuning_job_prefix"], 32)
+    assert names.endpoint == "sagemaker-flows-dev-endpoint" and names.function == "sagemaker-flows-dev-predict"
+    tuning = timestamped_name(names.tuning_job_prefix, 32)
     assert len(tuning) <= 32 and tuning.startswith("dev-tune-")
     assert trial_job_name(tuning, 3, "abcdef0123") == f"{tuning}-003-abcdef01"
     assert resource_name("a" * 40, "b" * 12, "endpoint") == ("a" * 40 + "-" + "b" * 12 + "-endpoint")[:63]

@@ -1,5 +1,6 @@
 import pytest
 
+from backends.errors import NotFoundError
 from backends.local.store import LocalStore, sha256_file
 from tests.helpers import make_folder  # noqa: E402
 
@@ -41,9 +42,9 @@ def test_objects_round_trip_and_bad_uris(tmp_path):
     source.write_bytes(b"model")
     store.put_file(source, "s3://bucket/models/m.tar.gz")
     assert store.exists("s3://bucket/models/m.tar.gz")
-    assert store.get_file("s3://bucket/models/m.tar.gz", tmp_path / "out" / "m").read_bytes() == b"model"
-    with pytest.raises(FileNotFoundError, match="no object at"):
-        store.get_file("s3://bucket/models/none", tmp_path / "n")
+    assert store.read("s3://bucket/models/m.tar.gz") == b"model"
+    with pytest.raises(NotFoundError, match="no object at"):
+        store.read("s3://bucket/models/none")
     with pytest.raises(ValueError, match="not allowed"):
         store.path("s3://bucket/../etc/passwd")
     with pytest.raises(ValueError, match="not an s3:// URI"):

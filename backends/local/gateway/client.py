@@ -1,11 +1,16 @@
-"""The local backend's and the CLI's client for the gateway's control API (/_local/)."""
+"""The client side of the local gateway's control API (/_local/), used by the local backend and the CLI.
+
+GatewayClient speaks the API; its errors are those of backends/errors.py, chosen by the status the
+gateway answered. GatewayConnection is the gateway of one state folder as the local services share
+it: started on first need, reconnected when it was restarted.
+"""
 from __future__ import annotations
 
 import httpx
 
+from backends.errors import DeploymentFailedError, InvalidRequestError, NotFoundError, ServiceUnavailableError
 
-class GatewayError(RuntimeError):
-    """The gateway refused a request; the message is the gateway's own."""
+_ERROR_BY_STATUS = {400: InvalidRequestError, 404: NotFoundError, 422: DeploymentFailedError}
 
 
 class GatewayClient:
@@ -13,17 +18,26 @@ class GatewayClient:
         self.url = url.rstrip("/")
         self.http = httpx.Client(base_url=self.url, timeout=timeout_s)
 
-    def _call(self, method: str, path: str, json: dict | None = None) -> dict | None:
+    def _call(self, method: str, path: str, json: dict | None = None) -> dict:
         response = self.http.request(method, path, json=json)
-        if response.status_code == 404 and method == "DELETE":
-            return None
         if response.status_code >= 400:
             try:
                 message = response.json().get("error", response.text)
             except ValueError:
                 message = response.text
-            raise GatewayError(f"{method} {path}: {message}")
+            error = _ERROR_BY_STATUS.get(response.status_code)
+            if error is None:
+                error = ServiceUnavailableError if response.status_code >= 500 else InvalidRequestError
+            raise error(f"local gateway: {method} {path}: {message}")
         return response.json() if response.content else {}
+
+    def _delete(self, path: str) -> bool:
+        """DELETE; False when there was nothing to delete."""
+        try:
+            self._call("DELETE", path)
+        except NotFoundError:
+            return False
+        return True
 
     def status(self) -> dict:
         return self._call("GET", "/_local/status")
@@ -37,11 +51,14 @@ class GatewayClient:
     def scale_endpoint(self, name: str, instance_count: int) -> dict:
         return self._call("POST", f"/_local/endpoints/{name}/instance-count", {"instance_count": instance_count})
 
-    def set_autoscaling(self, name: str, policy: dict | None) -> dict:
-        return self._call("PUT" if policy is not None else "DELETE", f"/_local/endpoints/{name}/autoscaling", policy)
+    def set_autoscaling(self, name: str, policy: dict) -> dict:
+        return self._call("PUT", f"/_local/endpoints/{name}/autoscaling", policy)
+
+    def delete_autoscaling(self, name: str) -> bool:
+        return self._delete(f"/_local/endpoints/{name}/autoscaling")
 
     def delete_endpoint(self, name: str) -> bool:
-        return self._call("DELETE", f"/_local/endpoints/{name}") is not None
+        return self._delete(f"/_local/endpoints/{name}")
 
     def put_function(self, name: str, code_dir: str, handler: str = "handler.lambda_handler",
                      environment: dict[str, str] | None = None, memory_mb: int = 512, timeout_s: int = 30,
@@ -52,7 +69,41 @@ class GatewayClient:
             "provisioned_concurrency": provisioned_concurrency})
 
     def delete_function(self, name: str) -> bool:
-        return self._call("DELETE", f"/_local/functions/{name}") is not None
+        return self._delete(f"/_local/functions/{name}")
 
     def close(self) -> None:
         self.http.close()
+
+
+class GatewayConnection:
+    """The gateway of a state folder, shared by the local hosting and functions services."""
+
+    def __init__(self, state):
+        self.state = state
+        self._client: GatewayClient | None = None
+
+    def running(self) -> bool:
+        from backends.local.gateway.server import running_gateway
+
+        return running_gateway(self.state) is not None
+
+    def client(self) -> GatewayClient:
+        """A client of the running gateway; the gateway is started first when it is not running."""
+        from backends.local.gateway.server import ensure_gateway, running_gateway
+
+        info = running_gateway(self.state)
+        if info is None:
+            info = ensure_gateway(self.state)
+        if self._client is None or self._client.url != info.url:
+            self.close()
+            self._client = GatewayClient(info.url)
+        return self._client
+
+    @property
+    def url(self) -> str:
+        return self.client().url
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None

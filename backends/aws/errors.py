@@ -1,0 +1,68 @@
+"""What an AWS error means, decided once for every AWS module: its code, whether it says "no such
+resource", and calls that read "not found" as an answer (None, or False for a delete)."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+# Every service's way of saying "no such thing" (S3 answers HEAD with a bare 404).
+NOT_FOUND_CODES = frozenset({
+    "404", "NotFound", "NoSuchKey", "NoSuchBucket",  # S3
+    "NoSuchEntity", "NoSuchEntityException",  # IAM
+    "ResourceNotFound", "ResourceNotFoundException",  # SageMaker, Lambda
+    "ObjectNotFoundException",  # Application Auto Scaling
+    "ProvisionedConcurrencyConfigNotFoundException",  # Lambda
+    "InvalidInstanceID.NotFound",  # EC2
+})
+# SageMaker (and moto's Application Auto Scaling) answer ValidationException for a missing resource.
+_NOT_FOUND_MESSAGES = ("could not find", "does not exist", "not found", "no scalable target", "no scaling policy")
+
+
+def error_code(exc: BaseException) -> str:
+    response = getattr(exc, "response", None)
+    return str((response or {}).get("Error", {}).get("Code", "")) if isinstance(response, dict) else ""
+
+
+def error_message(exc: BaseException) -> str:
+    response = getattr(exc, "response", None)
+    return str((response or {}).get("Error", {}).get("Message", "")) if isinstance(response, dict) else ""
+
+
+def http_status(exc: BaseException) -> int:
+    response = getattr(exc, "response", None)
+    if not isinstance(response, dict):
+        return 0
+    return int(response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+
+
+def is_not_found(exc: BaseException) -> bool:
+    """Whether `exc` is AWS saying the resource asked about does not exist."""
+    if not isinstance(exc, ClientError):
+        return False
+    code = error_code(exc)
+    if code in NOT_FOUND_CODES:
+        return True
+    return code == "ValidationException" and any(m in error_message(exc).lower() for m in _NOT_FOUND_MESSAGES)
+
+
+def or_none(call: Callable[..., Any], **params) -> Any:
+    """`call(**params)`, or None when AWS says the resource does not exist (a describe)."""
+    try:
+        return call(**params)
+    except ClientError as exc:
+        if is_not_found(exc):
+            return None
+        raise
+
+
+def if_exists(call: Callable[..., Any], **params) -> bool:
+    """`call(**params)` and True, or False when AWS says there was nothing to act on (a delete)."""
+    try:
+        call(**params)
+        return True
+    except ClientError as exc:
+        if is_not_found(exc):
+            return False
+        raise

@@ -1,0 +1,62 @@
+"""The Training service on AWS: a single job on one EC2 instance (ec2_training.py, the seed's
+ec2train1.py automated) and hyperparameter tuning on SageMaker (sagemaker_tuning.py)."""
+from __future__ import annotations
+
+import hashlib
+import io
+import tarfile
+import tempfile
+from pathlib import Path
+
+from backends.aws.account import AwsAccount
+from backends.aws.ec2_training import Ec2Training
+from backends.aws.iam import PipelineRoles
+from backends.aws.storage import S3Storage
+from backends.types import (
+    EpochCallback, LogCallback, TrainingOutcome, TrainingRequest, TrialCallback, TuningOutcome, TuningRequest,
+)
+from core.names import PipelineNames
+
+TRAINING_DIR = Path(__file__).resolve().parents[2] / "training"
+
+
+class AwsTraining:
+    def __init__(self, account: AwsAccount, names: PipelineNames, storage: S3Storage, roles: PipelineRoles,
+                 poll_seconds: float = 30.0):
+        self.account, self.names, self.storage, self.roles = account, names, storage, roles
+        self.poll_seconds = poll_seconds
+
+    def run_training_job(self, request: TrainingRequest, on_log: LogCallback | None = None,
+                         on_epoch: EpochCallback | None = None) -> TrainingOutcome:
+        account = self.account
+        runner = Ec2Training(account.client("ec2"), account.client("ssm"), account.client("s3"), self.poll_seconds)
+        return runner.run(request, instance_type=request.instance_type.removeprefix("ml."),
+                          instance_profile_arn=self.roles.ec2_instance_profile_arn(), code_uri=self._code_uri(),
+                          region=account.region, tags=self.names.tags, on_log=on_log, on_epoch=on_epoch)
+
+    def run_tuning_job(self, request: TuningRequest, on_trial: TrialCallback | None = None) -> TuningOutcome:
+        from backends.aws.sagemaker_tuning import SageMakerTuning  # imports the sagemaker SDK (~2 s)
+
+        tuning = SageMakerTuning(self.account.session, self.account.client("sagemaker"), self.poll_seconds)
+        return tuning.run(request, role_arn=self.roles.sagemaker_role_arn(), region=self.account.region,
+                          source_dir=str(TRAINING_DIR), code_bucket_prefix=self.names.code_uri(self.storage.default_bucket()),
+                          on_trial=on_trial)
+
+    def _code_uri(self) -> str:
+        """training/*.py as a tarball in S3, named by content so unchanged code is uploaded once."""
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+            for path in sorted(TRAINING_DIR.glob("*.py")):
+                info = tar.gettarinfo(str(path), arcname=path.name)
+                info.mtime = 0  # the same code, the same bytes
+                with open(path, "rb") as f:
+                    tar.addfile(info, f)
+        data = buffer.getvalue()
+        prefix = self.names.code_uri(self.storage.default_bucket())
+        uri = f"{prefix}/training-{hashlib.sha256(data).hexdigest()[:16]}.tar.gz"
+        if not self.storage.exists(uri):
+            with tempfile.NamedTemporaryFile(suffix=".tar.gz") as tmp:
+                tmp.write(data)
+                tmp.flush()
+                self.storage.upload_file(tmp.name, uri)
+        return uri

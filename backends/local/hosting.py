@@ -1,0 +1,52 @@
+"""Hosting on the local backend: endpoints in the local gateway (each instance a model_worker process
+running the artifact's own code/inference.py), autoscaled by the gateway's target tracking."""
+from __future__ import annotations
+
+from backends.local.gateway.client import GatewayConnection
+from backends.local.store import LocalStore
+from backends.types import EndpointState, ModelVersion, ScalingState
+from core.config import AutoscalingConfig, HostingConfig
+from core.scaling import resource_id, scalable_target, target_tracking_policy
+
+
+class LocalHosting:
+    def __init__(self, gateway: GatewayConnection, store: LocalStore):
+        self.gateway = gateway
+        self.store = store
+
+    def deploy_endpoint(self, name: str, model: ModelVersion, hosting: HostingConfig) -> EndpointState:
+        info = self.gateway.client().put_endpoint(
+            name, str(self.store.path(model.model_artifact)), hosting.initial_instance_count, model.label,
+            {"TOP_K": str(hosting.top_k)})
+        return self._state(info, hosting.variant_name)
+
+    def describe_endpoint(self, name: str) -> EndpointState | None:
+        info = self._hosted(name)
+        return self._state(info, "AllTraffic") if info else None
+
+    def delete_endpoint(self, name: str) -> bool:
+        return self.gateway.running() and self.gateway.client().delete_endpoint(name)
+
+    def register_autoscaling(self, endpoint_name: str, variant_name: str, config: AutoscalingConfig) -> ScalingState:
+        target = scalable_target(endpoint_name, variant_name, config)
+        policy = target_tracking_policy(endpoint_name, variant_name, config)
+        self.gateway.client().set_autoscaling(endpoint_name, {
+            "min_capacity": target["MinCapacity"], "max_capacity": target["MaxCapacity"], "policy": policy})
+        return ScalingState(resource_id(endpoint_name, variant_name), config.min_capacity, config.max_capacity, policy)
+
+    def deregister_autoscaling(self, endpoint_name: str, variant_name: str) -> bool:
+        info = self._hosted(endpoint_name)
+        if not info or not info.get("autoscaling"):
+            return False
+        return self.gateway.client().delete_autoscaling(endpoint_name)
+
+    def _hosted(self, name: str) -> dict | None:
+        """The gateway's record of the endpoint; None when it is not hosted (or no gateway runs)."""
+        if not self.gateway.running():
+            return None
+        return next((e for e in self.gateway.client().status()["endpoints"] if e["name"] == name), None)
+
+    def _state(self, info: dict, variant: str) -> EndpointState:
+        return EndpointState(name=info["name"], status=info["status"], model_version=info["model_version"],
+                             instance_count=info["instance_count"], variant_name=variant,
+                             invoke_url=f"{self.gateway.url}/endpoints/{info['name']}/invocations")

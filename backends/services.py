@@ -1,0 +1,132 @@
+"""The services a backend is made of. backends/aws/<service>.py and backends/local/<service>.py
+implement each one; tasks call them through `Backend` (backends/backend.py) and never know which
+backend they have.
+
+Every method that changes something is idempotent: called again with the same arguments it
+finds what exists and reuses it, updates it or leaves it, and never makes a second one. Errors
+are those of backends/errors.py (a ClientError or a connection error may also pass through as
+it came: core.retry classes those as transient or permanent).
+"""
+from __future__ import annotations
+
+from typing import Protocol
+
+from backends.types import (
+    EndpointState, EpochCallback, FunctionState, LogCallback, ModelVersion, Progress, ScalingState, StagedDataset,
+    TrainingOutcome, TrainingRequest, TrialCallback, TuningOutcome, TuningRequest,
+)
+from core.config import AutoscalingConfig, FunctionConfig, HostingConfig
+
+
+class Storage(Protocol):
+    """Objects under s3:// URIs: S3, or the local store that stands in for it."""
+
+    def default_bucket(self) -> str:
+        """The bucket the pipeline's objects go to (made, with public access blocked, on first use)."""
+
+    def upload_folder(self, folder: str, prefix_uri: str, progress: Progress | None = None) -> StagedDataset:
+        """Make `prefix_uri` mirror `folder`: copy what changed (by SHA-256), remove what is gone.
+
+        Raises:
+            NotFoundError: `folder` is not a folder.
+        """
+
+    def describe_prefix(self, prefix_uri: str) -> StagedDataset:
+        """A prefix staged earlier (a data.source of s3://...), with its checksum.
+
+        Raises:
+            NotFoundError: nothing is stored under the prefix.
+            InvalidRequestError: it is not completely staged, or changed since, or cannot be checksummed.
+        """
+
+    def upload_file(self, path: str, uri: str) -> str:
+        """Store one file at `uri`; returns `uri`."""
+
+    def list_objects(self, prefix_uri: str) -> list[str]:
+        """Keys under the prefix, relative to it, sorted ([] when there are none)."""
+
+    def read_object(self, uri: str) -> bytes:
+        """Raises:
+            NotFoundError: no object at `uri`.
+        """
+
+
+class Training(Protocol):
+    """Training jobs under the SageMaker script-mode contract, one at a time or as a tuning job."""
+
+    def run_training_job(self, request: TrainingRequest, on_log: LogCallback | None = None,
+                         on_epoch: EpochCallback | None = None) -> TrainingOutcome:
+        """Run the job to its end and describe how it ended (Completed, Failed with its reason, Stopped).
+
+        A job of the same name that completed is returned as it is; one still running is attached to.
+        """
+
+    def run_tuning_job(self, request: TuningRequest, on_trial: TrialCallback | None = None) -> TuningOutcome:
+        """Run the tuning job to its end, calling `on_trial` once as each trial ends.
+
+        A tuning job of the same name is attached to (or, when completed, returned as it is).
+        """
+
+
+class Registry(Protocol):
+    """Versioned models of a model group, one of them the champion (the one that serves)."""
+
+    def register_model_version(self, group: str, model_artifact: str, metrics: dict[str, float],
+                               hyperparameters: dict[str, str], dataset_checksum: str,
+                               job_name: str) -> ModelVersion:
+        """A new version, or the existing one registered from the same job."""
+
+    def list_model_versions(self, group: str) -> list[ModelVersion]:
+        """Every version, oldest first ([] for an unknown group)."""
+
+    def promote_model_version(self, group: str, version: int) -> ModelVersion:
+        """Make `version` the champion (the others stop being champions).
+
+        Raises:
+            NotFoundError: the group has no such version.
+        """
+
+
+class Hosting(Protocol):
+    """Real-time endpoints on the SageMaker Runtime API and their autoscaling."""
+
+    def deploy_endpoint(self, name: str, model: ModelVersion, hosting: HostingConfig) -> EndpointState:
+        """Create the endpoint, or update it blue/green (the old model serves until the new one is
+        healthy), or leave it as it is when it already serves `model` so.
+
+        Raises:
+            DeploymentFailedError: the new model did not reach service; the old one (if any) still serves.
+            WaitTimedOutError: the endpoint did not settle in time.
+        """
+
+    def describe_endpoint(self, name: str) -> EndpointState | None:
+        """The endpoint, or None when there is none of that name."""
+
+    def delete_endpoint(self, name: str) -> bool:
+        """Delete the endpoint and what was made for it; False when there was nothing to delete."""
+
+    def register_autoscaling(self, endpoint_name: str, variant_name: str, config: AutoscalingConfig) -> ScalingState:
+        """Register the variant for target tracking on invocations per instance (an upsert).
+
+        Raises:
+            NotFoundError: no such endpoint.
+        """
+
+    def deregister_autoscaling(self, endpoint_name: str, variant_name: str) -> bool:
+        """Remove the policy and the scalable target; False when none was registered."""
+
+
+class Functions(Protocol):
+    """The Lambda function in front of an endpoint, published with its concurrency."""
+
+    def publish_function(self, name: str, endpoint_name: str, config: FunctionConfig) -> FunctionState:
+        """Create or update the function, publish a version when something changed, serve it with
+        the configured reserved and provisioned concurrency.
+
+        Raises:
+            DeploymentFailedError: the function or its provisioned concurrency ended in a failed state.
+            WaitTimedOutError: it did not settle in time.
+        """
+
+    def delete_function(self, name: str) -> bool:
+        """Delete the function with its versions and aliases; False when there was none."""
