@@ -7,6 +7,8 @@ import os
 import tarfile
 from pathlib import Path
 
+from backends.files import atomic_path
+
 TRAINING_SOURCE_DIR = Path(__file__).resolve().parent.parent / "training"
 # inference.py is the entry point; model.py and data.py are what it imports.
 SERVING_CODE_FILES = ("inference.py", "model.py", "data.py")
@@ -19,15 +21,12 @@ def pack_model_artifact(model_dir: str | os.PathLike, destination: str | os.Path
     missing = [n for n in SERVING_CODE_FILES if not (source_dir / n).is_file()]
     if missing and not has_code:
         raise FileNotFoundError(f"serving code missing from {source_dir}: {', '.join(missing)}")
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    tmp = destination.with_name(destination.name + ".partial")
-    with tarfile.open(tmp, "w:gz") as tar:
+    with atomic_path(destination) as tmp, tarfile.open(tmp, "w:gz") as tar:
         for path in sorted(model_dir.iterdir()):
             tar.add(path, arcname=path.name)
         if not has_code:
             for name in SERVING_CODE_FILES:
                 tar.add(source_dir / name, arcname=f"code/{name}")
-    os.replace(tmp, destination)
     return destination
 
 

@@ -3,32 +3,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Literal, Protocol, TypeVar
-
-TrialStatus = Literal["Completed", "Failed", "Stopped", "InProgress"]
 
 
 class Trial(Protocol):
     """What the choice reads of a trial (backends.types.TrialSummary is one)."""
 
     job_name: str
-    status: str
+    status: str  # Completed | Failed | Stopped | InProgress
     objective: float | None
     failure_reason: str | None
     index: int  # creation order; breaks ties
-
-
-@dataclass(frozen=True)
-class TrialOutcome:
-    """A plain Trial, for callers that have no TrialSummary."""
-
-    job_name: str
-    status: TrialStatus
-    objective: float | None = None
-    hyperparameters: dict[str, str] = field(default_factory=dict)
-    failure_reason: str | None = None
-    index: int = 0
 
 
 T = TypeVar("T", bound=Trial)

@@ -5,7 +5,6 @@ local backend, so both read the same numbers from the same log lines.
 """
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Iterable
 
@@ -59,14 +58,6 @@ def epoch_rows(lines: Iterable[str]) -> list[dict[str, float]]:
         if "epoch" in values:
             rows.append(values)
     return rows
-
-
-def is_better(candidate: float, incumbent: float, objective_type: str) -> bool:
-    if math.isnan(candidate):
-        return False
-    if math.isnan(incumbent):
-        return True
-    return candidate > incumbent if objective_type == "Maximize" else candidate < incumbent
 
 
 MODEL_METRICS = ("valid_loss", "valid_accuracy", "test_loss", "test_accuracy", "best_epoch")

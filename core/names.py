@@ -91,7 +91,3 @@ class PipelineNames:
     def code_uri(self, bucket: str) -> str:
         """Where the training code is uploaded for jobs on AWS."""
         return f"s3://{bucket}/{self.prefix}/code"
-
-
-def pipeline_names(project: str, stage: str) -> PipelineNames:
-    return PipelineNames(project, stage)

@@ -16,7 +16,6 @@ import flows.train_and_deploy as pipeline
 from backends.aws.backend import AwsBackend
 from core.config import PipelineConfig
 from core.demo import demo_config
-from core.names import pipeline_names
 from tests.aws.fakes import FakeLambdaInvoke, FakeProvisioned, FakeSageMakerService, answer
 
 REGION = "us-east-1"
@@ -50,7 +49,7 @@ def clients(session):
 def test_flow_on_aws_then_again_then_teardown(aws_world):
     session, config, fakes = aws_world
     c = clients(session)
-    names = pipeline_names(config.project, config.stage)
+    names = config.names
 
     first = pipeline.train_and_deploy(config)
 

@@ -113,7 +113,7 @@ def test_target_tracking_scales_out_and_in(artifact, tmp_path):
             [back] = activities(direction="in", cause="policy")
             assert (back["from"], back["to"], back["status"]) == (2, 1, "Successful")
             assert back["time"] >= out["end_time"] + 1.0  # the scale-in cooldown
-            assert [(a["cause"], a["direction"]) for a in describe().to_dict()["scaling_activities"]] == [
+            assert [(a["cause"], a["direction"]) for a in describe().scaling_activities] == [
                 ("registration", "in"), ("policy", "out"), ("policy", "in")]
             assert len(describe().instances) == 1 and describe().status == "InService"
 

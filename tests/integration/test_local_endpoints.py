@@ -11,7 +11,7 @@ import time
 import pytest
 from PIL import Image
 
-from backends.local.gateway.endpoints import (EndpointManager, EndpointNotFound, EndpointUnavailable,
+from backends.local.gateway.endpoints import (EndpointManager, EndpointNotFoundError, EndpointUnavailableError,
                                               EndpointUpdateError)
 from backends.model_artifact import TRAINING_SOURCE_DIR, pack_model_artifact
 from training.model import ModelConfig, build_model, save_model
@@ -84,9 +84,9 @@ def test_unknown_endpoints_and_bad_arguments(tmp_path):
         try:
             for call in (manager.invoke("nope", b"{}", "application/json", ""), manager.delete("nope"),
                          manager.set_instance_count("nope", 2)):
-                with pytest.raises(EndpointNotFound):
+                with pytest.raises(EndpointNotFoundError):
                     await call
-            with pytest.raises(EndpointNotFound):
+            with pytest.raises(EndpointNotFoundError):
                 manager.describe("nope")
             with pytest.raises(ValueError):
                 await manager.create_or_update("bad name!", "x.tar.gz")
@@ -95,7 +95,7 @@ def test_unknown_endpoints_and_bad_arguments(tmp_path):
             with pytest.raises(EndpointUpdateError, match="cannot read the model artifact"):
                 await manager.create_or_update("missing", str(tmp_path / "nothing.tar.gz"))
             assert manager.describe("missing").status == "Failed"
-            with pytest.raises(EndpointUnavailable):
+            with pytest.raises(EndpointUnavailableError):
                 await manager.invoke("missing", JPEG, "image/jpeg", "")
         finally:
             await manager.close()
@@ -173,7 +173,7 @@ def test_endpoint_lifecycle_with_real_workers(artifacts, tmp_path):
             assert {i["state"] for i in info.instances} == {"InService"}
             check_prediction(await invoke(), "v1")
             assert manager.describe("broken").status == "Failed" and manager.describe("broken").instances == []
-            with pytest.raises(EndpointUnavailable):
+            with pytest.raises(EndpointUnavailableError):
                 await manager.invoke("broken", JPEG, "image/jpeg", "")
             await manager.delete("broken")
 
@@ -219,9 +219,9 @@ def test_endpoint_lifecycle_with_real_workers(artifacts, tmp_path):
             assert [e.name for e in manager.list()] == ["digits"]
 
             await manager.delete("digits")
-            with pytest.raises(EndpointNotFound):
+            with pytest.raises(EndpointNotFoundError):
                 manager.describe("digits")
-            with pytest.raises(EndpointNotFound):
+            with pytest.raises(EndpointNotFoundError):
                 await invoke()
             assert manager.list() == []
         finally:

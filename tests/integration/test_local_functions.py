@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from backends.local.gateway.functions import FunctionManager, FunctionNotFound, TooManyRequests
+from backends.local.gateway.functions import FunctionManager, FunctionNotFoundError, TooManyRequestsError
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -190,7 +190,7 @@ async def test_reserved_concurrency_throttles_beyond_the_cap(tmp_path):
         await manager.create_or_update("capped", code, reserved_concurrency=2)
         outcomes = await asyncio.gather(*(manager.invoke("capped", b'{"sleep": 0.5}') for _ in range(4)),
                                         return_exceptions=True)
-        throttled = [o for o in outcomes if isinstance(o, TooManyRequests)]
+        throttled = [o for o in outcomes if isinstance(o, TooManyRequestsError)]
         answered = [o for o in outcomes if not isinstance(o, BaseException)]
         assert len(throttled) == 2 and len(answered) == 2
         assert all(json.loads(o.payload) == {"slept": 0.5} for o in answered)
@@ -200,7 +200,7 @@ async def test_reserved_concurrency_throttles_beyond_the_cap(tmp_path):
         assert (info.throttles, info.invocations, info.busy) == (2, 2, 0)
 
         await manager.create_or_update("off", code, reserved_concurrency=0)
-        with pytest.raises(TooManyRequests):
+        with pytest.raises(TooManyRequestsError):
             await manager.invoke("off", b'{"sleep": 0}')
         assert manager.describe("off").throttles == 1 and manager.describe("off").environments == 0
 
@@ -282,11 +282,11 @@ async def test_update_delete_and_idempotence(tmp_path):
         assert await eventually(lambda: len(list((tmp_path / "state" / "fn" / "code").glob("[!.]*"))) == 1)
 
         await manager.delete("fn")
-        with pytest.raises(FunctionNotFound):
+        with pytest.raises(FunctionNotFoundError):
             await manager.invoke("fn", b"{}")
-        with pytest.raises(FunctionNotFound):
+        with pytest.raises(FunctionNotFoundError):
             manager.describe("fn")
-        with pytest.raises(FunctionNotFound):
+        with pytest.raises(FunctionNotFoundError):
             await manager.delete("fn")
         assert await eventually(lambda: not (tmp_path / "state" / "fn").exists())
 

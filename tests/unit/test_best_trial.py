@@ -1,12 +1,22 @@
 import math
+from dataclasses import dataclass
 
 import pytest
 
-from core.best_trial import NoSuccessfulTrialError, TrialOutcome, choose_best_trial
+from core.best_trial import NoSuccessfulTrialError, choose_best_trial
+
+
+@dataclass(frozen=True)
+class Trial:
+    job_name: str
+    status: str
+    objective: float | None
+    failure_reason: str | None
+    index: int
 
 
 def trial(i, objective, status="Completed", reason=None):
-    return TrialOutcome(f"t{i}", status, objective, {}, reason, i)
+    return Trial(f"t{i}", status, objective, reason, i)
 
 
 def test_minimize_and_maximize():

@@ -7,7 +7,7 @@ import pytest
 
 from backends.local.store import LocalStore
 from core.datasets import DatasetError, check_layout, folder_checksum, pick_samples, safe_extract_zip
-from core.names import pipeline_names, resource_name, timestamped_name, trial_job_name
+from core.names import PipelineNames, resource_name, timestamped_name, trial_job_name
 from core.retry import PermanentError
 from tasks.stage_dataset import download_zip
 
@@ -68,7 +68,7 @@ def test_download_checks_the_sha256(tmp_path):
 
 
 def test_names_fit_sagemaker_limits():
-    names = pipeline_names("sagemaker-flows", "dev")
+    names = PipelineNames("sagemaker-flows", "dev")
     assert names.endpoint == "sagemaker-flows-dev-endpoint" and names.function == "sagemaker-flows-dev-predict"
     tuning = timestamped_name(names.tuning_job_prefix, 32)
     assert len(tuning) <= 32 and tuning.startswith("dev-tune-")

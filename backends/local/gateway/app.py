@@ -16,11 +16,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from backends.local.gateway.endpoints import (
-    EndpointManager, EndpointNotFound, EndpointUnavailable, EndpointUpdateError,
+    EndpointManager, EndpointNotFoundError, EndpointUnavailableError, EndpointUpdateError,
 )
-from backends.local.gateway.functions import FunctionManager, FunctionNotFound, TooManyRequests
-
-ACCOUNT_ID = "000000000000"  # what local ARNs carry; nothing here is a real account
+from backends.local.gateway.functions import FunctionManager, FunctionNotFoundError, TooManyRequestsError
+from backends.local.gateway.lambda_runtime import ACCOUNT_ID
 REGION = os.environ.get("AWS_DEFAULT_REGION", "us-east-1")
 MAX_INVOKE_BYTES = 6 * 1024 * 1024  # both APIs refuse synchronous payloads over 6 MB
 
@@ -55,9 +54,9 @@ class Gateway:
         accept = request.headers.get("accept", "application/json")
         try:
             result = await self.endpoints.invoke(name, body, content_type, accept)
-        except EndpointNotFound:
+        except EndpointNotFoundError:
             return _aws_error(400, "ValidationError", f"Endpoint {name} of account {ACCOUNT_ID} not found.")
-        except EndpointUnavailable as exc:
+        except EndpointUnavailableError as exc:
             return _aws_error(503, "ServiceUnavailable", str(exc))
         request_id = str(uuid.uuid4())
         if result.status_code >= 400:
@@ -90,12 +89,11 @@ class Gateway:
                 asyncio.get_running_loop().create_task(self._invoke_quietly(name, payload))
                 return Response(status_code=202, headers={"x-amzn-RequestId": str(uuid.uuid4())})
             result = await self.functions.invoke(name, payload)
-        except FunctionNotFound:
-            return _aws_error(404, "ResourceNotFoundException",
+        except FunctionNotFoundError as exc:
+            return _aws_error(exc.status_code, exc.error_type,
                               f"Function not found: arn:aws:lambda:{REGION}:{ACCOUNT_ID}:function:{name}", Type="User")
-        except TooManyRequests as exc:
-            return _aws_error(429, "TooManyRequestsException", "Rate Exceeded.", Type="User",
-                              Reason=getattr(exc, "reason", "ReservedFunctionConcurrentInvocationLimitExceeded"))
+        except TooManyRequestsError as exc:
+            return _aws_error(exc.status_code, exc.error_type, "Rate Exceeded.", Type="User", Reason=exc.reason)
         headers = {"X-Amz-Executed-Version": result.executed_version, "x-amzn-RequestId": str(uuid.uuid4())}
         if result.function_error:
             headers["X-Amz-Function-Error"] = result.function_error
@@ -132,7 +130,7 @@ class Gateway:
         spec = await request.json()
         try:
             info = await self.endpoints.set_instance_count(request.path_params["name"], int(spec["instance_count"]))
-        except EndpointNotFound:
+        except EndpointNotFoundError:
             return JSONResponse({"error": f"no endpoint {request.path_params['name']}"}, status_code=404)
         except EndpointUpdateError as exc:
             return JSONResponse({"error": str(exc)}, status_code=422)
@@ -143,13 +141,13 @@ class Gateway:
         try:
             self.endpoints.set_autoscaling(request.path_params["name"], policy)
             return JSONResponse(_plain(self.endpoints.describe(request.path_params["name"])))
-        except EndpointNotFound:
+        except EndpointNotFoundError:
             return JSONResponse({"error": f"no endpoint {request.path_params['name']}"}, status_code=404)
 
     async def delete_endpoint(self, request: Request) -> Response:
         try:
             await self.endpoints.delete(request.path_params["name"])
-        except EndpointNotFound:
+        except EndpointNotFoundError:
             return JSONResponse({"error": f"no endpoint {request.path_params['name']}"}, status_code=404)
         return Response(status_code=204)
 
@@ -172,7 +170,7 @@ class Gateway:
     async def delete_function(self, request: Request) -> Response:
         try:
             await self.functions.delete(request.path_params["name"])
-        except FunctionNotFound:
+        except FunctionNotFoundError:
             return JSONResponse({"error": f"no function {request.path_params['name']}"}, status_code=404)
         return Response(status_code=204)
 

@@ -15,32 +15,29 @@ import secrets
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 
+from backends.errors import DeploymentFailedError, NotFoundError, ServiceUnavailableError
 from backends.local.gateway.autoscaler import Autoscaler
-from backends.local.gateway.instances import (Deployment, EndpointState, Instance, check_arguments, drain_and_stop,
+from backends.local.gateway.instances import (Deployment, HostedEndpoint, Instance, check_arguments, drain_and_stop,
                                               sha256_file, start_instance, stop)
 from backends.model_artifact import unpack_model_artifact
 
 log = logging.getLogger(__name__)
 
 
-class EndpointError(Exception):
-    """Base of every endpoint error."""
-
-
-class EndpointNotFound(EndpointError):
+class EndpointNotFoundError(NotFoundError):
     """No endpoint of that name."""
 
 
-class EndpointUpdateError(EndpointError):
+class EndpointUpdateError(DeploymentFailedError):
     """A create, update or scale-out failed; the instances serving before still serve."""
 
 
-class EndpointUnavailable(EndpointError):
+class EndpointUnavailableError(ServiceUnavailableError):
     """No instance of the endpoint could answer (all dead, or it timed out)."""
 
 
@@ -60,12 +57,9 @@ class EndpointInfo:
     current_instance_count: int = 0  # instances in service now
     scaling_activities: list[dict] = field(default_factory=list)  # the autoscaler's last 20, oldest first
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
 
 @dataclass
-class InvocationResult:
+class EndpointReply:
     status_code: int
     body: bytes
     content_type: str
@@ -84,7 +78,7 @@ class EndpointManager:
         self.invoke_timeout = invoke_timeout
         self.threads_per_instance = threads_per_instance
         self.monitor_interval = monitor_interval
-        self._endpoints: dict[str, EndpointState] = {}
+        self._endpoints: dict[str, HostedEndpoint] = {}
         self._workers: set[Instance] = set()  # every worker process started and not yet stopped
         self._client: httpx.AsyncClient | None = None
         self._monitor_task: asyncio.Task | None = None
@@ -120,7 +114,7 @@ class EndpointManager:
         environment = {str(k): str(v) for k, v in (environment or {}).items()}
         ep = self._endpoints.get(name)
         if ep is None:
-            ep = self._endpoints[name] = EndpointState(name, "Creating", instance_count)
+            ep = self._endpoints[name] = HostedEndpoint(name, "Creating", instance_count)
         async with ep.lock:
             if self._endpoints.get(name) is not ep:  # deleted while we waited: start over
                 return await self.create_or_update(name, model_artifact, instance_count, model_version, environment)
@@ -160,7 +154,7 @@ class EndpointManager:
         ep = self._get(name)
         async with ep.lock:
             if self._endpoints.get(name) is not ep:
-                raise EndpointNotFound(f"endpoint {name} not found")
+                raise EndpointNotFoundError(f"endpoint {name} not found")
             if ep.deployment is None:
                 raise EndpointUpdateError(f"endpoint {name} has no model in service (status {ep.status})")
             return await self._scale(ep, count)
@@ -197,7 +191,7 @@ class EndpointManager:
         ep = self._endpoints.get(name)
         return ep is None or ep.status != "InService" or ep.deployment is None or ep.lock.locked()
 
-    async def invoke(self, name: str, body: bytes, content_type: str, accept: str) -> InvocationResult:
+    async def invoke(self, name: str, body: bytes, content_type: str, accept: str) -> EndpointReply:
         ep = self._get(name)
         self.autoscaler.record_invocation(name)
         headers = {k: v for k, v in (("Content-Type", content_type), ("Accept", accept)) if v}
@@ -206,7 +200,7 @@ class EndpointManager:
         while True:
             ready = [i for i in ep.instances if i.state == "InService" and not i.exited() and i.id not in tried]
             if not ready:
-                raise EndpointUnavailable(f"endpoint {name} has no instance able to answer (status {ep.status})")
+                raise EndpointUnavailableError(f"endpoint {name} has no instance able to answer (status {ep.status})")
             start = next(ep.turn) % len(ready)  # least outstanding requests, ties taken in turn
             inst = min(ready[start:] + ready[:start], key=lambda i: i.outstanding)
             inst.outstanding += 1
@@ -217,18 +211,18 @@ class EndpointManager:
                 tried.add(inst.id)
                 unsent = isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout))  # it never got the request
                 if isinstance(exc, httpx.TimeoutException) and not unsent:
-                    raise EndpointUnavailable(f"instance {inst.id} of endpoint {name} did not answer within "
+                    raise EndpointUnavailableError(f"instance {inst.id} of endpoint {name} did not answer within "
                                               f"{self.invoke_timeout:.0f} s") from None
                 if isinstance(exc, httpx.ConnectError) or inst.exited():
                     self._mark_dead(ep, inst, f"{type(exc).__name__}: {exc}")
                 if not unsent and lost:
-                    raise EndpointUnavailable(f"endpoint {name}: the connection to instance {inst.id} broke "
+                    raise EndpointUnavailableError(f"endpoint {name}: the connection to instance {inst.id} broke "
                                               f"during the request ({type(exc).__name__}: {exc})") from None
                 lost = lost or not unsent
                 continue
             finally:
                 inst.outstanding -= 1
-            return InvocationResult(response.status_code, response.content,
+            return EndpointReply(response.status_code, response.content,
                                     response.headers.get("content-type", ""), inst.id)
 
     def _http(self) -> httpx.AsyncClient:
@@ -237,22 +231,22 @@ class EndpointManager:
             self._client = httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(30.0, connect=5.0))
         return self._client
 
-    def _get(self, name: str) -> EndpointState:
+    def _get(self, name: str) -> HostedEndpoint:
         ep = self._endpoints.get(name)
         if ep is None:
-            raise EndpointNotFound(f"endpoint {name} not found")
+            raise EndpointNotFoundError(f"endpoint {name} not found")
         return ep
 
     def _folder(self, name: str) -> Path:
         return self.state_dir / name
 
-    def _workers_of(self, ep: EndpointState) -> list[Instance]:
+    def _workers_of(self, ep: HostedEndpoint) -> list[Instance]:
         return [i for i in self._workers if i.deployment.id in ep.deployments and not i.exited()]
 
     def _prune(self) -> None:
         self._workers = {i for i in self._workers if not i.exited()}
 
-    def _info(self, ep: EndpointState) -> EndpointInfo:
+    def _info(self, ep: HostedEndpoint) -> EndpointInfo:
         dep = ep.deployment
         workers = sorted(self._workers_of(ep), key=lambda i: i.started_at)
         return EndpointInfo(
@@ -262,14 +256,14 @@ class EndpointManager:
             sum(1 for i in ep.instances if i.state == "InService" and not i.exited()),
             self.autoscaler.activities(ep.name))
 
-    def _fail(self, ep: EndpointState, reason: str):
+    def _fail(self, ep: HostedEndpoint, reason: str):
         """A failed change: a new endpoint is Failed, an existing one keeps serving as it was."""
         ep.status = "InService" if ep.deployment is not None else "Failed"
         ep.failure_reason, ep.updated_at = reason, time.time()
         log.error("endpoint %s: %s", ep.name, reason)
         raise EndpointUpdateError(reason)
 
-    async def _start(self, ep: EndpointState, dep: Deployment, count: int) -> list[Instance]:
+    async def _start(self, ep: HostedEndpoint, dep: Deployment, count: int) -> list[Instance]:
         """Start `count` instances in parallel: all of them pass /ping, or none is left running."""
         threads = self.threads_per_instance or max(1, (os.cpu_count() or 1) // max(1, ep.desired, count))
         folder = self._folder(ep.name) / "instances"
@@ -284,7 +278,7 @@ class EndpointManager:
             raise errors[0]
         return started
 
-    async def _scale(self, ep: EndpointState, count: int) -> EndpointInfo:
+    async def _scale(self, ep: HostedEndpoint, count: int) -> EndpointInfo:
         missing = count - len(ep.instances)
         if missing > 0:
             ep.status, ep.updated_at = "Updating", time.time()
@@ -310,7 +304,7 @@ class EndpointManager:
         await asyncio.gather(*(drain_and_stop(i, self.drain_timeout) for i in instances), return_exceptions=True)
         self._prune()
 
-    def _mark_dead(self, ep: EndpointState, inst: Instance, why: str) -> None:
+    def _mark_dead(self, ep: HostedEndpoint, inst: Instance, why: str) -> None:
         if inst.state == "Failed":
             return
         log.warning("endpoint %s: instance %s (pid %s) cannot be reached (%s); replacing it",
@@ -347,7 +341,7 @@ class EndpointManager:
                 ep.repair = asyncio.create_task(self._repair(ep), name=f"repair-{ep.name}")
         self._prune()
 
-    async def _repair(self, ep: EndpointState) -> None:
+    async def _repair(self, ep: HostedEndpoint) -> None:
         async with ep.lock:
             missing = ep.desired - len(ep.instances)
             if self._endpoints.get(ep.name) is not ep or ep.deployment is None or missing <= 0:

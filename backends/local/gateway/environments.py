@@ -61,7 +61,7 @@ class Generation:
 
 
 @dataclass(eq=False)
-class FunctionState:
+class HostedFunction:
     """A function's configuration of record, its current generation and its counters."""
     name: str
     gen: Generation
@@ -148,7 +148,7 @@ def validate(name, handler, environment, memory_mb, timeout_s, reserved, provisi
         raise ValueError(f"provisioned_concurrency ({provisioned}) cannot exceed reserved_concurrency ({reserved})")
 
 
-class EnvironmentGone(Exception):
+class EnvironmentGoneError(Exception):
     """The environment's process ended while an invocation was running (Runtime.ExitError)."""
 
     def __init__(self, returncode: int | None):
@@ -200,7 +200,7 @@ class Environment:
         except (asyncio.IncompleteReadError, ConnectionError):
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.proc.wait(), 2)
-            raise EnvironmentGone(self.proc.returncode) from None
+            raise EnvironmentGoneError(self.proc.returncode) from None
         return header, body
 
     async def init(self, timeout_s: float) -> bytes | None:
@@ -210,7 +210,7 @@ class Environment:
                 header, body = await self._read_frame()
         except TimeoutError:
             return error_payload("Runtime.InitTimeout", f"Init phase timed out after {timeout_s:.2f} seconds")
-        except EnvironmentGone as gone:
+        except EnvironmentGoneError as gone:
             return error_payload("Runtime.ExitError", f"Error: Runtime exited during init: {gone.describe()}")
         self.init_ms = header.get("init_ms")
         return None if header["type"] == "ready" else body
@@ -231,7 +231,7 @@ class Environment:
             self._log_fd = None
 
     async def invoke(self, request_id: str, deadline_ms: float, payload: bytes) -> tuple[bool, bytes]:
-        """Run one invocation: (is_function_error, response bytes). Raises EnvironmentGone."""
+        """Run one invocation: (is_function_error, response bytes). Raises EnvironmentGoneError."""
         header = {"id": request_id, "deadline_ms": deadline_ms, "init": not self.invoked and not self.provisioned}
         self.invoked = True
         try:
@@ -239,7 +239,7 @@ class Environment:
             if len(payload) > 65536:
                 await self.proc.stdin.drain()
         except (ConnectionError, RuntimeError):
-            raise EnvironmentGone(self.proc.returncode) from None
+            raise EnvironmentGoneError(self.proc.returncode) from None
         answer, body = await self._read_frame()
         return answer["type"] != "result", body
 

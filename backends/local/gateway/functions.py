@@ -6,7 +6,7 @@ environment, and code/configuration updates served by new environments while old
 
 State lives under ``state_dir/<name>/``: ``code/<sha>/`` (an immutable copy of the code folder),
 ``logs/<generation>-<n>.log`` (one per environment: START/END/REPORT lines and the handler's output)
-and ``function.json`` (the configuration, re-created on ``start()`` when ``restore=True``).
+(the configuration lives in memory: a stopped gateway's functions are published again by the next flow run).
 """
 from __future__ import annotations
 
@@ -19,28 +19,25 @@ import shutil
 import sys
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
+from backends.errors import NotFoundError, ServiceUnavailableError
 from backends.local.gateway.environments import (
-    Config, Environment, EnvironmentGone, FunctionState, Generation, copy_and_hash, error_payload, now_iso, process_env,
-    validate,
+    Config, Environment, EnvironmentGoneError, Generation, HostedFunction, copy_and_hash, error_payload, now_iso,
+    process_env, validate,
 )
+from backends.local.gateway.lambda_runtime import ACCOUNT_ID
 
-ACCOUNT_ID = "000000000000"
-_SPEC_KEYS = ("name", "code_dir", "handler", "environment", "memory_mb", "timeout_s", "reserved_concurrency",
-              "provisioned_concurrency")
+class FunctionNotFoundError(NotFoundError):
+    """No function of that name."""
 
-
-class FunctionError(Exception):
-    status_code, error_type = 500, "ServiceException"
+    status_code, error_type = 404, "ResourceNotFoundException"  # what the Invoke API answers
 
 
-class FunctionNotFound(FunctionError):
-    status_code, error_type = 404, "ResourceNotFoundException"
+class TooManyRequestsError(ServiceUnavailableError):
+    """Lambda's throttle: the reserved (or the account's) concurrency is in use."""
 
-
-class TooManyRequests(FunctionError):
     status_code, error_type = 429, "TooManyRequestsException"
 
     def __init__(self, name: str, reason: str = "ReservedFunctionConcurrentInvocationLimitExceeded"):
@@ -71,7 +68,7 @@ class FunctionInfo:
 
 
 @dataclass
-class InvocationResult:
+class FunctionReply:
     payload: bytes
     status_code: int = 200
     function_error: str | None = None  # "Unhandled": the handler raised, timed out, or its runtime failed
@@ -86,14 +83,13 @@ class InvocationResult:
 class FunctionManager:
     def __init__(self, state_dir: Path, python: str = sys.executable, idle_timeout_s: float = 300,
                  init_timeout_s: float = 10, max_concurrency: int = 1000, base_env: dict[str, str] | None = None,
-                 region: str | None = None, restore: bool = False):
+                 region: str | None = None):
         self.state_dir = Path(state_dir)
         self.python = python
         self.idle_timeout_s, self.init_timeout_s, self.max_concurrency = idle_timeout_s, init_timeout_s, max_concurrency
         self.base_env = dict(base_env or {})  # under every function's own environment
         self.region = region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
-        self.restore = restore
-        self._functions: dict[str, FunctionState] = {}
+        self._functions: dict[str, HostedFunction] = {}
         self._gens: set[Generation] = set()
         self._locks: dict[str, asyncio.Lock] = {}
         self._tasks: set[asyncio.Task] = set()
@@ -105,11 +101,6 @@ class FunctionManager:
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        if self.restore:
-            for spec_file in sorted(self.state_dir.glob("*/function.json")):
-                spec = json.loads(spec_file.read_text())
-                with contextlib.suppress(Exception):  # a function whose code is gone is dropped
-                    await self.create_or_update(**{key: spec[key] for key in _SPEC_KEYS})
         if self._reaper is None:
             self._reaper = asyncio.get_running_loop().create_task(self._reap_loop())
 
@@ -149,11 +140,10 @@ class FunctionManager:
                     for env in [e for e in fn.gen.envs if e.provisioned][provisioned:]:
                         env.provisioned, env.last_used = False, time.monotonic()  # demoted: reaped once idle
                     await self._refill(fn, fn.gen, provisioned)
-                    self._save(fn)
                 return self.describe(name)
             gen = Generation(name, config, next(self._numbers))
             self._gens.add(gen)
-            fn = fn or FunctionState(name, gen, reserved, provisioned, now_iso())
+            fn = fn or HostedFunction(name, gen, reserved, provisioned, now_iso())
             try:
                 await self._refill(fn, gen, provisioned)  # warm the new configuration before it takes traffic
             except BaseException:
@@ -164,7 +154,6 @@ class FunctionManager:
             self._functions[name] = fn
             if old is not gen:
                 self._retire(old)  # idle ones stop now, busy ones once their invocation is answered
-            self._save(fn)
         self._gc(name)
         return self.describe(name)
 
@@ -172,16 +161,14 @@ class FunctionManager:
         async with self._locks.setdefault(name, asyncio.Lock()):
             fn = self._functions.pop(name, None)
             if fn is None:
-                raise FunctionNotFound(name)
+                raise FunctionNotFoundError(name)
             self._retire(fn.gen)
-            with contextlib.suppress(FileNotFoundError):
-                (self.state_dir / name / "function.json").unlink()
         self._gc(name)
 
     def describe(self, name: str) -> FunctionInfo:
         fn = self._functions.get(name)
         if fn is None:
-            raise FunctionNotFound(name)
+            raise FunctionNotFoundError(name)
         cfg = fn.gen.config
         alive = sum(len(g.envs) for g in self._gens if g.name == name)
         return FunctionInfo(name, cfg.code_sha256, cfg.handler, dict(cfg.environment), cfg.memory_mb, cfg.timeout_s,
@@ -193,16 +180,16 @@ class FunctionManager:
         return [self.describe(name) for name in sorted(self._functions)]
 
     # -- invoke -------------------------------------------------------------------------
-    async def invoke(self, name: str, payload: bytes) -> InvocationResult:
+    async def invoke(self, name: str, payload: bytes) -> FunctionReply:
         fn = self._functions.get(name)
         if fn is None:
-            raise FunctionNotFound(name)
+            raise FunctionNotFoundError(name)
         if fn.reserved is not None and fn.busy >= fn.reserved:
             fn.throttles += 1
-            raise TooManyRequests(name)
+            raise TooManyRequestsError(name)
         if self._busy >= self.max_concurrency:
             fn.throttles += 1
-            raise TooManyRequests(name, "ConcurrentInvocationLimitExceeded")
+            raise TooManyRequestsError(name, "ConcurrentInvocationLimitExceeded")
         fn.busy += 1
         fn.invocations += 1
         self._busy += 1
@@ -215,7 +202,7 @@ class FunctionManager:
             fn.errors += 1
         return result
 
-    async def _invoke(self, fn: FunctionState, gen: Generation, payload: bytes) -> InvocationResult:
+    async def _invoke(self, fn: HostedFunction, gen: Generation, payload: bytes) -> FunctionReply:
         request_id, began = str(uuid.uuid4()), time.perf_counter()
         env = None
         while gen.idle and env is None:
@@ -228,7 +215,7 @@ class FunctionManager:
             fn.cold_starts += 1
             env, init_error = await self._start_env(fn, gen, provisioned=False)
             if init_error is not None:
-                return InvocationResult(init_error, function_error="Unhandled", cold_start=True, request_id=request_id,
+                return FunctionReply(init_error, function_error="Unhandled", cold_start=True, request_id=request_id,
                                         duration_ms=(time.perf_counter() - began) * 1000, log_result=env.log_tail(0))
         since, timeout_s, keep = env.log_position(), gen.config.timeout_s, True
         began = time.perf_counter()
@@ -238,7 +225,7 @@ class FunctionManager:
         except TimeoutError:
             is_error, keep = True, False
             body = error_payload("Sandbox.Timedout", f"{now_iso('Z')} {request_id} Task timed out after {timeout_s:.2f} seconds")
-        except EnvironmentGone as gone:
+        except EnvironmentGoneError as gone:
             is_error, keep = True, False
             body = error_payload("Runtime.ExitError", f"RequestId: {request_id} Error: Runtime exited with error: {gone.describe()}")
         except BaseException:  # cancelled mid-invocation: the environment's channel is out of step
@@ -250,12 +237,12 @@ class FunctionManager:
             self._release(env)
         else:
             self._discard(env, kill=True, replace=True)
-        return InvocationResult(body, function_error="Unhandled" if is_error else None, log_result=log,
+        return FunctionReply(body, function_error="Unhandled" if is_error else None, log_result=log,
                                 cold_start=cold, duration_ms=duration_ms, request_id=request_id,
                                 init_duration_ms=env.init_ms if cold else None)
 
     # -- environments ---------------------------------------------------------------------
-    async def _start_env(self, fn: FunctionState, gen: Generation, provisioned: bool) -> tuple[Environment, bytes | None]:
+    async def _start_env(self, fn: HostedFunction, gen: Generation, provisioned: bool) -> tuple[Environment, bytes | None]:
         """Spawn and init one environment of ``gen``: (env, None) when ready, else (env, error payload)."""
         cfg = gen.config
         log_path = self.state_dir / fn.name / "logs" / f"{gen.number}-{uuid.uuid4().hex[:8]}.log"
@@ -278,7 +265,7 @@ class FunctionManager:
             self._discard(env, kill=True)
         return env, error
 
-    async def _refill(self, fn: FunctionState, gen: Generation, provisioned: int) -> None:
+    async def _refill(self, fn: HostedFunction, gen: Generation, provisioned: int) -> None:
         """Start provisioned environments of ``gen`` until it has ``provisioned`` of them."""
         missing = provisioned - sum(1 for env in gen.envs if env.provisioned) - gen.provisioning
         if missing <= 0 or gen.retired:
@@ -361,13 +348,6 @@ class FunctionManager:
         for folder in (root / "code").glob("[!.]*"):
             if folder not in keep:
                 shutil.rmtree(folder, ignore_errors=True)
-
-    def _save(self, fn: FunctionState) -> None:
-        info = asdict(self.describe(fn.name))
-        spec = {key: info[key] for key in (*_SPEC_KEYS, "code_sha256", "last_modified")}
-        path = self.state_dir / fn.name / "function.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(spec, indent=2))
 
     def _arn(self, name: str) -> str:
         return f"arn:aws:lambda:{self.region}:{ACCOUNT_ID}:function:{name}"

@@ -79,7 +79,7 @@ class Instance:
 
 
 @dataclass(eq=False)
-class EndpointState:
+class HostedEndpoint:
     """An endpoint as the manager keeps it; `instances` are those in service and in routing."""
 
     name: str

@@ -34,7 +34,7 @@ import uuid
 from datetime import datetime, timezone
 
 FRAME = struct.Struct("!II")
-ACCOUNT_ID = "000000000000"
+ACCOUNT_ID = "000000000000"  # what local ARNs carry; nothing local is a real account
 
 
 def read_frame(stream) -> tuple[dict, bytes] | None:

@@ -22,6 +22,8 @@ import threading
 import time
 import traceback
 
+from backends.files import write_json
+
 log = logging.getLogger("model_worker")
 _JSON = "application/json"
 
@@ -74,13 +76,6 @@ def build_app(inference, model, max_concurrency: int = 2):
 
     return Starlette(routes=[Route("/ping", ping, methods=["GET"]),
                              Route("/invocations", invocations, methods=["POST"])])
-
-
-def _write_ready(path: str, payload: dict) -> None:
-    tmp = f"{path}.partial"
-    with open(tmp, "w") as f:
-        json.dump(payload, f)
-    os.replace(tmp, path)
 
 
 def _watch_parent(parent_pid: int) -> None:
@@ -137,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
             await super().startup(sockets)
             if not self.should_exit:
                 port = self.servers[0].sockets[0].getsockname()[1]
-                _write_ready(args.ready_file, {"port": port, "pid": os.getpid(), "model_version": version})
+                write_json(args.ready_file, {"port": port, "pid": os.getpid(), "model_version": version})
                 log.info("serving on %s:%d", args.host, port)
 
     config = uvicorn.Config(build_app(inference, model, max(1, args.max_concurrency)), host=args.host,

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import httpx
 
+from backends.files import write_json
 from backends.local.state import LocalState
 
 GATEWAY_FILE = "gateway.json"
@@ -133,9 +134,7 @@ def serve(home: str, port: int) -> None:
                 return
             await asyncio.sleep(0.02)
         gateway_file = Path(home) / GATEWAY_FILE
-        tmp = gateway_file.with_suffix(".partial")
-        tmp.write_text(json.dumps({"url": url_holder["url"], "pid": os.getpid(), "port": port}))
-        os.replace(tmp, gateway_file)
+        write_json(gateway_file, {"url": url_holder["url"], "pid": os.getpid(), "port": port})
         stop = asyncio.create_task(gateway.shutdown_event.wait())
         await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
         server.should_exit = True
