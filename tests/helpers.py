@@ -18,3 +18,29 @@ def alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+CLASSES = ["cat", "dog", "fox"]
+
+
+def make_model_artifact(folder: Path, classes: list[str] = CLASSES, broken: bool = False) -> str:
+    """An untrained resnet18 for 32 px images as model.tar.gz with its serving code (broken: the
+    weights are garbage, so model_fn fails and the model never passes /ping)."""
+    from backends.model_artifact import pack_model_artifact
+    from training.model import ModelConfig, build_model, save_model
+
+    model_dir = folder / "model"
+    save_model(build_model("resnet18", len(classes)), ModelConfig("resnet18", list(classes), 32), str(model_dir))
+    if broken:
+        (model_dir / "model.pth").write_bytes(b"not a state dict")
+    return str(pack_model_artifact(model_dir, folder / "model.tar.gz"))
+
+
+def image_bytes(fmt: str = "PNG", color=(200, 30, 30), size=(64, 48)) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", size, color).save(buffer, fmt)
+    return buffer.getvalue()

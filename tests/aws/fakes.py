@@ -86,7 +86,9 @@ class FakeProvisioned:
 
 class FakeSageMakerService:
     """The SageMaker behaviour moto lacks, for a whole pipeline run:
-    - UpdateEndpoint (blue/green): the endpoint ends on the new config (delete + create in moto);
+    - UpdateEndpoint (blue/green): the endpoint ends on the new config (delete + create in moto), or,
+      after `roll_back_next_update()`, stays on the old one with a FailureReason, as SageMaker's
+      auto-rollback leaves it;
     - ListTrainingJobsForHyperParameterTuningJob: every tuning job ran `trials` trials, which
       completed with objectives 0.5, 0.4, ... and exist in moto as training jobs (for artifacts)."""
 
@@ -94,6 +96,7 @@ class FakeSageMakerService:
         self.trials = trials
         self.updates: list[dict] = []
         self.tuning_jobs: list[dict] = []
+        self._roll_back = False
         self._client = boto3.client("sagemaker", region_name=REGION)  # plays SageMaker's own side
         events.register("before-parameter-build.sagemaker.CreateHyperParameterTuningJob", self._record_tuning)
         events.register("before-parameter-build.sagemaker.UpdateEndpoint", self._record_update)
@@ -106,8 +109,19 @@ class FakeSageMakerService:
     def _record_update(self, params, **_):
         self.updates.append(dict(params))
 
+    def roll_back_next_update(self) -> None:
+        self._roll_back = True
+
     def _update(self, params, **_):
         request = self.updates[-1]
+        if self._roll_back:
+            from moto.core import DEFAULT_ACCOUNT_ID
+            from moto.sagemaker.models import sagemaker_backends
+
+            self._roll_back = False
+            endpoint = sagemaker_backends[DEFAULT_ACCOUNT_ID][REGION].endpoints[request["EndpointName"]]
+            endpoint.failure_reason = "the new variant did not pass its health check"
+            return answer(200, {"EndpointArn": endpoint.arn})
         self._client.delete_endpoint(EndpointName=request["EndpointName"])
         self._client.create_endpoint(EndpointName=request["EndpointName"], EndpointConfigName=request["EndpointConfigName"])
         return answer(200, {"EndpointArn": f"arn:aws:sagemaker:{REGION}:123456789012:endpoint/{request['EndpointName']}"})

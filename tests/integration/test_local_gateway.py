@@ -1,7 +1,6 @@
 """The local gateway end to end, with real processes and the real AWS clients:
 boto3's sagemaker-runtime and lambda clients pointed at the gateway's URL."""
 import base64
-import io
 import json
 import threading
 import time
@@ -10,32 +9,15 @@ from pathlib import Path
 import boto3
 import pytest
 from botocore.config import Config
-from PIL import Image
 
 from backends.errors import DeploymentFailedError
 from backends.local.gateway.client import GatewayClient
 from backends.local.gateway.server import ensure_gateway, running_gateway, stop_gateway
 from backends.local.state import LocalState
-from backends.model_artifact import pack_model_artifact
-from training.model import ModelConfig, build_model, save_model
+from tests.helpers import CLASSES, image_bytes, make_model_artifact
 
 pytestmark = pytest.mark.integration
 LAMBDA_SOURCE = Path(__file__).resolve().parents[2] / "lambda_src"
-CLASSES = ["cat", "dog", "fox"]
-
-
-def make_artifact(folder: Path, broken: bool = False) -> str:
-    model_dir = folder / "model"
-    save_model(build_model("resnet18", len(CLASSES)), ModelConfig("resnet18", CLASSES, 32), str(model_dir))
-    if broken:
-        (model_dir / "model.pth").write_bytes(b"not a state dict")
-    return str(pack_model_artifact(model_dir, folder / "model.tar.gz"))
-
-
-def image_bytes(fmt: str) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (64, 48), (200, 30, 30)).save(buffer, fmt)
-    return buffer.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +26,7 @@ def gateway(tmp_path_factory):
     state = LocalState.resolve(home)
     info = ensure_gateway(state)
     client = GatewayClient(info.url)
-    artifact = make_artifact(tmp_path_factory.mktemp("model"))
+    artifact = make_model_artifact(tmp_path_factory.mktemp("model"))
     client.put_endpoint("pets", artifact, instance_count=2, model_version="v1")
     client.put_function("pets-fn", str(LAMBDA_SOURCE), environment={"ENDPOINT_NAME": "pets"},
                         timeout_s=30, reserved_concurrency=2, provisioned_concurrency=1)
@@ -179,7 +161,7 @@ def test_killed_instance_is_replaced(gateway):
 
 def test_broken_update_leaves_the_old_model_serving(gateway):
     info, client, _, tmp_factory = gateway
-    broken = make_artifact(tmp_factory.mktemp("broken"), broken=True)
+    broken = make_model_artifact(tmp_factory.mktemp("broken"), broken=True)
     with pytest.raises(DeploymentFailedError, match="deploying .* failed"):
         client.put_endpoint("pets", broken, instance_count=2, model_version="v2-broken")
     response = runtime(info.url).invoke_endpoint(EndpointName="pets", ContentType="image/png", Body=image_bytes("PNG"))
