@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 
 from botocore.exceptions import ClientError
 
-from backends.aws.errors import error_code, error_message, is_not_found
+from backends.aws.errors import error_code, error_message, is_not_found, or_none
 from backends.errors import WaitTimedOutError
 from backends.types import EpochCallback, LogCallback, TrainingOutcome, TrainingRequest
 from backends.waiting import SYSTEM_CLOCK, Clock, wait_for
@@ -325,13 +325,7 @@ class Ec2Training:
             raise
 
     def _exists(self, obj: S3Uri) -> bool:
-        try:
-            self.s3.head_object(Bucket=obj.bucket, Key=obj.key)
-            return True
-        except ClientError as exc:
-            if is_not_found(exc):
-                return False
-            raise
+        return or_none(self.s3.head_object, Bucket=obj.bucket, Key=obj.key) is not None
 
     def _read_marker(self, objects: _JobObjects, instance_id: str | None = None) -> dict | None:
         """status.json, if there is one from this instance (a marker naming another instance is an

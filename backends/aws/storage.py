@@ -31,7 +31,7 @@ from boto3.exceptions import S3UploadFailedError
 from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import ClientError
 
-from backends.aws.errors import error_code, http_status, is_not_found
+from backends.aws.errors import error_code, http_status, is_not_found, or_none
 from backends.errors import InvalidRequestError, NotFoundError
 from backends.types import Progress, StagedDataset
 from core.datasets import manifest_checksum, sha256_file
@@ -134,13 +134,7 @@ class S3Storage:
     def exists(self, uri: str) -> bool:
         """Whether an object is stored at exactly `uri` (list_objects answers for prefixes, not objects)."""
         loc = parse_s3_uri(uri)
-        try:
-            self.client.head_object(Bucket=loc.bucket, Key=loc.key)
-            return True
-        except ClientError as exc:
-            if is_not_found(exc):
-                return False
-            raise
+        return or_none(self.client.head_object, Bucket=loc.bucket, Key=loc.key) is not None
 
     def list_objects(self, prefix_uri: str) -> list[str]:
         """Keys under the prefix, relative to it and sorted; the manifest and folder markers left out."""
