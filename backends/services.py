@@ -13,7 +13,7 @@ from typing import Protocol
 
 from backends.types import (
     EndpointState, EpochCallback, FunctionState, LogCallback, ModelVersion, Progress, ScalingState, StagedDataset,
-    TrainingOutcome, TrainingRequest, TrialCallback, TuningOutcome, TuningRequest,
+    TrainingOutcome, TrainingRequest, TrialCallback, TrialProgressCallback, TuningOutcome, TuningRequest,
 )
 from core.config import AutoscalingConfig, FunctionConfig, HostingConfig
 
@@ -50,6 +50,13 @@ class Storage(Protocol):
             NotFoundError: no object at `uri`.
         """
 
+    def download_file(self, uri: str, path: str) -> str:
+        """Copy the object at `uri` to the file `path`; returns `path`.
+
+        Raises:
+            NotFoundError: no object at `uri`.
+        """
+
 
 class Training(Protocol):
     """Training jobs under the SageMaker script-mode contract, one at a time or as a tuning job."""
@@ -61,8 +68,11 @@ class Training(Protocol):
         A job of the same name that completed is returned as it is; one still running is attached to.
         """
 
-    def run_tuning_job(self, request: TuningRequest, on_trial: TrialCallback | None = None) -> TuningOutcome:
-        """Run the tuning job to its end, calling `on_trial` once as each trial ends.
+    def run_tuning_job(self, request: TuningRequest, on_trial: TrialCallback | None = None,
+                       on_trial_progress: TrialProgressCallback | None = None) -> TuningOutcome:
+        """Run the tuning job to its end, calling `on_trial` once as each trial ends, and
+        `on_trial_progress` as trials start ({}) and, where the backend streams them (local), with
+        each epoch's metrics.
 
         A tuning job of the same name is attached to (or, when completed, returned as it is).
         """
@@ -72,15 +82,23 @@ class Registry(Protocol):
     """Versioned models of a model group, one of them the champion (the one that serves)."""
 
     def register_model_version(self, group: str, model_artifact: str, metrics: dict[str, float],
-                               hyperparameters: dict[str, str], dataset_checksum: str,
-                               job_name: str) -> ModelVersion:
-        """A new version, or the existing one registered from the same job."""
+                               hyperparameters: dict[str, str], dataset_checksum: str, job_name: str,
+                               dataset_uri: str = "") -> ModelVersion:
+        """A new version (PendingManualApproval), or the existing one registered from the same job."""
 
     def list_model_versions(self, group: str) -> list[ModelVersion]:
         """Every version, oldest first ([] for an unknown group)."""
 
-    def promote_model_version(self, group: str, version: int) -> ModelVersion:
-        """Make `version` the champion (the others stop being champions).
+    def promote_model_version(self, group: str, version: int, reason: str = "promoted") -> ModelVersion:
+        """Make `version` the champion (Approved, with the reason); the champion before it is
+        Rejected as superseded by it, and promoting it again later is a rollback.
+
+        Raises:
+            NotFoundError: the group has no such version.
+        """
+
+    def reject_model_version(self, group: str, version: int, reason: str) -> ModelVersion:
+        """Mark `version` Rejected with the reason (it stops being the champion if it was).
 
         Raises:
             NotFoundError: the group has no such version.
@@ -119,9 +137,11 @@ class Hosting(Protocol):
 class Functions(Protocol):
     """The Lambda function in front of an endpoint, published with its concurrency."""
 
-    def publish_function(self, name: str, endpoint_name: str, config: FunctionConfig) -> FunctionState:
-        """Create or update the function, publish a version when something changed, serve it with
-        the configured reserved and provisioned concurrency.
+    def publish_function(self, name: str, endpoint_name: str, config: FunctionConfig,
+                         model_version: str = "") -> FunctionState:
+        """Create or update the function for the release of `model_version`, publish a version when
+        something changed (serve again the one published with the same code and configuration),
+        with the configured reserved and provisioned concurrency.
 
         Raises:
             DeploymentFailedError: the function or its provisioned concurrency ended in a failed state.

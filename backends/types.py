@@ -86,8 +86,15 @@ class TuningOutcome:
     failure_reason: str | None = None
 
 
+PENDING, APPROVED, REJECTED = "PendingManualApproval", "Approved", "Rejected"  # SageMaker's approval statuses
+
+
 @dataclass(frozen=True)
 class ModelVersion:
+    """A registered model. Its status follows SageMaker's model registry: PendingManualApproval when
+    registered, Approved while it is the champion (the one that serves), Rejected when it was turned
+    down or superseded, with the reason and when."""
+
     group: str
     version: int
     model_artifact: str
@@ -97,6 +104,10 @@ class ModelVersion:
     job_name: str
     created_at: float
     champion: bool = False
+    dataset_uri: str = ""  # the staged dataset it was trained and tested on (its test/ split is frozen)
+    status: str = PENDING
+    status_reason: str = ""
+    status_changed_at: float | None = None
 
     @property
     def label(self) -> str:
@@ -133,6 +144,8 @@ class FunctionState:
     provisioned_concurrency: int
     invoke_url: str
     code_sha256: str = ""
+    alias: str | None = None  # what Invoke's Qualifier names to reach this release (aws: the alias)
+    version: str = ""  # the published version the alias points at (aws)
 
 
 @dataclass(frozen=True)
@@ -154,4 +167,6 @@ class ModelCandidate:
 LogCallback = Callable[[str], None]
 EpochCallback = Callable[[dict[str, float]], None]
 TrialCallback = Callable[[TrialSummary, int, int], None]  # (trial, trials ended so far, trials in all)
+# (trial job name, what it reported: {} when it started, then each epoch's metric line where the backend streams them)
+TrialProgressCallback = Callable[[str, dict[str, float]], None]
 Progress = Callable[[int, int], None]  # (done, total)

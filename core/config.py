@@ -25,6 +25,22 @@ TUNABLE_HYPERPARAMETERS = (
 ObjectiveMetric = Literal["valid_loss", "valid_accuracy", "test_loss", "test_accuracy", "train_loss", "train_accuracy"]
 
 
+def _plain_input(schema: dict) -> None:
+    """`X | None = None` as one plain X box in the Prefect UI's form, not a X/None switch that starts
+    on None (an empty box is left out of the run's parameters, so Python still gets None)."""
+    schema.update(next(s for s in schema.pop("anyOf") if s.get("type") != "null"))
+    if schema.get("default", 0) is None:
+        del schema["default"]
+
+
+def _labelled_none(value_label: str, none_label: str):
+    """`X | None` kept as a switch in the form, with buttons that say what each choice means."""
+    def extra(schema: dict) -> None:
+        for branch in schema["anyOf"]:
+            branch["title"] = none_label if branch.get("type") == "null" else value_label
+    return extra
+
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -36,7 +52,7 @@ class DataConfig(Section):
         "Each holds train/, valid/ and test/, with one folder per class.",
     )
     sha256: str | None = Field(
-        default=None, pattern=r"^[0-9a-f]{64}$",
+        default=None, pattern=r"^[0-9a-f]{64}$", json_schema_extra=_plain_input,
         description="SHA-256 of the zip (hex); required for an https:// source so a changed download is refused.",
     )
 
@@ -166,8 +182,11 @@ class TuningConfig(Section):
     strategy: Literal["Bayesian", "Random", "Grid"] = Field(default="Bayesian", description="How trials are chosen.")
     max_jobs: int = Field(default=4, ge=1, le=500, description="Training jobs in all.")
     max_parallel_jobs: int = Field(default=2, ge=1, le=100, description="Training jobs at once (they share the CPUs locally).")
-    objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig, description="What the best trial is chosen by.")
-    parameter_ranges: ParameterRanges = Field(default_factory=_seed_ranges, description="What the trials vary.")
+    objective: ObjectiveConfig = Field(title="Objective", default_factory=ObjectiveConfig, description="What the best trial is chosen by.")
+    parameter_ranges: ParameterRanges = Field(
+        default_factory=_seed_ranges, description="What the trials vary.", title="Parameter ranges",
+        # default_factory leaves the schema without a default: the form would show the ranges empty.
+        json_schema_extra=lambda schema: schema.setdefault("default", _seed_ranges().model_dump(mode="json")))
 
     @field_validator("max_parallel_jobs")
     @classmethod
@@ -196,10 +215,10 @@ class TrainingConfig(Section):
     freeze_backbone: bool = Field(default=True, description="Train only the new head (Linear-128-ReLU-Linear), as the seed did.")
     augmentation: Literal["none", "flip", "crop_flip"] = Field(default="flip", description="Training augmentation.")
     pretrained_weights: str | None = Field(
-        default=None, description="A torchvision state-dict file (local path or s3:// URI) to start from. Nothing is downloaded.")
+        default=None, json_schema_extra=_plain_input, description="A torchvision state-dict file (local path or s3:// URI) to start from. Nothing is downloaded.")
     seed: int = Field(default=0, ge=0, le=2**31 - 1, description="Random seed of shuffling, augmentation and initialization.")
-    hyperparameters: FixedHyperparameters = Field(default_factory=FixedHyperparameters, description="Used as they are in instance mode; the base that tuning varies.")
-    tuning: TuningConfig = Field(default_factory=TuningConfig, description="Used in tuning mode.")
+    hyperparameters: FixedHyperparameters = Field(title="Fixed hyperparameters", default_factory=FixedHyperparameters, description="Used as they are in instance mode; the base that tuning varies.")
+    tuning: TuningConfig = Field(title="Tuning", default_factory=TuningConfig, description="Used in tuning mode.")
     instance_type: str = Field(default="ml.m5.xlarge", pattern=r"^ml\.[a-z0-9]+\.[a-z0-9]+$", description="SageMaker training instance type.")
     ec2_instance_type: str = Field(default="m5.xlarge", pattern=r"^[a-z0-9]+\.[a-z0-9]+$", description="EC2 instance type for instance mode on aws.")
     max_runtime_seconds: int = Field(default=86400, ge=60, le=432000, description="A training job running longer is stopped and fails.")
@@ -241,7 +260,8 @@ class FunctionConfig(Section):
     memory_mb: int = Field(default=512, ge=128, le=10240, description="Lambda memory.")
     timeout_seconds: int = Field(default=30, ge=1, le=900, description="Lambda timeout.")
     reserved_concurrency: int | None = Field(
-        default=100, ge=0, le=10000, description="Most concurrent executions; the rest are throttled (none: unreserved).")
+        default=100, ge=0, le=10000, json_schema_extra=_labelled_none("limit", "unreserved"),
+        description="Most concurrent executions; the rest are throttled (unreserved: no limit of its own).")
     provisioned_concurrency: int = Field(default=5, ge=0, le=10000, description="Execution environments kept initialized.")
     allowed_url_hosts: list[str] = Field(
         default_factory=list, description="Hosts whose images the function may fetch for {\"url\": ...} requests.")
@@ -256,21 +276,38 @@ class FunctionConfig(Section):
 
 
 class PromotionConfig(Section):
-    metric: Literal["test_accuracy", "test_loss"] = Field(default="test_accuracy", description="Champion and challenger are compared on this, on the same test set.")
-    minimum_improvement: float = Field(default=0.0, ge=0, description="A challenger must beat the champion by at least this much.")
+    metric: Literal["test_accuracy", "test_loss"] = Field(default="test_accuracy", description="Champion and challenger are compared on this, on the same test images.")
+    minimum_improvement: float = Field(default=0.0, ge=0, le=1000, description="A challenger must beat the champion by at least this much (0.01: one point of accuracy).")
+    significance: float = Field(default=0.05, gt=0, lt=1, description="The challenger must also be significantly better: exact McNemar test p-value below this.")
+    require_approval: bool = Field(default=False, description="Pause a retrain that would promote, until someone approves or rejects it in the Prefect UI.")
+    approval_timeout_seconds: int = Field(default=86400, ge=60, le=2_592_000, description="A retrain waiting for approval this long rejects the challenger.")
+    smoke_test_min_accuracy: float = Field(default=0.0, ge=0, le=1, description="A deploy whose smoke test through the Lambda scores below this is rolled back (0: only errors fail it).")
+
+
+class ScheduleConfig(Section):
+    retrain_cron: str = Field(default="0 3 * * 1", description="When the retrain deployment runs: a cron line of 5 fields (default Mondays 03:00).")
+    timezone: str = Field(default="UTC", min_length=1, description="Time zone of the cron line (an IANA name such as Europe/Berlin).")
+
+    @field_validator("retrain_cron")
+    @classmethod
+    def _five_fields(cls, value: str) -> str:
+        fields = value.split()
+        if len(fields) != 5 or not all(re.fullmatch(r"[0-9*/,\-A-Za-z?LW#]+", f) for f in fields):
+            raise ValueError(f"{value!r} is not a cron line of 5 fields (minute hour day month weekday), e.g. '0 3 * * 1'")
+        return " ".join(fields)
 
 
 class AwsConfig(Section):
-    region: str | None = Field(default=None, pattern=r"^[a-z]{2}(-[a-z]+)+-\d$", description="AWS region (default: the environment's).")
-    profile: str | None = Field(default=None, description="AWS profile name.")
-    credentials_block: str | None = Field(default=None, description="Name of a prefect-aws AwsCredentials block.")
-    bucket: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$", description="S3 bucket (default: sagemaker-flows-<account>-<region>).")
-    endpoint_url: str | None = Field(default=None, description="Send every AWS call here (tests, moto server).")
+    region: str | None = Field(default=None, pattern=r"^[a-z]{2}(-[a-z]+)+-\d$", json_schema_extra=_plain_input, description="AWS region, e.g. us-east-1 (empty: the environment's).")
+    profile: str | None = Field(default=None, json_schema_extra=_plain_input, description="AWS profile name (empty: the default credentials).")
+    credentials_block: str | None = Field(default=None, json_schema_extra=_plain_input, description="Name of a prefect-aws AwsCredentials block to take credentials from.")
+    bucket: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$", json_schema_extra=_plain_input, description="S3 bucket (empty: sagemaker-flows-ACCOUNT-REGION, made when missing).")
+    endpoint_url: str | None = Field(default=None, json_schema_extra=_plain_input, description="Send every AWS call here instead (tests, a moto server).")
 
 
 class LocalConfig(Section):
-    home: str | None = Field(default=None, description="State folder (default: $SAGEMAKER_FLOWS_HOME or ./.sagemaker-flows).")
-    cpus: int | None = Field(default=None, ge=1, le=1024, description="CPU cores training may use (default: all).")
+    home: str | None = Field(default=None, json_schema_extra=_plain_input, description="State folder (empty: SAGEMAKER_FLOWS_HOME, else .sagemaker-flows in the working folder).")
+    cpus: int | None = Field(default=None, ge=1, le=1024, json_schema_extra=_plain_input, description="CPU cores training may use (empty: all).")
 
 
 class PipelineConfig(Section):
@@ -279,14 +316,15 @@ class PipelineConfig(Section):
     project: str = Field(default="sagemaker-flows", max_length=24, pattern=NAME_PATTERN, description="Project name, part of every resource name.")
     stage: str = Field(default="dev", max_length=12, pattern=NAME_PATTERN, description="Stage name (dev, prod ...), part of every resource name.")
     backend: Literal["local", "aws"] = Field(default="local", description="local: this machine, offline; aws: your AWS account.")
-    data: DataConfig = Field(description="The images.")
-    training: TrainingConfig = Field(default_factory=TrainingConfig, description="Training and tuning.")
-    hosting: HostingConfig = Field(default_factory=HostingConfig, description="The endpoint.")
-    autoscaling: AutoscalingConfig = Field(default_factory=AutoscalingConfig, description="Endpoint autoscaling.")
-    function: FunctionConfig = Field(default_factory=FunctionConfig, description="The Lambda function in front of the endpoint.")
-    promotion: PromotionConfig = Field(default_factory=PromotionConfig, description="When retraining replaces the champion.")
-    aws: AwsConfig = Field(default_factory=AwsConfig, description="AWS account settings (aws backend).")
-    local: LocalConfig = Field(default_factory=LocalConfig, description="Local backend settings.")
+    data: DataConfig = Field(title="Data", description="The images.")
+    training: TrainingConfig = Field(title="Training", default_factory=TrainingConfig, description="Training and tuning.")
+    hosting: HostingConfig = Field(title="Hosting", default_factory=HostingConfig, description="The endpoint.")
+    autoscaling: AutoscalingConfig = Field(title="Autoscaling", default_factory=AutoscalingConfig, description="Endpoint autoscaling.")
+    function: FunctionConfig = Field(title="Lambda function", default_factory=FunctionConfig, description="The Lambda function in front of the endpoint.")
+    promotion: PromotionConfig = Field(title="Promotion", default_factory=PromotionConfig, description="When retraining replaces the champion.")
+    schedule: ScheduleConfig = Field(title="Schedule", default_factory=ScheduleConfig, description="When retraining runs, once served as a deployment.")
+    aws: AwsConfig = Field(title="AWS", default_factory=AwsConfig, description="AWS account settings (aws backend).")
+    local: LocalConfig = Field(title="Local backend", default_factory=LocalConfig, description="Local backend settings.")
 
     @property
     def names(self) -> PipelineNames:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import os
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 
 SPLITS = ("train", "valid", "test")
@@ -90,3 +91,24 @@ def pick_samples(keys: list[str], count: int) -> list[str]:
                 picked.append(files[round_])
         round_ += 1
     return picked
+
+
+def combined_test_set(frozen: Mapping[str, str], current: Mapping[str, str]) -> list[tuple[str, str, str]]:
+    """The images a champion and a challenger are both evaluated on: the champion's frozen test split,
+    plus the current split's images it does not hold (by content, SHA-256). Each item is
+    (origin, key in its split, key to evaluate under); keys are `<label>/<file>`, and a new image
+    whose key is taken by a different frozen image is evaluated as `<label>/new-<file>`.
+    `frozen` and `current` map key -> SHA-256; origin is "frozen" or "current"."""
+    chosen = [("frozen", key, key) for key in sorted(frozen)]
+    seen_digests, taken = set(frozen.values()), set(frozen)
+    for key in sorted(current):
+        if current[key] in seen_digests:
+            continue
+        label, _, name = key.partition("/")
+        target = key if key not in taken else f"{label}/new-{name}"
+        while target in taken:
+            target = f"{label}/new-{target.split('/', 1)[1]}"
+        chosen.append(("current", key, target))
+        seen_digests.add(current[key])
+        taken.add(target)
+    return chosen

@@ -1,11 +1,74 @@
-"""The `sagemaker-flows` command."""
+"""The `sagemaker-flows` command: run the pipeline's flows, serve them as Prefect deployments, and
+look after the local gateway and Prefect server."""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
+import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 
+# -- configuration ------------------------------------------------------------------------
+def _config(args: argparse.Namespace):
+    """--demo (the demo dataset, written first when needed) or --config FILE, then --set overrides."""
+    from core.config_io import apply_overrides, load_config, validate_config
+
+    if getattr(args, "demo", False):
+        from core.demo import demo_config
+        from core.demo_data import write_demo_dataset
+
+        write_demo_dataset(args.data_dir)
+        base = demo_config(str(Path(args.data_dir).resolve())).model_dump(mode="json")
+        return validate_config(apply_overrides(base, args.set or ()))
+    return load_config(args.config, overrides=args.set or ())
+
+
+def _state(config):
+    from backends.local.state import LocalState
+
+    return LocalState.resolve(config.local.home)
+
+
+@contextlib.contextmanager
+def _prefect_api(config) -> Iterator[str]:
+    """The Prefect server runs go to: PREFECT_API_URL when set, else the local one (started if need be)."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    if os.environ.get("PREFECT_API_URL"):
+        yield os.environ["PREFECT_API_URL"]
+        return
+    from deployments.local_prefect import ensure_server, running_server
+
+    state = _state(config)
+    if running_server(state) is None:
+        print("starting a local Prefect server on 127.0.0.1 (the first start creates its database)...",
+              file=sys.stderr, flush=True)
+    server = ensure_server(state)
+    print(f"Prefect UI: {server.url}", file=sys.stderr)
+    with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
+        yield server.api_url
+
+
+def _run_flow(flow, config, *args):
+    """Run `flow` here, against the Prefect server, with progress bars on a terminal; then say where
+    the run, its artifacts and its training curves are in the UI."""
+    from prefect.settings import PREFECT_UI_URL
+
+    from flows.terminal import live_progress
+
+    with live_progress():
+        state = flow(config, *args, return_state=True)
+    ui = PREFECT_UI_URL.value()
+    if ui:
+        print(f"this run in the Prefect UI: {ui.rstrip('/')}/runs/flow-run/{state.state_details.flow_run_id}",
+              file=sys.stderr)
+    return state.result()
+
+
+# -- commands -----------------------------------------------------------------------------
 def _demo_data(args: argparse.Namespace) -> int:
     from core.demo_data import write_demo_dataset
 
@@ -16,46 +79,99 @@ def _demo_data(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load(args: argparse.Namespace):
-    from core.config_io import load_config
-
-    return load_config(args.config, overrides=args.set or ())
-
-
 def _run(args: argparse.Namespace) -> int:
     from flows.train_and_deploy import train_and_deploy
 
-    config = _load(args)
-    result = train_and_deploy(config)
-    _print_result(result)
+    config = _config(args)
+    with _prefect_api(config) as api_url:
+        result = _run_flow(train_and_deploy, config)
+        _print_result(result)
+        if args.demo:
+            _serve_in_background(config, api_url)
+            sample = next(Path(args.data_dir, "test").rglob("*.png"))
+            _print_how_to_call(result, sample)
     return 0
 
 
-def _demo(args: argparse.Namespace) -> int:
-    """Demo data, then the whole pipeline on the local backend: tuning (4 trials, 2 at a time) to a Lambda."""
-    import time
+def _serve_in_background(config, api_url: str) -> None:
+    """Keep the pipeline's deployments served, so Run in the UI works after this command ends."""
+    from backends.files import write_atomic
+    from deployments.local_prefect import ensure_runner
 
-    from core.config_io import apply_overrides, validate_config
-    from core.demo import demo_config
-    from core.demo_data import write_demo_dataset
-    from flows.train_and_deploy import train_and_deploy
+    state = _state(config)
+    config_file = state.home / "deployments" / f"{config.project}-{config.stage}.json"
+    write_atomic(config_file, config.model_dump_json(indent=2))
+    ensure_runner(state, api_url, config_file)
+    print(f"deployments train-and-deploy, retrain (cron {config.schedule.retrain_cron!r}), teardown and "
+          f"rollback of {config.project}-{config.stage} are served in the background; "
+          "`sagemaker-flows local down` stops them")
 
-    started = time.perf_counter()
-    summary = write_demo_dataset(args.data_dir)
-    base = demo_config(str(Path(args.data_dir).resolve())).model_dump(mode="json")
-    config = validate_config(apply_overrides(base, args.set or ()))
-    data_seconds = time.perf_counter() - started
-    result = train_and_deploy(config)
-    _print_result(result, {"demo data": data_seconds, **result.step_seconds})
-    sample = next(Path(summary.root, "test").rglob("*.png"))
-    _print_how_to_call(result, sample)
+
+def _retrain(args: argparse.Namespace) -> int:
+    from flows.retrain import retrain
+
+    config = _config(args)
+    with _prefect_api(config):
+        result = _run_flow(retrain, config)
+    if args.json:
+        print(result.model_dump_json(indent=2))
+    else:
+        from rich.console import Console
+
+        console = Console()
+        verdict = "promoted" if result.promoted else "not promoted"
+        console.print(f"challenger {result.challenger.label} {verdict}: {result.reason}")
+        console.print(f"the endpoint serves {result.serving or 'nothing'}")
+        _print_timings(console, list(result.step_seconds.items()))
+    return 0
+
+
+def _rollback(args: argparse.Namespace) -> int:
+    from flows.rollback import rollback
+
+    config = _config(args)
+    with _prefect_api(config):
+        result = _run_flow(rollback, config, args.to)
+    print(f"the endpoint serves {result.serving} (smoke test {result.smoke_test_accuracy:.0%} right)")
+    return 0
+
+
+def _releases(args: argparse.Namespace) -> int:
+    from backends import get_backend
+
+    config = _config(args)
+    backend = get_backend(config.backend, config)
+    try:
+        versions = backend.registry.list_model_versions(config.names.model_group)
+    finally:
+        backend.close()
+    if args.json:
+        print(json.dumps([{"version": v.version, "label": v.label, "champion": v.champion, "status": v.status,
+                           "reason": v.status_reason, "status_changed_at": v.status_changed_at,
+                           "created_at": v.created_at, "job": v.job_name, "metrics": v.metrics,
+                           "dataset_checksum": v.dataset_checksum, "dataset_uri": v.dataset_uri} for v in versions],
+                         indent=2))
+        return 0
+    _print_releases(config.names.model_group, versions)
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from deployments.serve import serve
+
+    config = _config(args)
+    with _prefect_api(config) as api_url:
+        os.environ["PREFECT_API_URL"] = api_url  # the runner's flow-run processes inherit it
+        serve(config, cron=args.cron, ready_file=Path(args.ready_file) if args.ready_file else None)
     return 0
 
 
 def _teardown(args: argparse.Namespace) -> int:
     from flows.teardown import teardown
 
-    report = teardown(_load(args))
+    config = _config(args)
+    with _prefect_api(config):
+        report = teardown(config)
     for item in report.removed or ["nothing to remove"]:
         print(f"removed {item}" if report.removed else item)
     for item in report.kept:
@@ -63,6 +179,47 @@ def _teardown(args: argparse.Namespace) -> int:
     return 0
 
 
+def _local(args: argparse.Namespace) -> int:
+    """local up | down | status: the gateway, the local Prefect server and the deployments runner."""
+    from backends.local.gateway.client import GatewayClient
+    from backends.local.gateway.server import ensure_gateway, running_gateway, stop_gateway
+    from backends.local.state import LocalState
+    from deployments.local_prefect import (ensure_server, running_runner, running_server, stop_runner,
+                                           stop_server)
+
+    state = LocalState.resolve(args.home)
+    if args.action == "up":
+        info = ensure_gateway(state, args.port)
+        print(f"local gateway at {info.url} (pid {info.pid})")
+        server = ensure_server(state)
+        print(f"local Prefect server at {server.url} (pid {server.pid}); PREFECT_API_URL={server.api_url}")
+        return 0
+    if args.action == "down":
+        print("deployments runner stopped" if stop_runner(state) else "no deployments runner was running")
+        print("local Prefect server stopped" if stop_server(state) else "no local Prefect server was running")
+        print("local gateway stopped" if stop_gateway(state) else "no local gateway was running")
+        return 0
+    info, server, runner = running_gateway(state), running_server(state), running_runner(state)
+    prefect = {"url": server.url, "api_url": server.api_url, "pid": server.pid} if server else None
+    served = {"pid": runner["pid"], "config": runner["config"]} if runner else None
+    if info is None:
+        if args.json:
+            print(json.dumps({"gateway": None, "endpoints": [], "functions": [], "prefect": prefect,
+                              "runner": served}))
+        else:
+            print("no local gateway running" + (f"; Prefect UI at {server.url}" if server else ""))
+        return 0 if args.json else 1
+    status = GatewayClient(info.url).status()
+    if args.json:
+        print(json.dumps({**_status_for_scripts(status), "prefect": prefect, "runner": served}, indent=2))
+    else:
+        _print_status(status)
+        if server:
+            print(f"Prefect UI at {server.url}" + (f"; deployments served (pid {runner['pid']})" if runner else ""))
+    return 0
+
+
+# -- output -------------------------------------------------------------------------------
 def _print_result(result, timings: dict[str, float] | None = None) -> None:
     from rich.console import Console
 
@@ -96,6 +253,9 @@ The endpoint and the function keep running (stop them with `sagemaker-flows tear
   lam = boto3.client("lambda", endpoint_url="{url}", region_name="us-east-1")
   event = {{"image": base64.b64encode(open("{sample}", "rb").read()).decode()}}
   print(json.loads(lam.invoke(FunctionName="{result.function_name}", Payload=json.dumps(event))["Payload"].read()))
+
+Retrain it (a challenger replaces the champion only if it is significantly better):
+  sagemaker-flows retrain --demo
 """)
 
 
@@ -111,32 +271,22 @@ def _print_timings(console, timings) -> None:
     console.print(table)
 
 
-def _local(args: argparse.Namespace) -> int:
-    """local up | down | status: the gateway that hosts local endpoints and functions."""
-    import json
+def _print_releases(group: str, versions) -> None:
+    from datetime import datetime
 
-    from backends.local.gateway.client import GatewayClient
-    from backends.local.gateway.server import ensure_gateway, running_gateway, stop_gateway
-    from backends.local.state import LocalState
+    from rich.console import Console
+    from rich.table import Table
 
-    state = LocalState.resolve(args.home)
-    if args.action == "up":
-        info = ensure_gateway(state, args.port)
-        print(f"local gateway at {info.url} (pid {info.pid})")
-        return 0
-    if args.action == "down":
-        print("local gateway stopped" if stop_gateway(state) else "no local gateway was running")
-        return 0
-    info = running_gateway(state)
-    if info is None:
-        print(json.dumps({"gateway": None, "endpoints": [], "functions": []}) if args.json else "no local gateway running")
-        return 0 if args.json else 1
-    status = GatewayClient(info.url).status()
-    if args.json:
-        print(json.dumps(_status_for_scripts(status), indent=2))
-    else:
-        _print_status(status)
-    return 0
+    when = lambda t: datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M") if t else ""  # noqa: E731
+    table = Table(title=f"releases of {group}")
+    for column in ("version", "status", "test accuracy", "data", "registered", "changed", "why"):
+        table.add_column(column)
+    for v in versions:
+        status = f"{v.status} (champion)" if v.champion else v.status
+        accuracy = v.metrics.get("test_accuracy")
+        table.add_row(str(v.version), status, "" if accuracy is None else f"{accuracy:.4f}", v.dataset_checksum[:12],
+                      when(v.created_at), when(v.status_changed_at), v.status_reason)
+    Console().print(table if versions else f"no versions registered in {group}")
 
 
 def _status_for_scripts(status: dict) -> dict:
@@ -181,6 +331,16 @@ def _print_status(status: dict) -> None:
     console.print(functions)
 
 
+# -- arguments ----------------------------------------------------------------------------
+def _pipeline_arguments(sub: argparse.ArgumentParser, demo_default: bool = False) -> None:
+    source = sub.add_mutually_exclusive_group()
+    source.add_argument("--config", help="a YAML file of PipelineConfig settings")
+    source.add_argument("--demo", action="store_true", default=demo_default,
+                        help="the demo pipeline on the digits demo data (written to --data-dir when missing)")
+    sub.add_argument("--data-dir", default="demo-data", help="where --demo keeps its data (default: demo-data)")
+    sub.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE", help="override a setting")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sagemaker-flows", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -192,35 +352,52 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--per-class", type=int, default=None, help="at most this many images per class")
     data.set_defaults(handler=_demo_data)
 
-    demo = commands.add_parser("demo", help="the whole pipeline on the local backend, on the digits demo data")
-    demo.add_argument("--data-dir", default="demo-data")
-    demo.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE", help="override a setting")
-    demo.set_defaults(handler=_demo)
+    demo = commands.add_parser("demo", help="the whole pipeline on the local backend on the digits demo data, "
+                                            "then its deployments served in the background")
+    _pipeline_arguments(demo, demo_default=True)
+    demo.set_defaults(handler=_run)
 
-    for command, handler, text in (("run", _run, "run the train-and-deploy pipeline"),
-                                   ("teardown", _teardown, "remove what the pipeline made (registered models stay)")):
+    for command, handler, text in (
+            ("run", _run, "run the train-and-deploy pipeline"),
+            ("retrain", _retrain, "train a challenger; promote it only if it beats the champion"),
+            ("releases", _releases, "the model versions: status, metrics, data, when and why promoted or rejected"),
+            ("teardown", _teardown, "remove what the pipeline made (registered models stay)")):
         sub = commands.add_parser(command, help=text)
-        sub.add_argument("--config", help="a YAML file of PipelineConfig settings")
-        sub.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE", help="override a setting")
+        _pipeline_arguments(sub)
+        if command in ("retrain", "releases"):
+            sub.add_argument("--json", action="store_true", help="one JSON document, for scripts")
         sub.set_defaults(handler=handler)
 
-    local = commands.add_parser("local", help="the local gateway: up, down, status")
+    back = commands.add_parser("rollback", help="serve an earlier model version again")
+    _pipeline_arguments(back)
+    back.add_argument("--to", type=int, required=True, metavar="N", help="the model version to serve")
+    back.set_defaults(handler=_rollback)
+
+    serve = commands.add_parser("serve", help="serve the pipeline's deployments (train-and-deploy, retrain on a "
+                                              "cron schedule, teardown, rollback) until interrupted")
+    _pipeline_arguments(serve)
+    serve.add_argument("--cron", help="the retrain schedule (default: schedule.retrain_cron, Mondays 03:00)")
+    serve.add_argument("--ready-file", help=argparse.SUPPRESS)
+    serve.set_defaults(handler=_serve)
+
+    local = commands.add_parser("local", help="the local gateway and Prefect server: up, down, status")
     local.add_argument("action", choices=("up", "down", "status"))
     local.add_argument("--json", action="store_true", help="status as JSON, for scripts")
-    local.add_argument("--port", type=int, default=0, help="port for `up` (default: any free port)")
+    local.add_argument("--port", type=int, default=0, help="gateway port for `up` (default: any free port)")
     local.add_argument("--home", default=None, help="state folder (default: $SAGEMAKER_FLOWS_HOME or ./.sagemaker-flows)")
     local.set_defaults(handler=_local)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    import os
-
     from core.retry import PermanentError
 
-    # Offline first: Prefect's temporary server would otherwise try to send telemetry and log a failure.
+    # Offline first: no telemetry from Prefect's server (there may be no network to send it to).
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     args = build_parser().parse_args(argv)
+    if getattr(args, "command", None) == "run" and not (args.config or args.demo):
+        print("error: run needs --config FILE (or --demo)", file=sys.stderr)
+        return 2
     try:
         return args.handler(args)
     except (FileExistsError, FileNotFoundError, ValueError, PermanentError) as exc:

@@ -1,7 +1,6 @@
 """teardown: remove what a pipeline made (function, autoscaling, endpoint, support resources);
 registered models stay."""
-from __future__ import annotations
-
+# No `from __future__ import annotations`: Prefect builds the parameter model from the real annotations.
 from prefect import flow
 
 from backends import get_backend

@@ -37,15 +37,23 @@ def tune_hyperparameters(config: PipelineConfig, backend: Backend, dataset: Stag
 
     def on_trial(trial, done: int, total: int) -> None:
         progress.update(done / total, f"{done}/{total} trials")
+        artifacts.report(f"trial {trial.job_name}", 1.0, f"{trial.status} {tuning.objective.metric}={trial.objective}")
         logger.info("trial %s %s: %s=%s %s", trial.job_name, trial.status, tuning.objective.metric, trial.objective,
                     trial.failure_reason or trial.tuned_hyperparameters)
+
+    def on_trial_progress(trial: str, values: dict[str, float]) -> None:
+        if "epoch" not in values:
+            artifacts.report(f"trial {trial}", 0.0, "started")
+            return
+        artifacts.report(f"trial {trial}", values["epoch"] / training.epochs,
+                         f"epoch {int(values['epoch'])}/{training.epochs} valid_loss={values.get('valid_loss', float('nan')):.4f}")
 
     request = TuningRequest(
         name, static_hyperparameters(training, tuning.parameter_ranges.names), tuning.parameter_ranges.to_sagemaker(),
         tuning.strategy, tuning.objective.metric, tuning.objective.type, tuning.max_jobs, tuning.max_parallel_jobs,
         dataset.uri, output_uri(config, backend), pretrained_uri, training.instance_type, training.max_runtime_seconds,
         training.seed)
-    outcome = backend.training.run_tuning_job(request, on_trial=on_trial)
+    outcome = backend.training.run_tuning_job(request, on_trial=on_trial, on_trial_progress=on_trial_progress)
     artifacts.table(f"{config.stage}-trials", trial_rows(outcome), f"trials of tuning job {name}")
     if outcome.status != "Completed":
         raise JobFailedError(f"tuning job {name} failed: {outcome.failure_reason}")

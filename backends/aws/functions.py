@@ -24,6 +24,7 @@ from backends.errors import DeploymentFailedError, WaitTimedOutError
 from backends.types import FunctionState
 from backends.waiting import SYSTEM_CLOCK, Clock, wait_for
 from core.config import FunctionConfig
+from core.functions import function_environment
 
 _FIXED_TIMESTAMP = (1980, 1, 1, 0, 0, 0)  # the earliest a zip can hold
 _EXCLUDED_DIRS = {"__pycache__"}
@@ -99,10 +100,11 @@ class LambdaFunctions:
         self.clock = clock
 
     # -- the Functions service ------------------------------------------------------------
-    def publish_function(self, name: str, endpoint_name: str, config: FunctionConfig) -> FunctionState:
+    def publish_function(self, name: str, endpoint_name: str, config: FunctionConfig,
+                         model_version: str = "") -> FunctionState:
         if self.role_arn is None:
             raise ValueError("publish_function needs the role_arn the functions run as")
-        environment = {"ENDPOINT_NAME": endpoint_name, "ALLOWED_URL_HOSTS": ",".join(config.allowed_url_hosts)}
+        environment = function_environment(endpoint_name, config, model_version)
         return self.publish(name, self.role_arn(name, endpoint_name), zip_source(str(self.source_dir)), environment,
                             config, tags=self.tags)
 
@@ -110,15 +112,16 @@ class LambdaFunctions:
     def _configuration(self, name: str) -> dict | None:
         return or_none(self.client.get_function_configuration, FunctionName=name)
 
-    def _latest_version(self, name: str) -> dict | None:
-        """The configuration of the highest published version (not $LATEST), or None."""
-        latest = None
+    def _published_like(self, name: str, code_sha256: str, desired: dict) -> dict | None:
+        """The newest published version (not $LATEST) with this code and configuration, or None."""
+        found = None
         for page in self.client.get_paginator("list_versions_by_function").paginate(FunctionName=name):
             for version in page.get("Versions", []):
-                if version.get("Version", "$LATEST").isdigit() and (
-                        latest is None or int(version["Version"]) > int(latest["Version"])):
-                    latest = version
-        return latest
+                if (version.get("Version", "$LATEST").isdigit() and version.get("CodeSha256") == code_sha256
+                        and not _differs(version, desired)
+                        and (found is None or int(version["Version"]) > int(found["Version"]))):
+                    found = version
+        return found
 
     def _alias(self, name: str, alias: str) -> dict | None:
         return or_none(self.client.get_alias, FunctionName=name, Name=alias)
@@ -213,29 +216,29 @@ class LambdaFunctions:
     def publish(self, name: str, role_arn: str, code_zip: bytes, environment: dict[str, str], config: FunctionConfig,
                 alias: str = ALIAS, runtime: str = "python3.12", handler: str = "handler.lambda_handler",
                 tags: dict[str, str] | None = None) -> FunctionState:
-        """Create or update the function, publish a version if anything changed, and serve it from `alias`."""
+        """Create or update the function, publish a version unless one with this code and configuration
+        exists, and serve it from `alias`."""
         sha = code_sha256(code_zip)
         desired = {"Role": role_arn, "Handler": handler, "Runtime": runtime, "MemorySize": config.memory_mb,
                    "Timeout": config.timeout_seconds, "Environment": {"Variables": dict(environment)}}
-        changed = False
         if self._configuration(name) is None:
             self._create(name, code_zip, desired, tags)
-            changed = True
             current = self._wait_ready(name)
         else:
             current = self._wait_ready(name)  # never update over an update still in progress
             if current.get("CodeSha256") != sha:
                 self.client.update_function_code(FunctionName=name, ZipFile=code_zip, Publish=False)
-                current, changed = self._wait_ready(name), True
+                current = self._wait_ready(name)
             if _differs(current, desired):
                 self.client.update_function_configuration(FunctionName=name, **desired)
-                current, changed = self._wait_ready(name), True
+                current = self._wait_ready(name)
             self._ensure_tags(current["FunctionArn"], tags)
 
-        version = self._latest_version(name)
-        # Also publish when an earlier run updated $LATEST but stopped before publishing it.
-        stale = version is None or version.get("CodeSha256") != current.get("CodeSha256") or _differs(version, desired)
-        if changed or stale:
+        # A version published before with exactly this code and configuration is served again (a
+        # rollback moves the alias back); otherwise one is published, also when an earlier run
+        # updated $LATEST but stopped before publishing it.
+        version = self._published_like(name, current["CodeSha256"], desired)
+        if version is None:
             version = self.client.publish_version(FunctionName=name, CodeSha256=current["CodeSha256"])
         alias_arn = self._point_alias(name, alias, version["Version"])
 
@@ -254,7 +257,7 @@ class LambdaFunctions:
         return FunctionState(
             name=name, arn=alias_arn, reserved_concurrency=reserved, provisioned_concurrency=provisioned,
             invoke_url=f"https://lambda.{region}.amazonaws.com/2015-03-31/functions/{name}:{alias}/invocations",
-            code_sha256=current["CodeSha256"])
+            code_sha256=current["CodeSha256"], alias=alias, version=version["Version"])
 
     def delete_function(self, name: str) -> bool:
         """Delete the aliases' provisioned concurrency, the aliases and the function; False if there was none."""

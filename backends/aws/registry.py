@@ -21,13 +21,12 @@ from botocore.exceptions import ClientError
 
 from backends.aws.errors import is_not_found, or_none
 from backends.errors import NotFoundError
-from backends.types import ModelVersion
+from backends.types import APPROVED, PENDING, REJECTED, ModelVersion
 
 log = logging.getLogger(__name__)
 
 CONTENT_TYPES = ["image/jpeg", "image/png", "application/x-image", "application/json"]
 RESPONSE_TYPES = ["application/json"]
-PENDING, APPROVED, REJECTED = "PendingManualApproval", "Approved", "Rejected"
 _VALUE_MAX = 256  # SageMaker's limit for one CustomerMetadataProperties value
 _ENTRIES_MAX = 50  # ... and for the number of entries
 _DESCRIPTION_MAX = 1024
@@ -68,7 +67,8 @@ class ModelRegistry:
 
     # -- versions ---------------------------------------------------------------------
     def register_model_version(self, group: str, model_artifact: str, metrics: dict[str, float],
-                               hyperparameters: dict[str, str], dataset_checksum: str, job_name: str) -> ModelVersion:
+                               hyperparameters: dict[str, str], dataset_checksum: str, job_name: str,
+                               dataset_uri: str = "") -> ModelVersion:
         """A new version, or the existing one registered from the same training job."""
         self.ensure_group(group)
         existing = next((v for v in self.list_model_versions(group) if v.job_name == job_name), None)
@@ -78,6 +78,8 @@ class ModelRegistry:
         properties = {"job_name": job_name}
         if dataset_checksum:  # values may not be empty
             properties["dataset_checksum"] = dataset_checksum
+        if dataset_uri:  # s3://bucket/project/stage/datasets/<hex>: letters, digits and :/.- only
+            properties["dataset_uri"] = dataset_uri
         properties.update(_pack("hyperparameters", {str(k): str(v) for k, v in hyperparameters.items()}))
         properties.update(_pack("metrics", {str(k): float(v) for k, v in metrics.items()}))
         if len(properties) > _ENTRIES_MAX:
@@ -110,7 +112,7 @@ class ModelRegistry:
         versions = [_to_version(group, d) for d in described]
         return [replace(v, champion=v.version == champion) for v in versions]
 
-    def promote_model_version(self, group: str, version: int) -> ModelVersion:
+    def promote_model_version(self, group: str, version: int, reason: str = "promoted") -> ModelVersion:
         """Approve `version`; every other Approved version of the group becomes Rejected.
 
         Approved is what SageMaker's deployment tooling (EventBridge rules, CI pipelines, the
@@ -127,7 +129,7 @@ class ModelRegistry:
         if target is None:
             raise NotFoundError(f"model group {group} has no version {version}")
         if target.get("ModelApprovalStatus") != APPROVED:
-            self._set_status(target, APPROVED, f"promoted to champion of {group}")
+            self._set_status(target, APPROVED, reason)
         for number, other in described.items():
             if number != version and other.get("ModelApprovalStatus") == APPROVED:
                 self._set_status(other, REJECTED, f"superseded by version {version}")
@@ -135,9 +137,20 @@ class ModelRegistry:
         promoted = _to_version(group, self._sm.describe_model_package(ModelPackageName=target["ModelPackageArn"]))
         return replace(promoted, champion=True)
 
+    def reject_model_version(self, group: str, version: int, reason: str) -> ModelVersion:
+        """Reject `version` with the reason (it stops being the champion if it was)."""
+        described = {d.get("ModelPackageVersion"): d for d in
+                     (self._sm.describe_model_package(ModelPackageName=arn) for arn in self._package_arns(group))}
+        target = described.get(version)
+        if target is None:
+            raise NotFoundError(f"model group {group} has no version {version}")
+        self._set_status(target, REJECTED, reason)
+        log.info("rejected %s/%s: %s", group, version, reason)
+        return next(v for v in self.list_model_versions(group) if v.version == version)
+
     def _set_status(self, package: dict, status: str, reason: str) -> None:
         params: dict[str, Any] = {"ModelPackageArn": package["ModelPackageArn"], "ModelApprovalStatus": status,
-                                  "ApprovalDescription": reason}
+                                  "ApprovalDescription": reason[:_DESCRIPTION_MAX]}
         # The metadata is sent again unchanged: SageMaker merges it (a no-op), and emulators that
         # replace it with the request's value (moto) keep it rather than drop it.
         if package.get("CustomerMetadataProperties"):
@@ -169,8 +182,19 @@ def _to_version(group: str, described: dict) -> ModelVersion:
         hyperparameters={k: str(v) for k, v in _unpack("hyperparameters", properties).items()},
         dataset_checksum=properties.get("dataset_checksum", ""),
         job_name=properties.get("job_name", ""),
-        created_at=created.timestamp() if hasattr(created, "timestamp") else float(created or 0.0),
+        created_at=_seconds(created) or 0.0,
+        dataset_uri=properties.get("dataset_uri", ""),
+        status=described.get("ModelApprovalStatus", PENDING),
+        status_reason=described.get("ApprovalDescription", ""),
+        status_changed_at=_seconds(described.get("LastModifiedTime")),
     )
+
+
+def _seconds(value) -> float | None:
+    """A describe's timestamp (a datetime from boto3) as epoch seconds."""
+    if value is None:
+        return None
+    return value.timestamp() if hasattr(value, "timestamp") else float(value)
 
 
 def _pack(key: str, value: dict) -> dict[str, str]:

@@ -30,7 +30,7 @@ from botocore.exceptions import ClientError
 
 from backends.aws.errors import error_code, or_none
 from backends.errors import WaitTimedOutError
-from backends.types import TrialCallback, TrialSummary, TuningOutcome, TuningRequest
+from backends.types import TrialCallback, TrialProgressCallback, TrialSummary, TuningOutcome, TuningRequest
 from backends.waiting import SYSTEM_CLOCK, Clock, wait_for
 from core.metrics import METRIC_DEFINITIONS
 from core.uris import parse_s3_uri
@@ -169,7 +169,7 @@ class SageMakerTuning:
 
     def run(self, request: TuningRequest, *, role_arn: str, region: str, source_dir: str,
             code_bucket_prefix: str | None = None, on_trial: TrialCallback | None = None,
-            timeout_s: float | None = None) -> TuningOutcome:
+            on_trial_progress: TrialProgressCallback | None = None, timeout_s: float | None = None) -> TuningOutcome:
         """Run the tuning job `request.job_name` to its end (or attach to it if it exists) and return its trials.
 
         code_bucket_prefix: s3:// prefix the training code is uploaded under (default: `<output_uri>/code`);
@@ -189,7 +189,7 @@ class SageMakerTuning:
         else:
             logger.info("tuning job %s exists: attaching to it", request.job_name)
         try:
-            return self._follow(request, deadline, timeout_s, on_trial)
+            return self._follow(request, deadline, timeout_s, on_trial, on_trial_progress)
         except BaseException as exc:
             if not isinstance(exc, Exception):  # cancelled (Ctrl-C, flow cancellation): leave nothing running
                 self.stop(request.job_name)
@@ -281,9 +281,10 @@ class SageMakerTuning:
 
     # -- following ------------------------------------------------------------------------
     def _follow(self, request: TuningRequest, deadline: float | None, timeout_s: float | None,
-                on_trial: TrialCallback | None) -> TuningOutcome:
+                on_trial: TrialCallback | None, on_trial_progress: TrialProgressCallback | None) -> TuningOutcome:
         name = request.job_name
         ended: dict[str, TrialSummary] = {}
+        started: set[str] = set()  # SageMaker streams no epochs: a trial's progress is its start
         seen: dict = {}  # the last look: description and trial summaries
 
         def look() -> bool | None:
@@ -296,6 +297,9 @@ class SageMakerTuning:
             total = _total_trials(description, len(summaries))
             for position, summary in enumerate(summaries):
                 job = summary["TrainingJobName"]
+                if on_trial_progress and job not in started:
+                    started.add(job)
+                    on_trial_progress(job, {})
                 if job in ended or summary["TrainingJobStatus"] not in TERMINAL_TRIAL_STATUSES:
                     continue
                 ended[job] = self._trial(summary, trial_index(job, name, position), request.objective_metric)

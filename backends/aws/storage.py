@@ -131,6 +131,16 @@ class S3Storage:
                 raise NotFoundError(f"no object at {uri}") from None
             raise
 
+    def download_file(self, uri: str, path: str) -> str:
+        loc = parse_s3_uri(uri)
+        try:
+            self.client.download_file(loc.bucket, loc.key, str(path), Config=self.transfer_config)
+        except ClientError as exc:
+            if is_not_found(exc):
+                raise NotFoundError(f"no object at {uri}") from None
+            raise
+        return path
+
     def exists(self, uri: str) -> bool:
         """Whether an object is stored at exactly `uri` (list_objects answers for prefixes, not objects)."""
         loc = parse_s3_uri(uri)

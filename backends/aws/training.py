@@ -13,7 +13,8 @@ from backends.aws.ec2_training import Ec2Training
 from backends.aws.iam import PipelineRoles
 from backends.aws.storage import S3Storage
 from backends.types import (
-    EpochCallback, LogCallback, TrainingOutcome, TrainingRequest, TrialCallback, TuningOutcome, TuningRequest,
+    EpochCallback, LogCallback, TrainingOutcome, TrainingRequest, TrialCallback, TrialProgressCallback, TuningOutcome,
+    TuningRequest,
 )
 from core.names import PipelineNames
 
@@ -34,13 +35,14 @@ class AwsTraining:
                           instance_profile_arn=self.roles.ec2_instance_profile_arn(), code_uri=self._code_uri(),
                           region=account.region, tags=self.names.tags, on_log=on_log, on_epoch=on_epoch)
 
-    def run_tuning_job(self, request: TuningRequest, on_trial: TrialCallback | None = None) -> TuningOutcome:
+    def run_tuning_job(self, request: TuningRequest, on_trial: TrialCallback | None = None,
+                       on_trial_progress: TrialProgressCallback | None = None) -> TuningOutcome:
         from backends.aws.sagemaker_tuning import SageMakerTuning  # imports the sagemaker SDK (~2 s)
 
         tuning = SageMakerTuning(self.account.session, self.account.client("sagemaker"), self.poll_seconds)
         return tuning.run(request, role_arn=self.roles.sagemaker_role_arn(), region=self.account.region,
                           source_dir=str(TRAINING_DIR), code_bucket_prefix=self.names.code_uri(self.storage.default_bucket()),
-                          on_trial=on_trial)
+                          on_trial=on_trial, on_trial_progress=on_trial_progress)
 
     def _code_uri(self) -> str:
         """training/*.py as a tarball in S3, named by content so unchanged code is uploaded once."""

@@ -7,6 +7,7 @@ from pathlib import Path
 from backends.local.gateway.client import GatewayConnection
 from backends.types import FunctionState
 from core.config import FunctionConfig
+from core.functions import function_environment
 
 LAMBDA_SOURCE_DIR = Path(__file__).resolve().parents[2] / "lambda_src"
 HANDLER = "handler.lambda_handler"
@@ -17,8 +18,9 @@ class LocalFunctions:
         self.gateway = gateway
         self.source_dir = source_dir
 
-    def publish_function(self, name: str, endpoint_name: str, config: FunctionConfig) -> FunctionState:
-        environment = {"ENDPOINT_NAME": endpoint_name, "ALLOWED_URL_HOSTS": ",".join(config.allowed_url_hosts)}
+    def publish_function(self, name: str, endpoint_name: str, config: FunctionConfig,
+                         model_version: str = "") -> FunctionState:
+        environment = function_environment(endpoint_name, config, model_version)
         info = self.gateway.client().put_function(
             name, str(self.source_dir), HANDLER, environment, config.memory_mb, config.timeout_seconds,
             config.reserved_concurrency, config.provisioned_concurrency)

@@ -1,7 +1,10 @@
 """Storage on the local backend: the local store (backends/local/store.py) behind the Storage interface."""
 from __future__ import annotations
 
+import shutil
+
 from backends.errors import NotFoundError
+from backends.files import atomic_path
 from backends.local.state import DEFAULT_BUCKET
 from backends.local.store import LocalStore
 from backends.types import Progress, StagedDataset
@@ -42,3 +45,11 @@ class LocalStorage:
 
     def read_object(self, uri: str) -> bytes:
         return self.store.read(uri)
+
+    def download_file(self, uri: str, path: str) -> str:
+        source = self.store.path(uri)
+        if not source.is_file():
+            raise NotFoundError(f"no object at {uri}")
+        with atomic_path(path) as tmp:
+            shutil.copyfile(source, tmp)
+        return path

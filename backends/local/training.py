@@ -7,9 +7,10 @@ from backends.local.store import LocalStore
 from backends.local.training_jobs import LocalTrainingJobs, TrainingJobSpec
 from backends.local.tuning import LocalTuning, TuningJobSpec
 from backends.types import (
-    EpochCallback, LogCallback, TrainingOutcome, TrainingRequest, TrialCallback, TuningOutcome, TuningRequest,
+    EpochCallback, LogCallback, TrainingOutcome, TrainingRequest, TrialCallback, TrialProgressCallback, TuningOutcome,
+    TuningRequest,
 )
-from core.metrics import METRIC_DEFINITIONS
+from core.metrics import METRIC_DEFINITIONS, parse_metric_line
 
 
 class LocalTraining:
@@ -42,7 +43,8 @@ class LocalTraining:
         on_metrics = (lambda values: on_epoch(values) if "epoch" in values else None) if on_epoch else None
         return self.jobs.run(spec, on_log=on_log, on_metrics=on_metrics).outcome()
 
-    def run_tuning_job(self, request: TuningRequest, on_trial: TrialCallback | None = None) -> TuningOutcome:
+    def run_tuning_job(self, request: TuningRequest, on_trial: TrialCallback | None = None,
+                       on_trial_progress: TrialProgressCallback | None = None) -> TuningOutcome:
         static = dict(request.static_hyperparameters)
         inputs = self._channels(request.dataset_uri, request.pretrained_uri, static)
         spec = TuningJobSpec(
@@ -51,7 +53,14 @@ class LocalTraining:
             objective_type=request.objective_type, strategy=request.strategy, max_jobs=request.max_jobs,
             max_parallel_jobs=request.max_parallel_jobs, cpus=self.cpus,
             max_runtime_seconds=request.max_runtime_seconds, seed=request.seed)
-        result = self.tuning.run(spec, on_trial=on_trial)
+        on_log = None
+        if on_trial_progress:
+            def on_log(trial: str, line: str) -> None:
+                values = parse_metric_line(line)
+                if "epoch" in values:
+                    on_trial_progress(trial, values)
+        result = self.tuning.run(spec, on_trial=on_trial, on_log=on_log,
+                                 on_start=(lambda trial: on_trial_progress(trial, {})) if on_trial_progress else None)
         return TuningOutcome(job_name=result.name, status=result.status, objective_metric=result.objective_metric,
                              objective_type=result.objective_type, trials=result.trials,
                              failure_reason=result.failure_reason)

@@ -171,7 +171,8 @@ class LocalTuning:
         return TuningJobResult.from_json(path.read_text()) if path.is_file() else None
 
     def run(self, spec: TuningJobSpec, on_trial: TrialCallback | None = None,
-            on_log: Callable[[str, str], None] | None = None) -> TuningJobResult:
+            on_log: Callable[[str, str], None] | None = None,
+            on_start: Callable[[str], None] | None = None) -> TuningJobResult:
         """Run the tuning job to its end; a Completed one of the same name is returned as it is."""
         previous = self.describe(spec.name)
         if previous is not None and previous.status == "Completed":
@@ -190,6 +191,8 @@ class LocalTuning:
             job = TrainingJobSpec(
                 name=name, hyperparameters={**spec.static_hyperparameters, **tuned}, inputs=spec.inputs,
                 output_uri=spec.output_uri, cpus=cpus_per_trial, max_runtime_seconds=spec.max_runtime_seconds)
+            if on_start:
+                on_start(name)
             try:
                 outcome = self.jobs.run(job, on_log=(lambda line: on_log(name, line)) if on_log else None)
             except Exception as exc:  # the trial could not even start: record it, keep tuning

@@ -159,11 +159,13 @@ class FakeLambdaInvoke:
 
     def __init__(self, events, label: str = "zero"):
         self.invocations: list[str] = []
+        self.qualifiers: list[str | None] = []
         self.label = label
         events.register("before-call.lambda.Invoke", self._invoke)
 
     def _invoke(self, params, **_):
         self.invocations.append(unquote(params["url_path"].split("/")[3]))
+        self.qualifiers.append(params["query_string"].get("Qualifier"))
         body = {"predictions": [{"label": self.label, "score": 0.9}], "model_version": "registry"}
         payload = json.dumps({"statusCode": 200, "headers": {"Content-Type": "application/json"},
                               "body": json.dumps(body)}).encode()

@@ -11,6 +11,7 @@ import boto3
 import pytest
 from moto import mock_aws
 
+import flows.rollback as rollback_flow
 import flows.teardown as teardown_flow
 import flows.train_and_deploy as pipeline
 from backends.aws.backend import AwsBackend
@@ -38,6 +39,7 @@ def aws_world(monkeypatch, prefect_api, tiny_dataset):
 
         monkeypatch.setattr(pipeline, "get_backend", backend_for)
         monkeypatch.setattr(teardown_flow, "get_backend", backend_for)
+        monkeypatch.setattr(rollback_flow, "get_backend", backend_for)
         yield session, config, fakes
 
 
@@ -105,10 +107,24 @@ def test_flow_on_aws_then_again_then_teardown(aws_world):
     assert update["DeploymentConfig"]["BlueGreenUpdatePolicy"]["TrafficRoutingConfiguration"]["Type"] == "ALL_AT_ONCE"
     assert len(c["lambda"].list_functions()["Functions"]) == 1
     versions = c["lambda"].list_versions_by_function(FunctionName=names.function)["Versions"]
-    assert [v["Version"] for v in versions] == ["$LATEST", "1"]  # same code and settings: no new version
+    assert [v["Version"] for v in versions] == ["$LATEST", "1", "2"]  # one function version per model release
+    assert versions[2]["Environment"]["Variables"]["MODEL_VERSION"] == f"{names.model_group}/2"
+    assert c["lambda"].get_alias(FunctionName=names.function, Name="live")["FunctionVersion"] == "2"
     assert len(c["application-autoscaling"].describe_scalable_targets(ServiceNamespace="sagemaker")["ScalableTargets"]) == 1
     packages = c["sagemaker"].list_model_packages(ModelPackageGroupName=names.model_group)["ModelPackageSummaryList"]
     assert sorted(p["ModelApprovalStatus"] for p in packages) == ["Approved", "Rejected"]
+    assert set(fakes["invoke"].qualifiers) == {"live"}  # the smoke test goes through the alias
+
+    back = rollback_flow.rollback(config, 1)
+
+    assert back.serving == f"{names.model_group}/1"
+    assert c["lambda"].get_alias(FunctionName=names.function, Name="live")["FunctionVersion"] == "1"  # moved back
+    versions = c["lambda"].list_versions_by_function(FunctionName=names.function)["Versions"]
+    assert [v["Version"] for v in versions] == ["$LATEST", "1", "2"]  # no new version for an old release
+    by_version = {p["ModelPackageVersion"]: p["ModelApprovalStatus"] for p in
+                  (c["sagemaker"].describe_model_package(ModelPackageName=s["ModelPackageArn"]) for s in
+                   c["sagemaker"].list_model_packages(ModelPackageGroupName=names.model_group)["ModelPackageSummaryList"])}
+    assert by_version == {1: "Approved", 2: "Rejected"}
 
     report = teardown_flow.teardown(config)
 

@@ -36,3 +36,29 @@ def test_unknown_groups_and_versions(world):
     _register(registry, group, "job-a")
     with pytest.raises(NotFoundError, match="has no version 7"):
         registry.promote_model_version(group, 7)
+
+
+def test_statuses_say_what_happened_and_why(world):
+    registry, group = world.backend.registry, world.unique("models")
+    first = _register(registry, group, "job-a")
+    assert (first.status, first.status_reason) == ("PendingManualApproval", "")
+    _register(registry, group, "job-b")
+    registry.promote_model_version(group, 1, "deployed by train-and-deploy")
+    registry.promote_model_version(group, 2, "beats the champion")
+    one, two = registry.list_model_versions(group)
+    assert (one.status, one.status_reason) == ("Rejected", "superseded by version 2")
+    assert (two.status, two.status_reason, two.champion) == ("Approved", "beats the champion", True)
+    assert two.status_changed_at is not None
+    rejected = registry.reject_model_version(group, 2, "failed its smoke test")
+    assert (rejected.status, rejected.status_reason, rejected.champion) == ("Rejected", "failed its smoke test", False)
+    assert [v.champion for v in registry.list_model_versions(group)] == [False, False]
+    with pytest.raises(NotFoundError):
+        registry.reject_model_version(group, 9, "no such version")
+
+
+def test_the_dataset_a_version_was_tested_on_is_kept(world):
+    registry, group = world.backend.registry, world.unique("models")
+    version = registry.register_model_version(group, "s3://bucket/m.tar.gz", {}, {}, "ef" * 32, "job-a",
+                                              dataset_uri="s3://bucket/proj/dev/datasets/0123456789abcdef")
+    assert version.dataset_uri == "s3://bucket/proj/dev/datasets/0123456789abcdef"
+    assert registry.list_model_versions(group)[0].dataset_uri == version.dataset_uri

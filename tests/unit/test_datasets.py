@@ -74,3 +74,15 @@ def test_names_fit_sagemaker_limits():
     assert len(tuning) <= 32 and tuning.startswith("dev-tune-")
     assert trial_job_name(tuning, 3, "abcdef0123") == f"{tuning}-003-abcdef01"
     assert resource_name("a" * 40, "b" * 12, "endpoint") == ("a" * 40 + "-" + "b" * 12 + "-endpoint")[:63]
+
+
+def test_combined_test_set_keeps_the_frozen_split_and_adds_only_new_images():
+    from core.datasets import combined_test_set
+
+    frozen = {"cat/1.png": "a", "dog/2.png": "b"}
+    current = {"cat/1.png": "a", "cat/3.png": "c", "dog/2.png": "d", "dog/4.png": "b"}
+    chosen = combined_test_set(frozen, current)
+    assert chosen == [("frozen", "cat/1.png", "cat/1.png"), ("frozen", "dog/2.png", "dog/2.png"),
+                      ("current", "cat/3.png", "cat/3.png"), ("current", "dog/2.png", "dog/new-2.png")]
+    # dog/4.png has the bytes of the frozen dog/2.png: the same image is not evaluated twice
+    assert combined_test_set({}, current) == [("current", k, k) for k in sorted(current)]

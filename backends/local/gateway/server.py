@@ -1,29 +1,30 @@
 """Starting, finding and stopping the one local gateway process of a state folder.
 
-`gateway.json` (pid, port, url) is written only once the gateway answers, and removed
-when it stops; a stale file (its pid gone) is ignored and replaced.
+`gateway.json` (pid, port, url) is written by the gateway once it listens, and removed when it
+stops; a stale file (its pid gone) is ignored and replaced. Starting takes a cross-process lock
+(filelock), so two flows starting at once end up with one gateway; one that is slow to answer
+is waited for, not mistaken for a dead one and started again.
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
-import signal
 import socket
-import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+from filelock import FileLock
 
 from backends.files import write_json
+from backends.local.processes import alive, read_record, start_detached, stop_process, wait_until_up
 from backends.local.state import LocalState
 
 GATEWAY_FILE = "gateway.json"
 START_TIMEOUT_S = 60
+PROJECT_ROOT = Path(__file__).resolve().parents[3]
 
 
 @dataclass(frozen=True)
@@ -33,32 +34,21 @@ class GatewayInfo:
     port: int
 
 
-def _alive(pid: int) -> bool:
-    try:  # reap it if it is our exited child: a zombie still answers kill(pid, 0)
-        if os.waitpid(pid, os.WNOHANG)[0] == pid:
-            return False
-    except ChildProcessError:
-        pass
+def _recorded(state: LocalState) -> GatewayInfo | None:
+    record = read_record(state.home / GATEWAY_FILE)
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        return GatewayInfo(**record) if record else None
+    except TypeError:
+        return None
 
 
-def running_gateway(state: LocalState) -> GatewayInfo | None:
+def running_gateway(state: LocalState, timeout_s: float = 5) -> GatewayInfo | None:
     """The gateway of this state folder if it is up and answering, else None."""
-    path = state.home / GATEWAY_FILE
-    try:
-        info = GatewayInfo(**json.loads(path.read_text()))
-    except (FileNotFoundError, json.JSONDecodeError, TypeError):
-        return None
-    if not _alive(info.pid):
+    info = _recorded(state)
+    if info is None or not alive(info.pid):
         return None
     try:
-        httpx.get(f"{info.url}/_local/status", timeout=5).raise_for_status()
+        httpx.get(f"{info.url}/_local/status", timeout=timeout_s).raise_for_status()
     except httpx.HTTPError:
         return None
     return info
@@ -66,46 +56,36 @@ def running_gateway(state: LocalState) -> GatewayInfo | None:
 
 def ensure_gateway(state: LocalState, port: int = 0) -> GatewayInfo:
     """Start the gateway unless it is already running; return where it answers."""
-    info = running_gateway(state)
-    if info:
-        return info
-    (state.home / GATEWAY_FILE).unlink(missing_ok=True)
-    log = open(state.home / "gateway.log", "ab")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "backends.local.gateway.server", "--home", str(state.home), "--port", str(port)],
-        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-        cwd=Path(__file__).resolve().parents[3])
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the local gateway exited at start (code {proc.returncode}); see {state.home / 'gateway.log'}")
+    with FileLock(state.home / "gateway.lock", timeout=START_TIMEOUT_S + 30):
         info = running_gateway(state)
         if info:
             return info
-        time.sleep(0.1)
-    proc.kill()
-    raise TimeoutError(f"the local gateway did not answer within {START_TIMEOUT_S} s; see {state.home / 'gateway.log'}")
+        recorded = _recorded(state)
+        if recorded is not None and alive(recorded.pid):  # there, but not answering in 5 s: busy, not dead
+            info = running_gateway(state, timeout_s=START_TIMEOUT_S)
+            if info:
+                return info
+            stop_process(recorded.pid, grace_s=10)
+        (state.home / GATEWAY_FILE).unlink(missing_ok=True)
+        log = state.home / "gateway.log"
+        proc = start_detached([sys.executable, "-m", "backends.local.gateway.server", "--home", str(state.home),
+                               "--port", str(port)], log, cwd=PROJECT_ROOT)
+        return wait_until_up(lambda: running_gateway(state), proc, "the local gateway", log, START_TIMEOUT_S)
 
 
 def stop_gateway(state: LocalState, timeout_s: float = 30) -> bool:
     """Stop the gateway (its endpoints' and functions' processes with it). False if none was running."""
     path = state.home / GATEWAY_FILE
-    try:
-        info = GatewayInfo(**json.loads(path.read_text()))
-    except (FileNotFoundError, json.JSONDecodeError, TypeError):
-        return False
-    if not _alive(info.pid):
+    info = _recorded(state)
+    if info is None or not alive(info.pid):
         path.unlink(missing_ok=True)
         return False
     try:
         httpx.post(f"{info.url}/_local/shutdown", timeout=5)
+        asked = True
     except httpx.HTTPError:
-        os.kill(info.pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout_s
-    while _alive(info.pid) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    if _alive(info.pid):
-        os.kill(info.pid, signal.SIGKILL)
+        asked = False
+    stop_process(info.pid, grace_s=timeout_s, signal_first=not asked)
     path.unlink(missing_ok=True)
     return True
 
