@@ -231,11 +231,26 @@ class TrainingConfig(Section):
         return value or None
 
 
+class TrafficShiftConfig(Section):
+    """How an update moves traffic to the new model, as SageMaker's deployment guardrails do."""
+
+    type: Literal["all_at_once", "canary", "linear"] = Field(
+        default="all_at_once", description="all_at_once: every request at once; canary: a share first, then the "
+        "rest; linear: equal steps.")
+    canary_percent: int = Field(default=10, ge=1, le=99, description="canary: the share of the new fleet that takes traffic first.")
+    linear_step_percent: int = Field(default=25, ge=1, le=99, description="linear: the share added at each step.")
+    wait_seconds: int = Field(default=300, ge=0, le=3600, description="Bake time: how long each step watches the alarms before the next.")
+    max_5xx_errors: int = Field(default=0, ge=0, le=100000, description="Roll back when the new model answers more 5xx errors than this in a minute.")
+    max_model_latency_ms: int = Field(default=2000, ge=1, le=600000, description="Roll back when the new model's average latency in a minute is above this.")
+
+
 class HostingConfig(Section):
     instance_type: str = Field(default="ml.m5.large", pattern=r"^ml\.[a-z0-9]+\.[a-z0-9]+$", description="Endpoint instance type.")
     initial_instance_count: int = Field(default=1, ge=1, le=100, description="Instances when the endpoint is created.")
     variant_name: str = Field(default="AllTraffic", pattern=r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$", description="Production variant name.")
     top_k: int = Field(default=3, ge=1, le=100, description="Labels returned per prediction.")
+    traffic_shift: TrafficShiftConfig = Field(default_factory=TrafficShiftConfig, title="Traffic shift",
+                                              description="How an update moves traffic, and when it rolls back by itself.")
 
 
 class AutoscalingConfig(Section):

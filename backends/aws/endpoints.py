@@ -46,7 +46,7 @@ class SageMakerEndpoints:
     # -- deploy -----------------------------------------------------------------------
     def deploy(self, name: str, model: ModelVersion, image_uri: str, role_arn: str, hosting: HostingConfig,
                environment: dict[str, str] | None = None, tags: dict[str, str] | None = None, *,
-               rollback_alarms: list[str] | None = None,
+               traffic_routing: dict | None = None, rollback_alarms: list[str] | None = None,
                before_update: Callable[[], None] | None = None,
                after_update: Callable[[], None] | None = None) -> EndpointState:
         """Create the endpoint, update it blue/green, or leave it as it is when nothing changed.
@@ -106,13 +106,13 @@ class SageMakerEndpoints:
             log.info("endpoint %s already serves %s on %s", name, model.label, config_name)
             final = current
         else:
-            final = self._update(name, config_name, rollback_alarms, before_update, after_update)
+            final = self._update(name, config_name, traffic_routing, rollback_alarms, before_update, after_update)
         return self._state(name, final, model.label, hosting.variant_name)
 
-    def _update(self, name: str, config_name: str, rollback_alarms: list[str] | None,
+    def _update(self, name: str, config_name: str, traffic_routing: dict | None, rollback_alarms: list[str] | None,
                 before_update: Callable[[], None] | None, after_update: Callable[[], None] | None) -> dict:
         deployment: dict[str, Any] = {"BlueGreenUpdatePolicy": {
-            "TrafficRoutingConfiguration": {"Type": "ALL_AT_ONCE", "WaitIntervalInSeconds": 0},
+            "TrafficRoutingConfiguration": traffic_routing or {"Type": "ALL_AT_ONCE", "WaitIntervalInSeconds": 0},
             "TerminationWaitInSeconds": TERMINATION_WAIT_S,
             "MaximumExecutionTimeoutInSeconds": MAX_EXECUTION_S,
         }}

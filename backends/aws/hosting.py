@@ -1,17 +1,23 @@
 """The Hosting service on AWS: SageMaker real-time endpoints (endpoints.py) autoscaled by Application
 Auto Scaling (autoscaling.py). AWS refuses to update a variant registered for autoscaling, so a
-blue/green update runs with the variant's scaling suspended, and restored after."""
+blue/green update runs with the variant's scaling suspended, and restored after.
+
+Updates shift traffic as hosting.traffic_shift says (all at once, canary, linear, each step baked),
+and SageMaker rolls back by itself when one of the two CloudWatch alarms the pipeline creates and
+owns goes off: the variant's 5xx errors and its model latency (core/traffic.py)."""
 from __future__ import annotations
 
 import contextlib
 
 from backends.aws.account import AwsAccount
+from backends.aws.errors import if_exists
 from backends.aws.autoscaling import EndpointAutoscaling
 from backends.aws.endpoints import SageMakerEndpoints
 from backends.aws.iam import PipelineRoles
 from backends.aws.images import inference_image_uri
 from backends.types import EndpointState, ModelVersion, ScalingState
 from core.config import AutoscalingConfig, HostingConfig
+from core.traffic import alarm_names, rollback_alarms, traffic_routing
 
 
 class SageMakerHosting:
@@ -22,9 +28,11 @@ class SageMakerHosting:
 
     def deploy_endpoint(self, name: str, model: ModelVersion, hosting: HostingConfig) -> EndpointState:
         suspension = contextlib.ExitStack()
+        alarms = self._ensure_alarms(name, hosting)
         return self.endpoints.deploy(
             name, model, inference_image_uri(self.account.region, hosting.instance_type),
             self.roles.sagemaker_role_arn(), hosting, tags=self.tags,
+            traffic_routing=traffic_routing(hosting.traffic_shift), rollback_alarms=alarms,
             before_update=lambda: suspension.enter_context(
                 self.autoscaling.suspended_for_update(name, hosting.variant_name)),
             after_update=suspension.close)
@@ -33,7 +41,20 @@ class SageMakerHosting:
         return self.endpoints.describe(name)
 
     def delete_endpoint(self, name: str) -> bool:
-        return self.endpoints.delete(name)
+        removed = self.endpoints.delete(name)
+        cloudwatch = self.account.client("cloudwatch")
+        alarms = [a for a in alarm_names(name)
+                  if cloudwatch.describe_alarms(AlarmNames=[a]).get("MetricAlarms")]
+        return (if_exists(cloudwatch.delete_alarms, AlarmNames=alarms) if alarms else False) or removed
+
+    def _ensure_alarms(self, name: str, hosting: HostingConfig) -> list[str]:
+        """The endpoint's rollback alarms, made or brought up to date (PutMetricAlarm is an upsert)."""
+        cloudwatch = self.account.client("cloudwatch")
+        documents = rollback_alarms(name, hosting.variant_name, hosting.traffic_shift)
+        tags = [{"Key": k, "Value": v} for k, v in self.tags.items()]
+        for document in documents:
+            cloudwatch.put_metric_alarm(**document, **({"Tags": tags} if tags else {}))
+        return [d["AlarmName"] for d in documents]
 
     def register_autoscaling(self, endpoint_name: str, variant_name: str, config: AutoscalingConfig) -> ScalingState:
         return self.autoscaling.register(endpoint_name, variant_name, config)

@@ -1,5 +1,7 @@
 """Hosting on the local backend: endpoints in the local gateway (each instance a model_worker process
-running the artifact's own code/inference.py), autoscaled by the gateway's target tracking."""
+running the artifact's own code/inference.py), autoscaled by the gateway's target tracking. Updates
+shift traffic in hosting.traffic_shift's steps and roll back on the gateway's own counters of the
+new model's 5xx errors and latency; the last step switches at once (locally there is no bake after it)."""
 from __future__ import annotations
 
 from backends.local.gateway.client import GatewayConnection
@@ -7,6 +9,7 @@ from backends.local.store import LocalStore
 from backends.types import EndpointState, ModelVersion, ScalingState
 from core.config import AutoscalingConfig, HostingConfig
 from core.scaling import resource_id, scalable_target, target_tracking_policy
+from core.traffic import gateway_shift
 
 
 class LocalHosting:
@@ -17,7 +20,7 @@ class LocalHosting:
     def deploy_endpoint(self, name: str, model: ModelVersion, hosting: HostingConfig) -> EndpointState:
         info = self.gateway.client().put_endpoint(
             name, str(self.store.path(model.model_artifact)), hosting.initial_instance_count, model.label,
-            {"TOP_K": str(hosting.top_k)})
+            {"TOP_K": str(hosting.top_k)}, gateway_shift(hosting.traffic_shift))
         return self._state(info, hosting.variant_name)
 
     def describe_endpoint(self, name: str) -> EndpointState | None:

@@ -105,6 +105,8 @@ def test_flow_on_aws_then_again_then_teardown(aws_world):
     assert len(c["sagemaker"].list_endpoints()["Endpoints"]) == 1
     update = fakes["sagemaker"].updates[-1]
     assert update["DeploymentConfig"]["BlueGreenUpdatePolicy"]["TrafficRoutingConfiguration"]["Type"] == "ALL_AT_ONCE"
+    assert [a["AlarmName"] for a in update["DeploymentConfig"]["AutoRollbackConfiguration"]["Alarms"]] == [
+        f"{names.endpoint}-5xx-errors", f"{names.endpoint}-model-latency"]  # SageMaker rolls back on them
     assert len(c["lambda"].list_functions()["Functions"]) == 1
     versions = c["lambda"].list_versions_by_function(FunctionName=names.function)["Versions"]
     assert [v["Version"] for v in versions] == ["$LATEST", "1", "2"]  # one function version per model release
@@ -133,6 +135,7 @@ def test_flow_on_aws_then_again_then_teardown(aws_world):
     assert c["sagemaker"].list_endpoint_configs()["EndpointConfigs"] == []
     assert c["sagemaker"].list_models()["Models"] == []
     assert c["lambda"].list_functions()["Functions"] == []
+    assert session.client("cloudwatch", region_name=REGION).describe_alarms()["MetricAlarms"] == []  # its rollback alarms
     assert c["application-autoscaling"].describe_scalable_targets(ServiceNamespace="sagemaker")["ScalableTargets"] == []
     assert [r["RoleName"] for r in c["iam"].list_roles()["Roles"] if r["RoleName"].startswith(config.project)] == []
     # Registered models stay.

@@ -230,3 +230,46 @@ def test_endpoint_lifecycle_with_real_workers(artifacts, tmp_path):
     asyncio.run(scenario())
     assert len(seen) >= 6
     assert not [pid for pid in seen if alive(pid)], "worker processes left running"
+
+
+@pytest.mark.timeout(240)
+def test_canary_update_rolls_back_on_5xx_and_completes_when_healthy(artifacts, tmp_path):
+    """The gateway's traffic shift: half the requests to the new model for the bake; its 5xx errors
+    roll the update back by themselves, a healthy one goes on to take all traffic."""
+    good, _, buggy = artifacts
+    shift = {"steps": [50, 100], "wait_seconds": 3, "max_5xx_errors": 0, "max_model_latency_ms": 60000}
+
+    async def scenario():
+        manager = EndpointManager(tmp_path / "state", threads_per_instance=1)
+        await manager.start()
+
+        async def during_bake(update, body, content_type):
+            while manager._endpoints["digits"].shift is None:
+                assert not update.done(), update
+                await asyncio.sleep(0.05)
+            return await asyncio.gather(*(manager.invoke("digits", body, content_type, "application/json")
+                                          for _ in range(30)))
+
+        try:
+            await manager.create_or_update("digits", good, instance_count=1, model_version="v1")
+            update = asyncio.create_task(manager.create_or_update("digits", buggy, 1, "v2-buggy", traffic_shift=shift))
+            answers = await during_bake(update, b"trigger the bug", "image/jpeg")
+            statuses = sorted({a.status_code for a in answers})
+            assert statuses == [400, 500]  # the old model refuses the bytes; the canary breaks on them
+            with pytest.raises(EndpointUpdateError, match=r"rolled back at 50 % of the traffic: the new model had \d+ 5xx"):
+                await update
+            info = manager.describe("digits")
+            assert (info.status, info.model_version, len(info.instances)) == ("InService", "v1", 1)
+            check_prediction(await manager.invoke("digits", PNG, "image/png", "application/json"), "v1")
+
+            update = asyncio.create_task(manager.create_or_update("digits", good, 1, "v3", traffic_shift=shift))
+            answers = await during_bake(update, PNG, "image/png")
+            served = {json.loads(a.body)["model_version"] for a in answers}
+            assert served == {"v1", "v3"}  # both took part of the traffic during the bake
+            info = await update
+            assert (info.status, info.model_version) == ("InService", "v3")
+            check_prediction(await manager.invoke("digits", PNG, "image/png", "application/json"), "v3")
+        finally:
+            await manager.close()
+
+    asyncio.run(scenario())

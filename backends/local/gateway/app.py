@@ -30,6 +30,23 @@ def _aws_error(status: int, error_type: str, message: str, **extra) -> Response:
                                                            "x-amzn-RequestId": str(uuid.uuid4())})
 
 
+def _traffic_shift(value) -> dict | None:
+    """An update's traffic shift as core.traffic.gateway_shift makes it; ValueError naming what is wrong."""
+    if value is None:
+        return None
+    try:
+        steps = [int(p) for p in value["steps"]]
+        shift = {"steps": steps, "wait_seconds": float(value["wait_seconds"]),
+                 "max_5xx_errors": int(value["max_5xx_errors"]), "max_model_latency_ms": float(value["max_model_latency_ms"])}
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"traffic_shift needs steps, wait_seconds, max_5xx_errors and max_model_latency_ms ({exc})") from None
+    if not steps or steps[-1] != 100 or any(not 0 < p <= 100 for p in steps) or steps != sorted(steps):
+        raise ValueError(f"traffic_shift.steps must rise to 100, got {steps}")
+    if not 0 <= shift["wait_seconds"] <= 3600:
+        raise ValueError("traffic_shift.wait_seconds must be within 0..3600")
+    return shift
+
+
 def _plain(value):
     return asdict(value) if is_dataclass(value) else value
 
@@ -119,7 +136,8 @@ class Gateway:
         try:
             info = await self.endpoints.create_or_update(
                 request.path_params["name"], spec["model_artifact"], int(spec.get("instance_count", 1)),
-                str(spec.get("model_version", "")), spec.get("environment") or None)
+                str(spec.get("model_version", "")), spec.get("environment") or None,
+                _traffic_shift(spec.get("traffic_shift")))
         except EndpointUpdateError as exc:
             return JSONResponse({"error": str(exc)}, status_code=422)
         except (KeyError, ValueError, FileNotFoundError) as exc:

@@ -43,10 +43,10 @@ class GatewayClient:
         return self._call("GET", "/_local/status")
 
     def put_endpoint(self, name: str, model_artifact: str, instance_count: int = 1, model_version: str = "",
-                     environment: dict[str, str] | None = None) -> dict:
+                     environment: dict[str, str] | None = None, traffic_shift: dict | None = None) -> dict:
         return self._call("PUT", f"/_local/endpoints/{name}", {
             "model_artifact": model_artifact, "instance_count": instance_count,
-            "model_version": model_version, "environment": environment or {}})
+            "model_version": model_version, "environment": environment or {}, "traffic_shift": traffic_shift})
 
     def scale_endpoint(self, name: str, instance_count: int) -> dict:
         return self._call("POST", f"/_local/endpoints/{name}/instance-count", {"instance_count": instance_count})

@@ -2,7 +2,9 @@
 
 One EndpointManager lives in the gateway process and owns every worker it starts. Updates are
 blue/green (new instances must pass /ping before traffic switches; the old ones are drained,
-then stopped; a failed update leaves the old ones serving), requests go to the instance with
+then stopped; a failed update leaves the old ones serving), shifting traffic in the steps of the
+update's traffic shift (canary, linear) and rolling back by itself when the new instances' 5xx
+errors or latency during a step's bake cross its thresholds, as SageMaker does on its alarms, requests go to the instance with
 the fewest outstanding requests, a monitor replaces instances whose process died, and an
 autoscaler (autoscaler.py) follows the registered target-tracking policies.
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import random
 import secrets
 import shutil
 import sys
@@ -22,8 +25,8 @@ import httpx
 
 from backends.errors import DeploymentFailedError, NotFoundError, ServiceUnavailableError
 from backends.local.gateway.autoscaler import Autoscaler
-from backends.local.gateway.instances import (Deployment, HostedEndpoint, Instance, check_arguments, drain_and_stop,
-                                              sha256_file, start_instance, stop)
+from backends.local.gateway.instances import (Deployment, HostedEndpoint, Instance, TrafficShift, check_arguments,
+                                              drain_and_stop, sha256_file, start_instance, stop)
 from backends.model_artifact import unpack_model_artifact
 
 log = logging.getLogger(__name__)
@@ -109,7 +112,10 @@ class EndpointManager:
             self._client = None
 
     async def create_or_update(self, name: str, model_artifact: str, instance_count: int = 1,
-                               model_version: str = "", environment: dict[str, str] | None = None) -> EndpointInfo:
+                               model_version: str = "", environment: dict[str, str] | None = None,
+                               traffic_shift: dict | None = None) -> EndpointInfo:
+        """traffic_shift: {"steps": [10, 100], "wait_seconds", "max_5xx_errors", "max_model_latency_ms"}
+        (core.traffic.gateway_shift); without it, or for a new endpoint, the switch is at once."""
         check_arguments(name, instance_count)
         environment = {str(k): str(v) for k, v in (environment or {}).items()}
         ep = self._endpoints.get(name)
@@ -117,7 +123,8 @@ class EndpointManager:
             ep = self._endpoints[name] = HostedEndpoint(name, "Creating", instance_count)
         async with ep.lock:
             if self._endpoints.get(name) is not ep:  # deleted while we waited: start over
-                return await self.create_or_update(name, model_artifact, instance_count, model_version, environment)
+                return await self.create_or_update(name, model_artifact, instance_count, model_version, environment,
+                                                   traffic_shift)
             try:
                 sha256 = await asyncio.to_thread(sha256_file, model_artifact)
             except OSError as exc:
@@ -140,6 +147,16 @@ class EndpointManager:
                     self._fail(ep, f"deploying {model_artifact} failed: {exc}")
                 ep.status = "InService" if ep.deployment else "Failed"  # cancelled
                 raise
+            try:
+                if ep.deployment is not None and traffic_shift:
+                    await self._shift(ep, new, traffic_shift)
+            except BaseException as exc:  # the alarms went off (or cancelled): the old model keeps serving
+                await self._retire(new)
+                shutil.rmtree(ep.deployments.pop(dep_id), ignore_errors=True)
+                if isinstance(exc, EndpointUpdateError):
+                    self._fail(ep, str(exc))
+                ep.status = "InService" if ep.deployment else "Failed"  # cancelled
+                raise
             old, old_dep = ep.instances, ep.deployment
             ep.instances, ep.deployment, ep.desired = new, dep, instance_count  # the switch
             ep.status, ep.failure_reason, ep.updated_at = "InService", None, time.time()
@@ -148,6 +165,22 @@ class EndpointManager:
             if old_dep is not None:
                 shutil.rmtree(ep.deployments.pop(old_dep.id), ignore_errors=True)
             return self._info(ep)
+
+    async def _shift(self, ep: HostedEndpoint, new: list[Instance], shift: dict) -> None:
+        """Send each step's share of the requests to `new`, bake, and raise EndpointUpdateError when
+        its errors or latency cross the thresholds. The last step (100 %) is the switch itself."""
+        try:
+            for percent in [p for p in shift["steps"] if p < 100]:
+                ep.shift = TrafficShift(new, percent)
+                log.info("endpoint %s: %d %% of the traffic to the new model for %s s", ep.name, percent,
+                         shift["wait_seconds"])
+                await asyncio.sleep(float(shift["wait_seconds"]))
+                breach = ep.shift.breach(int(shift["max_5xx_errors"]), float(shift["max_model_latency_ms"]))
+                if breach:
+                    raise EndpointUpdateError(f"endpoint {ep.name} rolled back at {percent} % of the traffic: the new "
+                                              f"model had {breach}; the previous model still serves")
+        finally:
+            ep.shift = None
 
     async def set_instance_count(self, name: str, count: int) -> EndpointInfo:
         check_arguments(name, count)
@@ -197,17 +230,22 @@ class EndpointManager:
         headers = {k: v for k, v in (("Content-Type", content_type), ("Accept", accept)) if v}
         tried: set[str] = set()
         lost = False  # a request may take one instance down with it, not all of them
+        shift = ep.shift if ep.shift is not None and random.random() * 100 < ep.shift.percent else None
+        pool = shift.instances if shift is not None else ep.instances
         while True:
-            ready = [i for i in ep.instances if i.state == "InService" and not i.exited() and i.id not in tried]
+            ready = [i for i in pool if i.state == "InService" and not i.exited() and i.id not in tried]
             if not ready:
                 raise EndpointUnavailableError(f"endpoint {name} has no instance able to answer (status {ep.status})")
             start = next(ep.turn) % len(ready)  # least outstanding requests, ties taken in turn
             inst = min(ready[start:] + ready[:start], key=lambda i: i.outstanding)
             inst.outstanding += 1
+            began = time.perf_counter()
             try:
                 response = await self._http().post(f"{inst.url}/invocations", content=body, headers=headers,
                                                    timeout=httpx.Timeout(self.invoke_timeout, connect=5.0))
             except httpx.TransportError as exc:
+                if shift is not None:
+                    shift.record(None, (time.perf_counter() - began) * 1000)
                 tried.add(inst.id)
                 unsent = isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout))  # it never got the request
                 if isinstance(exc, httpx.TimeoutException) and not unsent:
@@ -222,6 +260,8 @@ class EndpointManager:
                 continue
             finally:
                 inst.outstanding -= 1
+            if shift is not None:
+                shift.record(response.status_code, (time.perf_counter() - began) * 1000)
             return EndpointReply(response.status_code, response.content,
                                     response.headers.get("content-type", ""), inst.id)
 

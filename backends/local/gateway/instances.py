@@ -98,6 +98,31 @@ class HostedEndpoint:
     repair_backoff: float = 0.0
     next_repair: float = 0.0
     turn: itertools.count = field(default_factory=itertools.count)
+    shift: "TrafficShift | None" = None  # an update's new instances while they take part of the traffic
+
+
+@dataclass
+class TrafficShift:
+    """New instances taking `percent` of the requests during an update's bake, and what they answered."""
+
+    instances: list[Instance]
+    percent: int
+    requests: int = 0
+    errors: int = 0  # 5xx answers and broken connections
+    latency_ms: float = 0.0  # summed
+
+    def record(self, status: int | None, latency_ms: float) -> None:
+        self.requests += 1
+        self.errors += status is None or status >= 500
+        self.latency_ms += latency_ms
+
+    def breach(self, max_errors: int, max_latency_ms: float) -> str | None:
+        """Why the alarms would go off, or None."""
+        if self.errors > max_errors:
+            return f"{self.errors} 5xx errors in {self.requests} requests (more than {max_errors})"
+        if self.requests and self.latency_ms / self.requests > max_latency_ms:
+            return f"average model latency {self.latency_ms / self.requests:.0f} ms (above {max_latency_ms:g} ms)"
+        return None
 
 
 async def start_instance(deployment: Deployment, folder: Path, http: httpx.AsyncClient, threads: int,

@@ -1,0 +1,50 @@
+"""The aws Hosting service on moto: updates shift traffic as configured and roll back on the two
+CloudWatch alarms the pipeline creates and owns; deleting the endpoint deletes them.
+UpdateEndpoint is played by tests/aws/fakes.py (moto lacks it)."""
+import boto3
+import pytest
+from moto import mock_aws
+
+from backends.aws.backend import AwsBackend
+from backends.types import ModelVersion
+from core.config import HostingConfig
+from tests.aws.fakes import FakeSageMakerService
+
+REGION = "us-east-1"
+
+
+@pytest.fixture
+def world():
+    with mock_aws():
+        session = boto3.Session(region_name=REGION)
+        fake = FakeSageMakerService(session.events)
+        backend = AwsBackend(session, "proj", "dev", poll_seconds=0, role_propagation_s=0)
+        yield backend, fake, session.client("cloudwatch", region_name=REGION)
+        backend.close()
+
+
+def _model(n: int) -> ModelVersion:
+    return ModelVersion("proj-dev-models", n, f"s3://bucket/m{n}.tar.gz", {}, {}, "ab" * 32, f"job-{n}", 1.7e9)
+
+
+def test_canary_update_with_the_pipelines_rollback_alarms(world):
+    backend, fake, cloudwatch = world
+    hosting = HostingConfig(traffic_shift={"type": "canary", "canary_percent": 20, "wait_seconds": 600,
+                                           "max_5xx_errors": 2, "max_model_latency_ms": 500})
+    backend.hosting.deploy_endpoint("proj-dev-endpoint", _model(1), hosting)
+    backend.hosting.deploy_endpoint("proj-dev-endpoint", _model(2), hosting)
+
+    policy = fake.updates[-1]["DeploymentConfig"]
+    assert policy["BlueGreenUpdatePolicy"]["TrafficRoutingConfiguration"] == {
+        "Type": "CANARY", "WaitIntervalInSeconds": 600, "CanarySize": {"Type": "CAPACITY_PERCENT", "Value": 20}}
+    names = ["proj-dev-endpoint-5xx-errors", "proj-dev-endpoint-model-latency"]
+    assert policy["AutoRollbackConfiguration"] == {"Alarms": [{"AlarmName": n} for n in names]}
+    alarms = {a["AlarmName"]: a for a in cloudwatch.describe_alarms(AlarmNames=names)["MetricAlarms"]}
+    assert set(alarms) == set(names)
+    assert alarms[names[0]]["Threshold"] == 2.0 and alarms[names[1]]["Threshold"] == 500000.0
+    assert {d["Name"]: d["Value"] for d in alarms[names[0]]["Dimensions"]} == {
+        "EndpointName": "proj-dev-endpoint", "VariantName": "AllTraffic"}
+
+    assert backend.hosting.delete_endpoint("proj-dev-endpoint") is True
+    assert cloudwatch.describe_alarms(AlarmNames=names)["MetricAlarms"] == []
+    assert backend.hosting.delete_endpoint("proj-dev-endpoint") is False
