@@ -63,6 +63,16 @@ class PipelineNames:
         # Tuning job names are limited to 32 characters: the stage keeps them apart.
         return _clean(f"{self.stage}-tune")
 
+    def training_job(self, run_token: str) -> str:
+        """The training job of one flow run: the same on every retry of that run, so a retry attaches to
+        the job the first attempt started instead of paying for a second one."""
+        return f"{self.training_job_prefix}-{_clean(run_token)[:18]}"[:TRAINING_JOB_MAX].rstrip("-")
+
+    def tuning_job(self, run_token: str) -> str:
+        """The tuning job of one flow run (SageMaker allows 32 characters)."""
+        token = _clean(run_token)[:18]
+        return f"{self.tuning_job_prefix[:TUNING_JOB_MAX - len(token) - 1].rstrip('-')}-{token}"
+
     def role(self, kind: str) -> str:
         """The IAM role (and instance profile) of `kind`: sagemaker, ec2 or lambda."""
         return f"{self.project}-{self.stage}-{kind}"[:ROLE_MAX]

@@ -277,15 +277,16 @@ def _print_releases(group: str, versions) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    when = lambda t: datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M") if t else ""  # noqa: E731
-    table = Table(title=f"releases of {group}")
-    for column in ("version", "status", "test accuracy", "data", "registered", "changed", "why"):
-        table.add_column(column)
+    when = lambda t: datetime.fromtimestamp(t).strftime("%m-%d %H:%M") if t else ""  # noqa: E731
+    table = Table(title=f"releases of {group} (--json for every field)")
+    for column, options in (("#", {"justify": "right"}), ("status", {}), ("test acc", {"justify": "right"}),
+                            ("data", {}), ("changed", {}), ("why", {"ratio": 1})):
+        table.add_column(column, **options)
     for v in versions:
-        status = f"{v.status} (champion)" if v.champion else v.status
+        status = "champion" if v.champion else {"PendingManualApproval": "pending"}.get(v.status, v.status.lower())
         accuracy = v.metrics.get("test_accuracy")
-        table.add_row(str(v.version), status, "" if accuracy is None else f"{accuracy:.4f}", v.dataset_checksum[:12],
-                      when(v.created_at), when(v.status_changed_at), v.status_reason)
+        table.add_row(str(v.version), status, "" if accuracy is None else f"{accuracy:.3f}", v.dataset_checksum[:7],
+                      when(v.status_changed_at or v.created_at), v.status_reason)
     Console().print(table if versions else f"no versions registered in {group}")
 
 

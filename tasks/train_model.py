@@ -21,6 +21,7 @@ def output_uri(config: PipelineConfig, backend: Backend) -> str:
 @task(name="train_model", **TASK_OPTIONS)
 def train_model(config: PipelineConfig, backend: Backend, dataset: StagedDataset,
                 pretrained_uri: str | None = None, job_name: str | None = None) -> ModelCandidate:
+    """job_name: decided by the caller once per flow run, so a retry of this task finds its job."""
     logger = get_run_logger()
     training = config.training
     name = job_name or timestamped_name(config.names.training_job_prefix)

@@ -29,10 +29,11 @@ def trial_rows(outcome: TuningOutcome) -> list[dict]:
 
 @task(name="tune_hyperparameters", **TASK_OPTIONS)
 def tune_hyperparameters(config: PipelineConfig, backend: Backend, dataset: StagedDataset,
-                         pretrained_uri: str | None = None) -> TuningOutcome:
+                         pretrained_uri: str | None = None, job_name: str | None = None) -> TuningOutcome:
+    """job_name: decided by the caller once per flow run, so a retry of this task attaches to its tuning job."""
     logger = get_run_logger()
     training, tuning = config.training, config.training.tuning
-    name = timestamped_name(config.names.tuning_job_prefix, TUNING_JOB_MAX)
+    name = job_name or timestamped_name(config.names.tuning_job_prefix, TUNING_JOB_MAX)
     progress = artifacts.Progress(f"{config.stage}-tuning-progress", f"tuning job {name}: 0/{tuning.max_jobs} trials")
 
     def on_trial(trial, done: int, total: int) -> None:

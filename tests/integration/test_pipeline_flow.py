@@ -2,7 +2,7 @@
 import base64
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import boto3
 import pytest
@@ -87,13 +87,16 @@ def test_pipeline_end_to_end_then_again(prefect_api, tiny_dataset, tmp_path):
 
 @dataclass
 class FaultyService:
-    """A real service whose `method` fails `times` times first with `error`."""
+    """A real service whose `method` fails `times` times first with `error` (after=True: the call is
+    made and succeeds, then its answer is lost)."""
 
     inner: object
     method: str
     error: Exception
     times: int
+    after: bool = False
     calls: int = 0
+    results: list = field(default_factory=list)
 
     def __getattr__(self, name):
         target = getattr(self.inner, name)
@@ -102,9 +105,12 @@ class FaultyService:
 
         def flaky(*args, **kwargs):
             self.calls += 1
-            if self.calls <= self.times:
-                raise self.error
-            return target(*args, **kwargs)
+            if self.calls > self.times:
+                self.results.append(target(*args, **kwargs))
+                return self.results[-1]
+            if self.after:
+                self.results.append(target(*args, **kwargs))
+            raise self.error
 
         return flaky
 
@@ -125,10 +131,20 @@ def test_transient_fault_is_retried_and_permanent_fails_at_once(prefect_api, tin
     config = config.model_copy(update={"training": config.training.model_copy(update={"mode": "instance"})})
     backend = LocalBackend(home=config.local.home)
     faulty = with_faulty_hosting(backend, "deploy_endpoint", throttling("CreateEndpoint"), times=2)
+    # The training job completes, then its answer is lost: the retry must attach to it, not train again.
+    lost = FaultyService(backend.training, "run_training_job", ConnectionResetError("connection reset by peer"),
+                         times=1, after=True)
+    backend.training = lost
     monkeypatch.setattr(pipeline, "get_backend", lambda name, cfg: backend)
     try:
         result = train_and_deploy(config)
-        assert faulty.calls == 3 and result.smoke_test_accuracy >= 0.0
+        assert faulty.calls == 3 and lost.calls == 2 and result.model_version == 1
+        jobs = [p for p in (tmp_path / "home" / "jobs").iterdir()]
+        assert [p.name for p in jobs] == [result.job_name]  # one job, trained once
+        assert json.loads((jobs[0] / "job.json").read_text())["status"] == "Completed"
+        first, retried = lost.results
+        assert retried == first  # the same job's record, not a second training (its timings would differ)
+        assert backend.hosting.describe_endpoint(config.names.endpoint).model_version == f"{result.model_group}/1"
 
         refused = ClientError({"Error": {"Code": "ValidationException", "Message": "Instance type ml.bogus is not supported"},
                                "ResponseMetadata": {"HTTPStatusCode": 400}}, "CreateEndpointConfig")

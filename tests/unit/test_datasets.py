@@ -86,3 +86,12 @@ def test_combined_test_set_keeps_the_frozen_split_and_adds_only_new_images():
                       ("current", "cat/3.png", "cat/3.png"), ("current", "dog/2.png", "dog/new-2.png")]
     # dog/4.png has the bytes of the frozen dog/2.png: the same image is not evaluated twice
     assert combined_test_set({}, current) == [("current", k, k) for k in sorted(current)]
+
+
+def test_job_names_of_a_flow_run_are_the_same_on_every_retry_and_fit():
+    names = PipelineNames("a" * 24, "b" * 12)
+    token = "261202-065744-a1b2"
+    assert names.tuning_job(token) == names.tuning_job(token) and len(names.tuning_job(token)) <= 32
+    assert names.tuning_job(token).endswith(token) and names.training_job(token).endswith(token)
+    assert len(names.training_job(token)) <= 63
+    assert names.tuning_job(token) != names.tuning_job("261202-065745-c3d4")
