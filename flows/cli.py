@@ -10,6 +10,8 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+from flows import cli_output as output
+
 
 # -- configuration ------------------------------------------------------------------------
 def _config(args: argparse.Namespace):
@@ -85,11 +87,11 @@ def _run(args: argparse.Namespace) -> int:
     config = _config(args)
     with _prefect_api(config) as api_url:
         result = _run_flow(train_and_deploy, config)
-        _print_result(result)
+        output.print_result(result)
         if args.demo:
             _serve_in_background(config, api_url)
             sample = next(Path(args.data_dir, "test").rglob("*.png"))
-            _print_how_to_call(result, sample)
+            output.print_how_to_call(result, sample)
     return 0
 
 
@@ -122,7 +124,7 @@ def _retrain(args: argparse.Namespace) -> int:
         verdict = "promoted" if result.promoted else "not promoted"
         console.print(f"challenger {result.challenger.label} {verdict}: {result.reason}")
         console.print(f"the endpoint serves {result.serving or 'nothing'}")
-        _print_timings(console, list(result.step_seconds.items()))
+        output.print_timings(console, list(result.step_seconds.items()))
     return 0
 
 
@@ -152,7 +154,7 @@ def _releases(args: argparse.Namespace) -> int:
                            "dataset_checksum": v.dataset_checksum, "dataset_uri": v.dataset_uri} for v in versions],
                          indent=2))
         return 0
-    _print_releases(config.names.model_group, versions)
+    output.print_releases(config.names.model_group, versions)
     return 0
 
 
@@ -211,125 +213,12 @@ def _local(args: argparse.Namespace) -> int:
         return 0 if args.json else 1
     status = GatewayClient(info.url).status()
     if args.json:
-        print(json.dumps({**_status_for_scripts(status), "prefect": prefect, "runner": served}, indent=2))
+        print(json.dumps({**output.status_for_scripts(status), "prefect": prefect, "runner": served}, indent=2))
     else:
-        _print_status(status)
+        output.print_status(status)
         if server:
             print(f"Prefect UI at {server.url}" + (f"; deployments served (pid {runner['pid']})" if runner else ""))
     return 0
-
-
-# -- output -------------------------------------------------------------------------------
-def _print_result(result, timings: dict[str, float] | None = None) -> None:
-    from rich.console import Console
-
-    console = Console()
-    m = result.metrics
-    console.print(f"model {result.model_group} version {result.model_version} from {result.job_name}: "
-                  f"test_accuracy={m.get('test_accuracy', float('nan')):.4f} valid_loss={m.get('valid_loss', float('nan')):.4f}")
-    console.print(f"endpoint {result.endpoint_name}: {result.endpoint_invoke_url}")
-    console.print(f"function {result.function_name}: {result.function_invoke_url}")
-    console.print(f"smoke test through the function: accuracy {result.smoke_test_accuracy:.2%}, "
-                  f"p50 {result.smoke_test_p50_ms:.1f} ms")
-    _print_timings(console, list((timings or result.step_seconds).items()))
-
-
-def _print_how_to_call(result, sample: Path) -> None:
-    url = result.aws_endpoint_url
-    print(f"""
-The endpoint and the function keep running (stop them with `sagemaker-flows teardown` or
-`sagemaker-flows local down`). Call them:
-
-  curl -s -H 'Content-Type: image/png' --data-binary @{sample} \\
-    {result.endpoint_invoke_url}
-
-  curl -s -d '{{"image": "'$(base64 -w0 {sample})'"}}' \\
-    {result.function_invoke_url}
-
-  import base64, json, boto3
-  runtime = boto3.client("sagemaker-runtime", endpoint_url="{url}", region_name="us-east-1")
-  print(runtime.invoke_endpoint(EndpointName="{result.endpoint_name}", ContentType="image/png",
-                                Body=open("{sample}", "rb").read())["Body"].read())
-  lam = boto3.client("lambda", endpoint_url="{url}", region_name="us-east-1")
-  event = {{"image": base64.b64encode(open("{sample}", "rb").read()).decode()}}
-  print(json.loads(lam.invoke(FunctionName="{result.function_name}", Payload=json.dumps(event))["Payload"].read()))
-
-Retrain it (a challenger replaces the champion only if it is significantly better):
-  sagemaker-flows retrain --demo
-""")
-
-
-def _print_timings(console, timings) -> None:
-    from rich.table import Table
-
-    table = Table(title="steps")
-    table.add_column("step")
-    table.add_column("seconds", justify="right")
-    for name, seconds in timings:
-        table.add_row(name, f"{seconds:.1f}")
-    table.add_row("total", f"{sum(s for _, s in timings):.1f}")
-    console.print(table)
-
-
-def _print_releases(group: str, versions) -> None:
-    from datetime import datetime
-
-    from rich.console import Console
-    from rich.table import Table
-
-    when = lambda t: datetime.fromtimestamp(t).strftime("%m-%d %H:%M") if t else ""  # noqa: E731
-    table = Table(title=f"releases of {group} (--json for every field)")
-    for column, options in (("#", {"justify": "right"}), ("status", {}), ("test acc", {"justify": "right"}),
-                            ("data", {}), ("changed", {}), ("why", {"ratio": 1})):
-        table.add_column(column, **options)
-    for v in versions:
-        status = "champion" if v.champion else {"PendingManualApproval": "pending"}.get(v.status, v.status.lower())
-        accuracy = v.metrics.get("test_accuracy")
-        table.add_row(str(v.version), status, "" if accuracy is None else f"{accuracy:.3f}", v.dataset_checksum[:7],
-                      when(v.status_changed_at or v.created_at), v.status_reason)
-    Console().print(table if versions else f"no versions registered in {group}")
-
-
-def _status_for_scripts(status: dict) -> dict:
-    return {
-        "gateway": status["gateway"],
-        "endpoints": [{"name": e["name"], "invoke_url": e["invoke_url"], "instances": e["instance_count"],
-                       "model_version": e["model_version"], "autoscaling": e.get("autoscaling"),
-                       "scaling_activities": e.get("scaling_activities", []),
-                       "status": e["status"]} for e in status["endpoints"]],
-        "functions": [{"name": f["name"], "invoke_url": f["invoke_url"],
-                       "reserved_concurrency": f["reserved_concurrency"],
-                       "provisioned_concurrency": f["provisioned_concurrency"]} for f in status["functions"]],
-    }
-
-
-def _print_status(status: dict) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console()
-    console.print(f"local gateway at {status['gateway']['url']} (pid {status['gateway']['pid']})")
-    endpoints = Table(title="endpoints")
-    for column in ("name", "status", "instances", "model version", "autoscaling", "invoke URL"):
-        endpoints.add_column(column)
-    for e in status["endpoints"]:
-        scaling = e.get("autoscaling") or {}
-        scaling_text = f"{scaling.get('min_capacity')}..{scaling.get('max_capacity')}" if scaling else "off"
-        if e.get("scaling_activities"):
-            last = e["scaling_activities"][-1]
-            scaling_text += f"; last {last['from']}->{last['to']} ({last['status']})"
-        instances = ", ".join(f"{i.get('pid')}:{i.get('state')}" for i in e.get("instances", []))
-        endpoints.add_row(e["name"], e["status"], f"{e['instance_count']} ({instances})", e["model_version"],
-                          scaling_text, e["invoke_url"])
-    console.print(endpoints)
-    functions = Table(title="functions")
-    for column in ("name", "reserved", "provisioned", "environments", "invocations", "cold starts", "throttles", "invoke URL"):
-        functions.add_column(column)
-    for f in status["functions"]:
-        functions.add_row(f["name"], str(f["reserved_concurrency"]), str(f["provisioned_concurrency"]),
-                          str(f.get("environments", "")), str(f.get("invocations", "")), str(f.get("cold_starts", "")),
-                          str(f.get("throttles", "")), f["invoke_url"])
-    console.print(functions)
 
 
 # -- arguments ----------------------------------------------------------------------------

@@ -42,11 +42,19 @@ def champion(backend: Backend, config: PipelineConfig) -> ModelVersion | None:
     return next((v for v in backend.registry.list_model_versions(config.names.model_group) if v.champion), None)
 
 
+def serving_model(backend: Backend, config: PipelineConfig) -> ModelVersion | None:
+    """The registered version the endpoint serves now (what a failed release returns to), else the champion."""
+    versions = backend.registry.list_model_versions(config.names.model_group)
+    endpoint = backend.hosting.describe_endpoint(config.names.endpoint)
+    served = next((v for v in versions if endpoint is not None and v.label == endpoint.model_version), None)
+    return served or next((v for v in versions if v.champion), None)
+
+
 def release(config: PipelineConfig, backend: Backend, model: ModelVersion, dataset: StagedDataset,
             reason: str, timer: StepTimer | None = None) -> Release:
     """Serve `model`; the smoke test decides whether it stays. `reason` is why it is promoted."""
     timer = timer or StepTimer()
-    previous = champion(backend, config)
+    previous = serving_model(backend, config)
     key = f"release {model.label}"
     artifacts.report(key, 0.0, f"deploying {model.label} to {config.names.endpoint}")
     with timer.step("deploy_endpoint"):

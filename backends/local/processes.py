@@ -9,6 +9,7 @@ import signal
 import subprocess
 from pathlib import Path
 
+from backends.errors import WaitTimedOutError
 from backends.waiting import wait_for
 
 
@@ -48,7 +49,7 @@ def stop_process(pid: int, grace_s: float = 30.0, signal_first: bool = True) -> 
     try:
         wait_for(lambda: True if not alive(pid) else None, what=f"process {pid} to exit", timeout_s=grace_s,
                  interval_s=0.1)
-    except Exception:  # noqa: BLE001 - WaitTimedOutError: it would not stop, so it is killed
+    except WaitTimedOutError:  # it would not stop: killed
         try:
             os.killpg(pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
