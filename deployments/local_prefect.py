@@ -90,13 +90,18 @@ def ensure_server(state: LocalState) -> PrefectServer:
         return PrefectServer(url, proc.pid, started=True)
 
 
-def stop_server(state: LocalState) -> bool:
-    record = read_record(state.home / SERVER_FILE)
-    (state.home / SERVER_FILE).unlink(missing_ok=True)
+def _stop(state: LocalState, record_file: str) -> bool:
+    """Stop the process a record names; False when none was running."""
+    record = read_record(state.home / record_file)
+    (state.home / record_file).unlink(missing_ok=True)
     if record is None or not alive(record["pid"]):
         return False
     stop_process(record["pid"], grace_s=20)
     return True
+
+
+def stop_server(state: LocalState) -> bool:
+    return _stop(state, SERVER_FILE)
 
 
 def running_runner(state: LocalState) -> dict | None:
@@ -129,9 +134,4 @@ def ensure_runner(state: LocalState, api_url: str, config_file: Path) -> dict:
 
 
 def stop_runner(state: LocalState) -> bool:
-    record = read_record(state.home / RUNNER_FILE)
-    (state.home / RUNNER_FILE).unlink(missing_ok=True)
-    if record is None or not alive(record["pid"]):
-        return False
-    stop_process(record["pid"], grace_s=20)
-    return True
+    return _stop(state, RUNNER_FILE)
