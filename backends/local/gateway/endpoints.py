@@ -1,12 +1,12 @@
 """Local real-time endpoints: named, versioned, load-balanced groups of model_worker processes.
 
 One EndpointManager lives in the gateway process and owns every worker it starts. Updates are
-blue/green (new instances must pass /ping before traffic switches; the old ones are drained,
-then stopped; a failed update leaves the old ones serving), shifting traffic in the steps of the
-update's traffic shift (canary, linear) and rolling back by itself when the new instances' 5xx
-errors or latency during a step's bake cross its thresholds, as SageMaker does on its alarms, requests go to the instance with
-the fewest outstanding requests, a monitor replaces instances whose process died, and an
-autoscaler (autoscaler.py) follows the registered target-tracking policies.
+blue/green: new instances pass /ping before traffic moves; it moves in the update's traffic-shift
+steps (canary, linear), rolled back by itself when the new instances' 5xx errors or latency in a
+step's bake cross the thresholds, as SageMaker does on its alarms; the old instances are drained,
+then stopped, and a failed update leaves them serving. Requests go to the instance with the fewest
+outstanding, a monitor replaces instances whose process died, and an autoscaler (autoscaler.py)
+follows the registered target-tracking policies.
 """
 from __future__ import annotations
 
@@ -25,8 +25,8 @@ import httpx
 
 from backends.errors import DeploymentFailedError, NotFoundError, ServiceUnavailableError
 from backends.local.gateway.autoscaler import Autoscaler
-from backends.local.gateway.instances import (Deployment, HostedEndpoint, Instance, TrafficShift, check_arguments,
-                                              drain_and_stop, sha256_file, start_instance, stop)
+from backends.local.gateway.instances import (Deployment, EndpointReply, HostedEndpoint, Instance, TrafficShift,
+                                              check_arguments, drain_and_stop, sha256_file, start_instance, stop)
 from backends.model_artifact import unpack_model_artifact
 
 log = logging.getLogger(__name__)
@@ -59,14 +59,6 @@ class EndpointInfo:
     replacements: int = 0  # instances started to replace ones that died
     current_instance_count: int = 0  # instances in service now
     scaling_activities: list[dict] = field(default_factory=list)  # the autoscaler's last 20, oldest first
-
-
-@dataclass
-class EndpointReply:
-    status_code: int
-    body: bytes
-    content_type: str
-    instance_id: str
 
 
 class EndpointManager:

@@ -78,6 +78,16 @@ class Instance:
         return "\n".join([line for line in text.splitlines() if line.strip()][-lines:])
 
 
+@dataclass
+class EndpointReply:
+    """What an instance answered an invocation."""
+
+    status_code: int
+    body: bytes
+    content_type: str
+    instance_id: str
+
+
 @dataclass(eq=False)
 class HostedEndpoint:
     """An endpoint as the manager keeps it; `instances` are those in service and in routing."""
