@@ -9,6 +9,7 @@ it came: core.retry classes those as transient or permanent).
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
 from backends.types import (
@@ -138,10 +139,11 @@ class Functions(Protocol):
     """The Lambda function in front of an endpoint, published with its concurrency."""
 
     def publish_function(self, name: str, endpoint_name: str, config: FunctionConfig,
-                         model_version: str = "") -> FunctionState:
+                         model_version: str = "", s3_prefixes: Sequence[str] = ()) -> FunctionState:
         """Create or update the function for the release of `model_version`, publish a version when
         something changed (serve again the one published with the same code and configuration),
-        with the configured reserved and provisioned concurrency.
+        with the configured reserved and provisioned concurrency. `s3_prefixes` (core.functions.
+        readable_s3_prefixes) are the only s3:// locations it may read, by its own check and its role.
 
         Raises:
             DeploymentFailedError: the function or its provisioned concurrency ended in a failed state.

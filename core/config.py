@@ -280,6 +280,20 @@ class FunctionConfig(Section):
     provisioned_concurrency: int = Field(default=5, ge=0, le=10000, description="Execution environments kept initialized.")
     allowed_url_hosts: list[str] = Field(
         default_factory=list, description="Hosts whose images the function may fetch for {\"url\": ...} requests.")
+    readable_s3_prefixes: list[str] = Field(
+        default_factory=list, max_length=20,
+        description="s3://bucket/prefix/ locations, besides the pipeline's own prefix, whose images {\"s3_uri\": ...} "
+        "requests may name; the function's role may read exactly these.")
+
+    @field_validator("readable_s3_prefixes")
+    @classmethod
+    def _s3_prefixes(cls, values: list[str]) -> list[str]:
+        cleaned = []
+        for value in values:
+            if not re.match(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/[^*?]+$", value) or ".." in value.split("/"):
+                raise ValueError(f"{value!r} is not an s3://bucket/prefix/ location (a key prefix, no wildcards)")
+            cleaned.append(value if value.endswith("/") else value + "/")
+        return cleaned
 
     @field_validator("provisioned_concurrency")
     @classmethod
@@ -318,6 +332,20 @@ class AwsConfig(Section):
     credentials_block: str | None = Field(default=None, json_schema_extra=_plain_input, description="Name of a prefect-aws AwsCredentials block to take credentials from.")
     bucket: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$", json_schema_extra=_plain_input, description="S3 bucket (empty: sagemaker-flows-ACCOUNT-REGION, made when missing).")
     endpoint_url: str | None = Field(default=None, json_schema_extra=_plain_input, description="Send every AWS call here instead (tests, a moto server).")
+    subnet_id: str | None = Field(
+        default=None, pattern=r"^subnet-[0-9a-f]{8,17}$", json_schema_extra=_plain_input,
+        description="Subnet of the EC2 training instance (empty: the default VPC's; accounts without one must set it).")
+    security_group_ids: list[str] = Field(
+        default_factory=list, max_length=5,
+        description="Security groups of the EC2 training instance (empty: the VPC's default group).")
+
+    @field_validator("security_group_ids")
+    @classmethod
+    def _security_groups(cls, values: list[str]) -> list[str]:
+        for value in values:
+            if not re.fullmatch(r"sg-[0-9a-f]{8,17}", value):
+                raise ValueError(f"{value!r} is not a security group id (sg-...)")
+        return values
 
 
 class LocalConfig(Section):

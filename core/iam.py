@@ -96,16 +96,29 @@ def sagemaker_execution_policy(bucket: str, prefix: str, account_id: str, region
     )
 
 
-def lambda_policy(endpoint_arn: str, bucket: str, prefix: str, account_id: str, region: str,
+def s3_object_arns(uris: Sequence[str], region: str) -> list[str]:
+    """The ARNs of the objects under s3://bucket/prefix/ locations (an object URI: that object alone)."""
+    arns = []
+    for uri in uris:
+        if not uri.startswith("s3://") or "/" not in uri[5:]:
+            raise ValueError(f"{uri!r} is not an s3://bucket/key location")
+        bucket, key = uri[5:].split("/", 1)
+        tail = f"{_clean_prefix(key)}/*" if key.endswith("/") else _clean_prefix(key)
+        arns.append(f"arn:{_partition(region)}:s3:::{bucket}/{tail}")
+    return arns
+
+
+def lambda_policy(endpoint_arn: str, readable_s3_prefixes: Sequence[str], account_id: str, region: str,
                   function_name: str) -> dict:
-    """The function may invoke one endpoint, write its own logs and read request images under the prefix."""
+    """The function may invoke one endpoint, write its own logs and read request images under exactly
+    the prefixes its handler accepts (core.functions.readable_s3_prefixes)."""
     if "*" in endpoint_arn or ":endpoint/" not in endpoint_arn:
         raise ValueError(f"{endpoint_arn!r} is not the ARN of one endpoint")
     return _document(
         {"Sid": "InvokeOneEndpoint", "Effect": "Allow", "Action": "sagemaker:InvokeEndpoint", "Resource": endpoint_arn},
         _logs_statement("OwnLogs", region, account_id, f"/aws/lambda/{function_name}", _WRITE_LOGS),
-        {"Sid": "ReadRequestImagesUnderPrefix", "Effect": "Allow", "Action": "s3:GetObject",
-         "Resource": f"arn:{_partition(region)}:s3:::{bucket}/{_clean_prefix(prefix)}/*"},
+        {"Sid": "ReadRequestImagesUnderPrefixes", "Effect": "Allow", "Action": "s3:GetObject",
+         "Resource": s3_object_arns(readable_s3_prefixes, region)},
     )
 
 

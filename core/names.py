@@ -87,6 +87,10 @@ class PipelineNames:
     def prefix(self) -> str:
         return f"{self.project}/{self.stage}"
 
+    def prefix_uri(self, bucket: str) -> str:
+        """Everything of the pipeline in a bucket: s3://<bucket>/<project>/<stage>/."""
+        return f"s3://{bucket}/{self.prefix}/"
+
     def dataset_uri(self, bucket: str, checksum: str) -> str:
         """Where a dataset is staged: named by its content, so a changed folder never overwrites a used one."""
         return f"s3://{bucket}/{self.prefix}/datasets/{checksum[:16]}"

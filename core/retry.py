@@ -14,6 +14,25 @@ TRANSIENT_AWS_CODES = frozenset({
 })
 
 
+# How AWS says a role (or instance profile) made seconds ago cannot be used yet: IAM is eventually
+# consistent, and SageMaker, Lambda and EC2 check the role when the resource is created.
+_ROLE_NOT_YET_USABLE = (
+    "could not assume role",  # SageMaker CreateModel / CreateTrainingJob / CreateHyperParameterTuningJob
+    "cannot be assumed by lambda",  # Lambda CreateFunction / UpdateFunctionConfiguration
+    "invalid iam instance profile",  # EC2 RunInstances with a new instance profile
+)
+
+
+def is_role_propagation_delay(exc: BaseException | None) -> bool:
+    """True when AWS refused a create because a role or instance profile is not usable yet (a new
+    role takes seconds, at worst about two minutes, to reach every service)."""
+    response = getattr(exc, "response", None)
+    if not isinstance(response, dict) or "Error" not in response:
+        return False
+    message = str(response["Error"].get("Message", "")).lower()
+    return any(marker in message for marker in _ROLE_NOT_YET_USABLE)
+
+
 class TransientError(RuntimeError):
     """Raised by our own code for a fault that a retry may fix (a gateway still starting, a lock held)."""
 
@@ -32,7 +51,8 @@ def is_transient(exc: BaseException | None) -> bool:
     if isinstance(response, dict) and "Error" in response:  # botocore ClientError
         code = response["Error"].get("Code", "")
         status = response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-        return code in TRANSIENT_AWS_CODES or status in (429, 500, 502, 503, 504)
+        return (code in TRANSIENT_AWS_CODES or status in (429, 500, 502, 503, 504)
+                or is_role_propagation_delay(exc))
     name = type(exc).__name__
     if name in ("EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "ConnectionClosedError",
                 "ConnectError", "ConnectTimeout", "ReadTimeout", "RemoteProtocolError", "PoolTimeout"):

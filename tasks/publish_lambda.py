@@ -6,6 +6,7 @@ from prefect import task
 from backends.backend import Backend
 from backends.types import EndpointState, FunctionState, ModelVersion
 from core.config import PipelineConfig
+from core.functions import readable_s3_prefixes
 from tasks import artifacts
 from tasks.retry_policy import TASK_OPTIONS
 
@@ -14,7 +15,8 @@ from tasks.retry_policy import TASK_OPTIONS
 def publish_lambda(config: PipelineConfig, backend: Backend, endpoint: EndpointState,
                    model: ModelVersion) -> FunctionState:
     name = config.names.function
-    state = backend.functions.publish_function(name, endpoint.name, config.function, model.label)
+    s3_prefixes = readable_s3_prefixes(config.names.prefix_uri(backend.storage.default_bucket()), config.function)
+    state = backend.functions.publish_function(name, endpoint.name, config.function, model.label, s3_prefixes)
     artifacts.link(f"{config.stage}-function", state.invoke_url, f"{name} invoke", "Lambda Invoke URL")
     artifacts.markdown(f"{config.stage}-function-summary", "\n".join([
         f"## Lambda `{name}`", f"- calls endpoint `{endpoint.name}` for model {model.label}",

@@ -1,11 +1,15 @@
 """What an AWS error means, decided once for every AWS module: its code, whether it says "no such
-resource", and calls that read "not found" as an answer (None, or False for a delete)."""
+resource", calls that read "not found" as an answer (None, or False for a delete), and creates
+that wait for a new role to become usable."""
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
 
 from botocore.exceptions import ClientError
+
+from backends.waiting import SYSTEM_CLOCK, Clock
+from core.retry import PermanentError, is_role_propagation_delay
 
 # Every service's way of saying "no such thing" (S3 answers HEAD with a bare 404).
 NOT_FOUND_CODES = frozenset({
@@ -66,3 +70,31 @@ def if_exists(call: Callable[..., Any], **params) -> bool:
         if is_not_found(exc):
             return False
         raise
+
+
+ROLE_PROPAGATION_BUDGET_S = 120.0  # AWS: a new role is usable everywhere within about two minutes
+
+
+class RoleNotUsableError(PermanentError):
+    """A role was still refused after the propagation budget: its trust policy is wrong, not new."""
+
+
+def while_role_propagates(call: Callable[..., Any], *, budget_s: float = ROLE_PROPAGATION_BUDGET_S,
+                          clock: Clock = SYSTEM_CLOCK, **params) -> Any:
+    """`call(**params)`, again with exponential backoff (1, 2, 4 ... 16 s) while AWS says the role
+    cannot be assumed yet, for at most `budget_s`; then RoleNotUsableError (not retried again by
+    the task: the budget already covers IAM's propagation)."""
+    deadline, delay = clock.now() + budget_s, 1.0
+    while True:
+        try:
+            return call(**params)
+        except ClientError as exc:
+            if not is_role_propagation_delay(exc):
+                raise
+            remaining = deadline - clock.now()
+            if remaining <= 0:
+                raise RoleNotUsableError(
+                    f"{error_message(exc)} (still refused after {budget_s:g} s: check the role's trust policy "
+                    "and that the caller may pass it)") from exc
+            clock.sleep(min(delay, remaining))
+            delay = min(delay * 2, 16.0)

@@ -14,7 +14,7 @@ import io
 import math
 import os
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from botocore.exceptions import ClientError, WaiterError
@@ -91,7 +91,7 @@ class LambdaFunctions:
     """
 
     def __init__(self, lambda_client, poll_seconds: float = 2.0, timeout_s: float = 600, *,
-                 role_arn: Callable[[str, str], str] | None = None, tags: dict[str, str] | None = None,
+                 role_arn: Callable[[str, str, Sequence[str]], str] | None = None, tags: dict[str, str] | None = None,
                  source_dir: Path = LAMBDA_SOURCE_DIR, clock: Clock = SYSTEM_CLOCK):
         self.client = lambda_client
         self.poll_seconds = poll_seconds
@@ -101,11 +101,11 @@ class LambdaFunctions:
 
     # -- the Functions service ------------------------------------------------------------
     def publish_function(self, name: str, endpoint_name: str, config: FunctionConfig,
-                         model_version: str = "") -> FunctionState:
+                         model_version: str = "", s3_prefixes: Sequence[str] = ()) -> FunctionState:
         if self.role_arn is None:
             raise ValueError("publish_function needs the role_arn the functions run as")
-        environment = function_environment(endpoint_name, config, model_version)
-        return self.publish(name, self.role_arn(name, endpoint_name), zip_source(str(self.source_dir)), environment,
+        environment = function_environment(endpoint_name, config, model_version, s3_prefixes)
+        return self.publish(name, self.role_arn(name, endpoint_name, s3_prefixes), zip_source(str(self.source_dir)), environment,
                             config, tags=self.tags)
 
     # -- reads ------------------------------------------------------------------------

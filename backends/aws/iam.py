@@ -13,7 +13,7 @@ import json
 import logging
 import time
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from botocore.exceptions import ClientError
 
@@ -166,10 +166,12 @@ class PipelineRoles:
         name = self.names.role("ec2")
         return ensure_instance_profile(self.iam, name, name, self.propagation_delay_s)
 
-    def lambda_role_arn(self, function_name: str, endpoint_name: str) -> str:
+    def lambda_role_arn(self, function_name: str, endpoint_name: str, s3_prefixes: Sequence[str] = ()) -> str:
+        """The function's role: it invokes the endpoint and reads exactly `s3_prefixes` (by default the
+        pipeline's own prefix)."""
         endpoint_arn = policies.endpoint_arn(self.region, self._account_id(), endpoint_name)
-        document = policies.lambda_policy(endpoint_arn, self._bucket(), self.names.prefix, self._account_id(),
-                                          self.region, function_name)
+        readable = list(s3_prefixes) or [self.names.prefix_uri(self._bucket())]
+        document = policies.lambda_policy(endpoint_arn, readable, self._account_id(), self.region, function_name)
         return self._ensure("lambda", "lambda.amazonaws.com", "sagemaker-flows-invoke-endpoint", document)
 
     def delete_all(self) -> list[str]:

@@ -2,6 +2,7 @@
 Lambda's concurrency rules; it reaches the local endpoint through boto3's own configuration."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from backends.local.gateway.client import GatewayConnection
@@ -19,8 +20,8 @@ class LocalFunctions:
         self.source_dir = source_dir
 
     def publish_function(self, name: str, endpoint_name: str, config: FunctionConfig,
-                         model_version: str = "") -> FunctionState:
-        environment = function_environment(endpoint_name, config, model_version)
+                         model_version: str = "", s3_prefixes: Sequence[str] = ()) -> FunctionState:
+        environment = function_environment(endpoint_name, config, model_version, s3_prefixes)
         info = self.gateway.client().put_function(
             name, str(self.source_dir), HANDLER, environment, config.memory_mb, config.timeout_seconds,
             config.reserved_concurrency, config.provisioned_concurrency)

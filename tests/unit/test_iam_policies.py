@@ -13,7 +13,7 @@ ENDPOINT = iam.endpoint_arn(REGION, ACCOUNT, "proj-dev-endpoint")
 def _documents() -> dict[str, dict]:
     return {
         "sagemaker": iam.sagemaker_execution_policy(BUCKET, PREFIX, ACCOUNT, REGION),
-        "lambda": iam.lambda_policy(ENDPOINT, BUCKET, PREFIX, ACCOUNT, REGION, FUNCTION),
+        "lambda": iam.lambda_policy(ENDPOINT, [f"s3://{BUCKET}/{PREFIX}/"], ACCOUNT, REGION, FUNCTION),
         "ec2": iam.ec2_training_policy(BUCKET, PREFIX, ACCOUNT, REGION),
     }
 
@@ -72,7 +72,7 @@ def test_lambda_invokes_exactly_one_endpoint():
 
 def test_lambda_refuses_a_wildcard_endpoint():
     with pytest.raises(ValueError):
-        iam.lambda_policy(f"arn:aws:sagemaker:{REGION}:{ACCOUNT}:endpoint/*", BUCKET, PREFIX, ACCOUNT, REGION, FUNCTION)
+        iam.lambda_policy(f"arn:aws:sagemaker:{REGION}:{ACCOUNT}:endpoint/*", [f"s3://{BUCKET}/{PREFIX}/"], ACCOUNT, REGION, FUNCTION)
 
 
 @pytest.mark.parametrize("kind", ["sagemaker", "lambda", "ec2"])
