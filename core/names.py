@@ -2,8 +2,12 @@
 and the same on both backends. They satisfy SageMaker's, Lambda's and IAM's naming rules."""
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 import secrets
+from collections.abc import Mapping
+from typing import Any
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -28,6 +32,13 @@ def timestamped_name(prefix: str, max_length: int = TRAINING_JOB_MAX, now: datet
     suffix = f"-{stamp}-{secrets.token_hex(2)}"
     head = _clean(prefix)[: max_length - len(suffix)].rstrip("-") or "job"
     return head + suffix
+
+
+def configuration_digest(settings: Mapping[str, Any]) -> str:
+    """16 hex of the SHA-256 of `settings` as canonical JSON: what a job was asked to do, as a tag
+    value, so a re-run with the same settings finds the job (running or completed) to attach to."""
+    canonical = json.dumps(settings, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
 def trial_job_name(tuning_job_name: str, index: int, token: str) -> str:
@@ -76,6 +87,8 @@ class PipelineNames:
     def role(self, kind: str) -> str:
         """The IAM role (and instance profile) of `kind`: sagemaker, ec2 or lambda."""
         return f"{self.project}-{self.stage}-{kind}"[:ROLE_MAX]
+
+    DIGEST_TAG = "sagemaker-flows:config-digest"
 
     @property
     def tags(self) -> dict[str, str]:

@@ -10,13 +10,13 @@ from backends.aws.iam import PipelineRoles
 from backends.aws.images import inference_image_uri
 from backends.aws.registry import ModelRegistry
 from backends.aws.storage import S3Storage
-from backends.aws.training import AwsTraining
+from backends.aws.training import AwsTraining, Ec2Network
 from backends.backend import Backend
 from backends.session import aws_session
 from core.config import PipelineConfig
 from core.names import PipelineNames
 
-# The instance type whose inference image registered model versions name.
+# The instance type whose inference image registered model versions name, unless configured.
 DEFAULT_HOSTING_TYPE = "ml.m5.large"
 
 
@@ -24,15 +24,16 @@ class AwsBackend(Backend):
     name = "aws"
 
     def __init__(self, session, project: str, stage: str, bucket: str | None = None, endpoint_url: str | None = None,
-                 poll_seconds: float = 30.0, role_propagation_s: float = 10.0):
+                 poll_seconds: float = 30.0, role_propagation_s: float = 10.0, *,
+                 hosting_instance_type: str = DEFAULT_HOSTING_TYPE, ec2_network: Ec2Network = Ec2Network()):
         self.names = names = PipelineNames(project, stage)
         self.account = account = AwsAccount(session, endpoint_url)
         self.storage = S3Storage(account.client("s3"), bucket or account.default_bucket_name)
         self.roles = PipelineRoles(account.client("iam"), names, self.storage.default_bucket,
                                    lambda: account.account_id, account.region, role_propagation_s)
-        self.training = AwsTraining(account, names, self.storage, self.roles, poll_seconds)
+        self.training = AwsTraining(account, names, self.storage, self.roles, poll_seconds, ec2_network)
         self.registry = ModelRegistry(account.client("sagemaker"),
-                                      lambda: inference_image_uri(account.region, DEFAULT_HOSTING_TYPE),
+                                      lambda: inference_image_uri(account.region, hosting_instance_type),
                                       f"models of {names.prefix}")
         self.hosting = SageMakerHosting(account, self.roles, names.tags, poll_seconds)
         self.functions = LambdaFunctions(account.client("lambda"), poll_seconds=min(poll_seconds, 2.0),
@@ -42,7 +43,9 @@ class AwsBackend(Backend):
     def from_config(cls, config: PipelineConfig) -> "AwsBackend":
         aws = config.aws
         session = aws_session(aws.region, aws.profile, aws.credentials_block)
-        return cls(session, config.project, config.stage, aws.bucket, aws.endpoint_url)
+        return cls(session, config.project, config.stage, aws.bucket, aws.endpoint_url,
+                   hosting_instance_type=config.hosting.instance_type,
+                   ec2_network=Ec2Network(aws.subnet_id, tuple(aws.security_group_ids)))
 
     @property
     def endpoint_url(self) -> str | None:

@@ -6,6 +6,7 @@ import hashlib
 import io
 import tarfile
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from backends.aws.account import AwsAccount
@@ -21,11 +22,20 @@ from core.names import PipelineNames
 TRAINING_DIR = Path(__file__).resolve().parents[2] / "training"
 
 
+@dataclass(frozen=True)
+class Ec2Network:
+    """Where an EC2 training instance is launched (None / empty: the default VPC's subnet and group)."""
+
+    subnet_id: str | None = None
+    security_group_ids: tuple[str, ...] = ()
+
+
 class AwsTraining:
     def __init__(self, account: AwsAccount, names: PipelineNames, storage: S3Storage, roles: PipelineRoles,
-                 poll_seconds: float = 30.0):
+                 poll_seconds: float = 30.0, ec2_network: Ec2Network = Ec2Network()):
         self.account, self.names, self.storage, self.roles = account, names, storage, roles
         self.poll_seconds = poll_seconds
+        self.ec2_network = ec2_network
 
     def run_training_job(self, request: TrainingRequest, on_log: LogCallback | None = None,
                          on_epoch: EpochCallback | None = None) -> TrainingOutcome:
