@@ -1,0 +1,97 @@
+"""From a load test to the numbers the seed guessed: what one instance sustains at a latency
+objective, the autoscaling target and maximum capacity for a stated peak, and the Lambda
+provisioned concurrency that peak needs.
+
+- Sustainable rate: the highest rate per instance a load step achieved with its p95 latency within
+  the objective and (almost) no errors or throttles.
+- Target: SageMaker's guidance for SageMakerVariantInvocationsPerInstance, (MAX_RPS x SAFETY_FACTOR)
+  x 60, starting from a safety factor of 0.5 ("Load testing your auto scaling configuration").
+- Maximum capacity: enough instances for the peak at the target, ceil(peak per minute / target).
+- Provisioned concurrency: Little's law, executions in flight = arrival rate x time in the system,
+  on the function's measured p95 latency so that 95 % of requests find a warm environment.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+SAFETY_FACTOR = 0.5  # SageMaker's advice to start from
+MAX_ERROR_RATIO = 0.01  # a step with more failed or throttled requests than this is past what the instance sustains
+
+
+@dataclass(frozen=True)
+class LoadStep:
+    """What one step of a load test measured."""
+
+    offered_rps: float  # the rate requests were sent at
+    requests: int
+    succeeded: int
+    errors: int  # failed answers (5xx, 4xx other than throttling, timeouts)
+    throttled: int  # 429s
+    achieved_rps: float  # successful answers per second
+    p50_ms: float | None
+    p95_ms: float | None
+    p99_ms: float | None
+    instances: float  # the endpoint's mean instance count during the step
+
+    @property
+    def failed_ratio(self) -> float:
+        return (self.errors + self.throttled) / self.requests if self.requests else 1.0
+
+    def within(self, p95_objective_ms: float) -> bool:
+        return (self.p95_ms is not None and self.p95_ms <= p95_objective_ms
+                and self.failed_ratio <= MAX_ERROR_RATIO and self.succeeded > 0)
+
+
+def sustainable_rps_per_instance(steps: list[LoadStep], p95_objective_ms: float) -> float | None:
+    """The most successful requests per second per instance any step achieved within the objective;
+    None when no step met it (the objective is out of reach even at the lowest rate tried)."""
+    if not p95_objective_ms > 0:
+        raise ValueError(f"p95_objective_ms must be > 0, got {p95_objective_ms!r}")
+    good = [s.achieved_rps / max(s.instances, 1.0) for s in steps if s.within(p95_objective_ms)]
+    return max(good) if good else None
+
+
+@dataclass(frozen=True)
+class CapacityPlan:
+    p95_objective_ms: float
+    sustainable_per_instance_per_minute: float
+    target_invocations_per_instance: float
+    peak_rps: float | None
+    max_capacity: int | None
+    provisioned_concurrency: int | None
+    reserved_concurrency: int | None  # raised only where provisioned concurrency would exceed it
+
+    def overrides(self) -> list[str]:
+        """The plan as `--set` overrides of the pipeline's configuration."""
+        values = [f"autoscaling.target_invocations_per_instance={self.target_invocations_per_instance:g}"]
+        if self.max_capacity is not None:
+            values.append(f"autoscaling.max_capacity={self.max_capacity}")
+        if self.provisioned_concurrency is not None:
+            values.append(f"function.provisioned_concurrency={self.provisioned_concurrency}")
+        if self.reserved_concurrency is not None:
+            values.append(f"function.reserved_concurrency={self.reserved_concurrency}")
+        return values
+
+
+def recommend(steps: list[LoadStep], p95_objective_ms: float, *, peak_rps: float | None = None,
+              function_p95_ms: float | None = None, min_capacity: int = 1,
+              reserved_concurrency: int | None = None, safety_factor: float = SAFETY_FACTOR) -> CapacityPlan | None:
+    """The settings the load test supports; None when no step met the latency objective."""
+    if not 0 < safety_factor <= 1:
+        raise ValueError(f"safety_factor must be in (0, 1], got {safety_factor!r}")
+    if peak_rps is not None and not peak_rps > 0:
+        raise ValueError(f"peak_rps must be > 0, got {peak_rps!r}")
+    sustainable = sustainable_rps_per_instance(steps, p95_objective_ms)
+    if sustainable is None:
+        return None
+    target = round(sustainable * safety_factor * 60, 1)
+    max_capacity = provisioned = reserved = None
+    if peak_rps is not None:
+        max_capacity = max(min_capacity, math.ceil(peak_rps * 60 / target - 1e-9))
+        if function_p95_ms is not None:
+            provisioned = max(1, math.ceil(peak_rps * function_p95_ms / 1000 - 1e-9))
+            if reserved_concurrency is not None and provisioned > reserved_concurrency:
+                reserved = provisioned
+    return CapacityPlan(p95_objective_ms, round(sustainable * 60, 1), target, peak_rps, max_capacity, provisioned,
+                        reserved)
