@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import os
 import zipfile
+import zlib
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -48,24 +49,84 @@ def folder_checksum(folder: str | os.PathLike) -> str:
                               for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")})
 
 
+MAX_ZIP_BYTES = 50 * 1024**3
+MAX_ZIP_ENTRIES = 500_000  # at the 50 GiB cap, about 100 KB an entry: a dataset of typical JPEGs
+MAX_COMPRESSION_RATIO = 200  # images hardly compress (about 1:1); 200:1 is a zip bomb, not a dataset
+RATIO_FLOOR_BYTES = 1 << 20  # smaller than this, an entry (or archive) is harmless whatever its ratio
+_CHUNK = 1 << 20
+
+
 def safe_extract_zip(archive: str | os.PathLike, destination: str | os.PathLike,
-                     max_total_bytes: int = 50 * 1024**3) -> Path:
-    """Extract, refusing absolute paths, `..` and links that would land outside `destination`."""
+                     max_total_bytes: int = MAX_ZIP_BYTES, max_entries: int = MAX_ZIP_ENTRIES,
+                     max_ratio: float = MAX_COMPRESSION_RATIO) -> Path:
+    """Extract a dataset zip. Refuses, before writing anything: paths outside `destination`, links,
+    encrypted entries, more than `max_entries` entries, an entry or the whole archive expanding more
+    than `max_ratio`:1, declared sizes adding up to more than `max_total_bytes`; and while writing, an
+    entry yielding more bytes than it declares (declared sizes can lie), so the total holds on disk."""
     target = Path(destination).resolve()
     target.mkdir(parents=True, exist_ok=True)
-    with zipfile.ZipFile(archive) as zf:
-        total = 0
-        for info in zf.infolist():
-            path = (target / info.filename).resolve()
-            if not str(path).startswith(str(target) + os.sep) and path != target:
-                raise DatasetError(f"zip member {info.filename!r} would be written outside {target}; refusing the archive")
-            if (info.external_attr >> 16) & 0o170000 == 0o120000:
-                raise DatasetError(f"zip member {info.filename!r} is a symbolic link; refusing the archive")
-            total += info.file_size
-            if total > max_total_bytes:
-                raise DatasetError(f"zip expands to more than {max_total_bytes} bytes; refusing the archive")
-        zf.extractall(target)
+    try:
+        zf = zipfile.ZipFile(archive)
+    except zipfile.BadZipFile as exc:
+        raise DatasetError(f"{archive} is not a readable zip archive ({exc})") from None
+    with zf:
+        members = _checked_members(zf.infolist(), target, max_total_bytes, max_entries, max_ratio)
+        for info, path in members:
+            _extract_member(zf, info, path)
     return dataset_root(target)
+
+
+def _checked_members(infos: list[zipfile.ZipInfo], target: Path, max_total_bytes: int, max_entries: int,
+                     max_ratio: float) -> list[tuple[zipfile.ZipInfo, Path]]:
+    """The archive's entries with where each goes, after the checks that need no decompression."""
+    if len(infos) > max_entries:
+        raise DatasetError(f"zip has {len(infos)} entries, more than the limit of {max_entries} (from member "
+                           f"{infos[max_entries].filename!r} on); refusing the archive")
+    members, declared, compressed = [], 0, 0
+    for info in infos:
+        name = info.filename
+        path = (target / name).resolve()
+        if not str(path).startswith(str(target) + os.sep) and path != target:
+            raise DatasetError(f"zip member {name!r} would be written outside {target}; refusing the archive")
+        if (info.external_attr >> 16) & 0o170000 == 0o120000:
+            raise DatasetError(f"zip member {name!r} is a symbolic link; refusing the archive")
+        if info.flag_bits & 0x1:
+            raise DatasetError(f"zip member {name!r} is encrypted; refusing the archive")
+        if info.file_size >= RATIO_FLOOR_BYTES and info.file_size > max_ratio * max(info.compress_size, 1):
+            raise DatasetError(f"zip member {name!r} expands {info.file_size / max(info.compress_size, 1):.0f}:1, "
+                               f"more than the limit of {max_ratio:g}:1; refusing the archive (a zip bomb?)")
+        declared += info.file_size
+        compressed += info.compress_size
+        if declared > max_total_bytes:
+            raise DatasetError(f"zip expands to more than the limit of {max_total_bytes} bytes (at member {name!r}); "
+                               "refusing the archive")
+        members.append((info, path))
+    if declared >= RATIO_FLOOR_BYTES and declared > max_ratio * max(compressed, 1):
+        raise DatasetError(f"zip expands {declared / max(compressed, 1):.0f}:1 overall, more than the limit of "
+                           f"{max_ratio:g}:1; refusing the archive (a zip bomb?)")
+    return members
+
+
+def _extract_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path) -> None:
+    """Write one entry, never more bytes than it declares."""
+    name, written = info.filename, 0
+    try:
+        if info.is_dir():
+            path.mkdir(parents=True, exist_ok=True)
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with zf.open(info) as source, open(path, "wb") as out:
+            while chunk := source.read(_CHUNK):
+                written += len(chunk)
+                if written > info.file_size:
+                    raise DatasetError(f"zip member {name!r} holds more than its declared {info.file_size} bytes; "
+                                       "refusing the archive")
+                out.write(chunk)
+    except (FileExistsError, NotADirectoryError, IsADirectoryError):
+        raise DatasetError(f"zip member {name!r} is both a file and a folder in the archive; refusing it") from None
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as exc:
+        raise DatasetError(f"zip member {name!r} cannot be read ({exc or type(exc).__name__}); refusing the archive"
+                           ) from None
 
 
 def dataset_root(folder: Path) -> Path:

@@ -1,5 +1,7 @@
 import hashlib
 import http.server
+import io
+import stat
 import threading
 import zipfile
 
@@ -20,6 +22,105 @@ def test_zip_with_a_path_outside_is_refused(tmp_path):
     with pytest.raises(DatasetError, match="would be written outside"):
         safe_extract_zip(archive, tmp_path / "out")
     assert not (tmp_path / "outside.txt").exists() and not (tmp_path / "out" / "train").exists()
+
+
+def dataset_zip(path, extra=(), compression=zipfile.ZIP_DEFLATED):
+    """A small valid dataset zip, plus `extra` (name or ZipInfo, bytes) members."""
+    with zipfile.ZipFile(path, "w", compression) as zf:
+        for split in ("train", "valid", "test"):
+            zf.writestr(f"{split}/cat/a.png", b"\x89PNG" + bytes(range(256)))
+        for name, data in extra:
+            zf.writestr(name, data)
+    return path
+
+
+def test_zip_with_an_absolute_path_is_refused(tmp_path):
+    archive = dataset_zip(tmp_path / "evil.zip", [("/tmp/evil.txt", b"gotcha")])
+    with pytest.raises(DatasetError, match="would be written outside"):
+        safe_extract_zip(archive, tmp_path / "out")
+
+
+def test_zip_with_a_symbolic_link_is_refused(tmp_path):
+    link = zipfile.ZipInfo("train/cat/b.png")
+    link.create_system = 3  # unix: the mode is in the high bits of external_attr
+    link.external_attr = (stat.S_IFLNK | 0o777) << 16
+    archive = dataset_zip(tmp_path / "link.zip", [(link, b"../../../../etc/passwd")])
+    with pytest.raises(DatasetError, match="'train/cat/b.png' is a symbolic link"):
+        safe_extract_zip(archive, tmp_path / "out")
+    assert not (tmp_path / "out" / "train").exists()
+
+
+def test_zip_bomb_entry_is_refused_before_anything_is_written(tmp_path):
+    archive = dataset_zip(tmp_path / "bomb.zip", [("train/cat/bomb.png", bytes(4 << 20))])  # ~1000:1
+    with pytest.raises(DatasetError, match=r"'train/cat/bomb.png' expands \d+:1, more than the limit of 200:1"):
+        safe_extract_zip(archive, tmp_path / "out")
+    assert not (tmp_path / "out" / "train").exists()
+
+
+def test_many_small_bombs_are_refused_by_the_overall_ratio(tmp_path):
+    small = [(f"train/cat/{i}.png", bytes(512 << 10)) for i in range(8)]  # each under the per-entry floor
+    archive = dataset_zip(tmp_path / "bombs.zip", small)
+    with pytest.raises(DatasetError, match=r"expands \d+:1 overall, more than the limit of 200:1"):
+        safe_extract_zip(archive, tmp_path / "out")
+
+
+def test_a_small_compressible_file_is_fine(tmp_path):
+    archive = dataset_zip(tmp_path / "ok.zip", [("labels.txt", bytes(64 << 10))])  # 64 KiB of zeros: ~600:1
+    assert (safe_extract_zip(archive, tmp_path / "out") / "labels.txt").stat().st_size == 64 << 10
+
+
+def test_too_many_entries_are_refused(tmp_path):
+    archive = dataset_zip(tmp_path / "many.zip", [(f"train/cat/{i}.png", b"x") for i in range(8)])
+    with pytest.raises(DatasetError, match=r"11 entries, more than the limit of 10 \(from member 'train/cat/7.png'"):
+        safe_extract_zip(archive, tmp_path / "out", max_entries=10)
+    assert safe_extract_zip(archive, tmp_path / "out", max_entries=11).name == "out"
+
+
+def test_declared_total_over_the_limit_is_refused(tmp_path):
+    archive = dataset_zip(tmp_path / "big.zip", [("train/cat/big.png", bytes(range(256)) * 64)])
+    with pytest.raises(DatasetError, match=r"more than the limit of 10000 bytes \(at member 'train/cat/big.png'\)"):
+        safe_extract_zip(archive, tmp_path / "out", max_total_bytes=10_000)
+
+
+def test_a_member_lying_about_its_size_is_refused(tmp_path):
+    archive = dataset_zip(tmp_path / "liar.zip", [("train/cat/liar.png", b"A" * 1000)], zipfile.ZIP_STORED)
+    data = bytearray(archive.read_bytes())
+    # Declare 10 bytes (local header offset 22, central directory offset 24) for the 1000 stored.
+    local, central = data.rfind(b"PK\x03\x04"), data.rfind(b"PK\x01\x02")
+    data[local + 22:local + 26] = data[central + 24:central + 28] = (10).to_bytes(4, "little")
+    archive.write_bytes(data)
+    with pytest.raises(DatasetError, match="'train/cat/liar.png' cannot be read"):
+        safe_extract_zip(archive, tmp_path / "out")
+    assert (tmp_path / "out" / "train" / "cat" / "liar.png").stat().st_size <= 10
+
+
+def test_bytes_written_never_exceed_the_declared_size(tmp_path, monkeypatch):
+    # Declared sizes can lie and a zip reader need not stop at them (CPython's does, as the test above
+    # shows): one handing out more bytes than declared is refused before they are written.
+    archive = dataset_zip(tmp_path / "d.zip")
+    monkeypatch.setattr(zipfile.ZipFile, "open", lambda self, info, *a, **k: io.BytesIO(b"x" * (5 << 20)))
+    with pytest.raises(DatasetError, match=r"'train/cat/a.png' holds more than its declared 260 bytes"):
+        safe_extract_zip(archive, tmp_path / "out")
+    assert (tmp_path / "out" / "train" / "cat" / "a.png").stat().st_size == 0
+
+
+def test_encrypted_members_and_non_zips_are_refused(tmp_path):
+    archive = dataset_zip(tmp_path / "locked.zip", [("train/cat/b.png", b"x")])
+    data = bytearray(archive.read_bytes())  # zipfile cannot encrypt: set the "encrypted" flag bit by hand
+    data[data.rfind(b"PK\x03\x04") + 6] |= 0x1
+    data[data.rfind(b"PK\x01\x02") + 8] |= 0x1
+    archive.write_bytes(data)
+    with pytest.raises(DatasetError, match="'train/cat/b.png' is encrypted"):
+        safe_extract_zip(archive, tmp_path / "out")
+    (tmp_path / "not.zip").write_bytes(b"<html>not found</html>")
+    with pytest.raises(DatasetError, match="not a readable zip archive"):
+        safe_extract_zip(tmp_path / "not.zip", tmp_path / "out")
+
+
+def test_a_member_that_is_both_file_and_folder_is_refused(tmp_path):
+    archive = dataset_zip(tmp_path / "clash.zip", [("train/cat", b"x")])  # train/cat/ holds a.png already
+    with pytest.raises(DatasetError, match="'train/cat' is both a file and a folder"):
+        safe_extract_zip(archive, tmp_path / "out")
 
 
 def test_zip_with_one_top_folder_is_unwrapped(tmp_path):
