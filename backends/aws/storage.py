@@ -32,6 +32,7 @@ from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import ClientError
 
 from backends.aws.errors import error_code, http_status, is_not_found, or_none
+from backends.aws.waiters import wait_until
 from backends.errors import InvalidRequestError, NotFoundError
 from backends.types import Progress, StagedDataset
 from core.datasets import manifest_checksum, sha256_file
@@ -61,6 +62,7 @@ class S3Storage:
                  transfer_config: TransferConfig | None = None, kms=None):
         self.client = client
         self.kms = kms
+        self.bucket_wait_s = 60.0  # how long a new bucket may take to answer HEAD
         self._bucket = bucket
         self._bucket_ready: str | None = None
         self.max_workers = max(1, max_workers)
@@ -105,7 +107,8 @@ class S3Storage:
                 raise PermanentError(f"S3 bucket name {bucket!r} is taken by another account: set aws.bucket to "
                                      "another name") from None
             raise
-        self.client.get_waiter("bucket_exists").wait(Bucket=bucket, WaiterConfig={"Delay": 2, "MaxAttempts": 30})
+        wait_until(self.client, "bucket_exists", what=f"S3 bucket {bucket} to exist", timeout_s=self.bucket_wait_s,
+                   poll_seconds=2.0, Bucket=bucket)
         self.client.put_public_access_block(Bucket=bucket, PublicAccessBlockConfiguration={
             "BlockPublicAcls": True, "IgnorePublicAcls": True, "BlockPublicPolicy": True,
             "RestrictPublicBuckets": True})

@@ -190,3 +190,21 @@ def test_roles_of_buckets_without_sse_kms_get_no_kms_statement(iam):
     document = _document(iam, "proj-dev-sagemaker", "sagemaker-flows-execution")
     assert not [s for s in document["Statement"] if "kms" in json.dumps(s["Action"])]
     assert "ReadGivenLocations" not in _statements(document)
+
+
+def test_a_pipeline_reading_s3_data_and_weights_where_they_are_gets_roles_that_may(iam):
+    from backends.aws.backend import AwsBackend
+    from core.config import PipelineConfig
+
+    config = PipelineConfig(backend="aws", project="proj", stage="dev", aws={"region": "us-east-1", "bucket": "mine"},
+                            data={"source": "s3://other-data/dogs"},
+                            training={"pretrained_weights": "s3://weights-bucket/resnet.pth"})
+    backend = AwsBackend.from_config(config)
+    try:
+        backend.roles.sagemaker_role_arn()
+    finally:
+        backend.close()
+    statements = _statements(_document(iam, "proj-dev-sagemaker", "sagemaker-flows-execution"))
+    assert statements["ReadGivenLocations"]["Resource"] == [
+        "arn:aws:s3:::other-data/dogs/*", "arn:aws:s3:::weights-bucket/resnet.pth"]
+    assert statements["ReadWriteUnderPrefix"]["Resource"] == "arn:aws:s3:::mine/proj/dev/*"

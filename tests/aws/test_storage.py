@@ -310,3 +310,18 @@ def test_bucket_key_arn_of_a_bucket_whose_encryption_cannot_be_read_is_none(s3):
     s3.meta.events.register("before-call.s3.GetBucketEncryption", lambda **_: answer(
         403, {"Error": {"Code": "AccessDenied", "Message": "Access Denied"}}))
     assert S3Storage(s3).bucket_key_arn("someone-elses-bucket") is None
+
+
+def test_a_new_bucket_that_never_answers_times_out_permanently(s3):
+    """S3 is eventually consistent about new buckets: HEAD may say 404 for a moment after the create
+    (moto answers at once, so a before-call handler keeps saying 404)."""
+    from backends.errors import WaitTimedOutError
+    from tests.aws.fakes import answer
+
+    s3.meta.events.register("before-call.s3.HeadBucket", lambda **_: answer(404, {"Error": {"Code": "404",
+                                                                                          "Message": "Not Found"}}))
+    storage = S3Storage(s3)
+    storage.bucket_wait_s = 0  # botocore's waiter: one attempt
+    with pytest.raises(WaitTimedOutError, match="S3 bucket new-bucket-x to exist") as failure:
+        storage.ensure_bucket("new-bucket-x")
+    assert not is_transient(failure.value)
