@@ -150,5 +150,15 @@ class Functions(Protocol):
             WaitTimedOutError: it did not settle in time.
         """
 
+    def check_concurrency(self, name: str, config: FunctionConfig) -> None:
+        """Check, before any paid step, that `config`'s reserved and provisioned concurrency fit the
+        account: AWS keeps at least 100 concurrent executions unreserved (core.lambda_concurrency);
+        the reservation function `name` already holds counts as available to it.
+
+        Raises:
+            InvalidRequestError: they do not fit; the message says what to lower to what, or to
+                request a quota increase.
+        """
+
     def delete_function(self, name: str) -> bool:
         """Delete the function with its versions and aliases; False when there was none."""

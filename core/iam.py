@@ -72,15 +72,20 @@ def _logs_statement(sid: str, region: str, account_id: str, group: str, actions:
 
 
 def sagemaker_execution_policy(bucket: str, prefix: str, account_id: str, region: str,
-                               image_account_ids: Sequence[str] = ("*",)) -> dict:
+                               image_account_ids: Sequence[str] = ("*",), *, readable_uris: Sequence[str] = (),
+                               write_key_arns: Sequence[str] = (), read_key_arns: Sequence[str] = ()) -> dict:
     """Execution role of training, tuning and hosting: one S3 prefix, SageMaker logs, image pulls.
 
     image_account_ids: the registries images are pulled from. The AWS deep learning images live in
     AWS-owned accounts that differ by region, hence "*" by default; pass them to narrow it.
+    readable_uris: s3:// locations outside the prefix that jobs read (data, pretrained weights);
+    write_key_arns / read_key_arns: the SSE-KMS keys of the buckets it writes to / only reads.
     """
     part = _partition(region)
     return _document(
         *_s3_statements(bucket, prefix, region, ["s3:GetObject", "s3:PutObject"], "ReadWriteUnderPrefix"),
+        *readable_location_statements(readable_uris, region),
+        *kms_statements(write_key_arns, read_key_arns),
         {"Sid": "BucketLocation", "Effect": "Allow", "Action": "s3:GetBucketLocation",
          "Resource": f"arn:{part}:s3:::{bucket}"},
         _logs_statement("SageMakerLogs", region, account_id, "/aws/sagemaker/*",
@@ -96,6 +101,87 @@ def sagemaker_execution_policy(bucket: str, prefix: str, account_id: str, region
     )
 
 
+def _split_s3_uri(uri: str) -> tuple[str, str]:
+    if not uri.startswith("s3://") or "/" not in uri[5:] or not uri[5:].split("/", 1)[0]:
+        raise ValueError(f"{uri!r} is not an s3://bucket/key location")
+    bucket, key = uri[5:].split("/", 1)
+    return bucket, key
+
+
+def training_inputs(data_source: str, pretrained_weights: str | None) -> list[str]:
+    """The s3:// locations training reads where they are: an s3:// data source (a prefix, so it ends
+    in "/") and s3:// pretrained weights (an object). A local or https:// source is staged under the
+    pipeline's prefix instead, local weights are uploaded there."""
+    inputs = []
+    if data_source.startswith("s3://"):
+        inputs.append(data_source.rstrip("/") + "/")
+    if pretrained_weights and pretrained_weights.startswith("s3://"):
+        inputs.append(pretrained_weights)
+    return inputs
+
+
+def locations_outside(prefix_uri: str, uris: Sequence[str]) -> list[str]:
+    """The s3:// locations of `uris` not under `prefix_uri` (what a role needs besides its own prefix),
+    each once, in order."""
+    own = prefix_uri if prefix_uri.endswith("/") else prefix_uri + "/"
+    outside: list[str] = []
+    for uri in uris:
+        if not (uri + ("" if uri.endswith("/") else "/")).startswith(own) and uri not in outside:
+            outside.append(uri)
+    return outside
+
+
+def readable_location_statements(uris: Sequence[str], region: str) -> list[dict]:
+    """Read on exactly these s3:// locations: a prefix (ending in "/") -> its objects, and listing with
+    that prefix condition; an object -> GetObject on that object alone; a bare s3://bucket/ -> the
+    bucket, as named. [] for none."""
+    if not uris:
+        return []
+    part = _partition(region)
+    objects: set[str] = set()
+    listed: dict[str, set[str] | None] = {}  # bucket -> its s3:prefix values (None: the whole bucket)
+    for uri in uris:
+        bucket, key = _split_s3_uri(uri)
+        if not key.strip("/"):
+            objects.add(f"arn:{part}:s3:::{bucket}/*")
+            listed[bucket] = None
+        elif uri.endswith("/"):
+            p = _clean_prefix(key)
+            objects.add(f"arn:{part}:s3:::{bucket}/{p}/*")
+            if listed.get(bucket, set()) is not None:
+                listed[bucket] = listed.get(bucket, set()) | {p, f"{p}/*"}
+        else:
+            objects.add(f"arn:{part}:s3:::{bucket}/{_clean_prefix(key)}")
+    statements = [{"Sid": "ReadGivenLocations", "Effect": "Allow", "Action": "s3:GetObject",
+                   "Resource": sorted(objects)}]
+    for number, (bucket, prefixes) in enumerate(sorted(listed.items()), 1):
+        statement = {"Sid": f"ListGivenPrefixes{number}", "Effect": "Allow", "Action": "s3:ListBucket",
+                     "Resource": f"arn:{part}:s3:::{bucket}"}
+        if prefixes is not None:
+            statement["Condition"] = {"StringLike": {"s3:prefix": sorted(prefixes)}}
+        statements.append(statement)
+    return statements
+
+
+def kms_statements(write_key_arns: Sequence[str] = (), read_key_arns: Sequence[str] = ()) -> list[dict]:
+    """Use of the SSE-KMS keys of the buckets a role reads (kms:Decrypt) and writes (kms:GenerateDataKey
+    too), through S3 only. [] when no bucket uses SSE-KMS with a key of its own (the AWS managed
+    aws/s3 key needs no grant: its key policy allows every principal of the account through S3)."""
+    for arn in (*write_key_arns, *read_key_arns):
+        if not arn.startswith("arn:") or ":key/" not in arn:
+            raise ValueError(f"{arn!r} is not the ARN of a KMS key")
+    through_s3 = {"StringLike": {"kms:ViaService": "s3.*"}}
+    statements = []
+    decrypt = sorted(set(write_key_arns) | set(read_key_arns))
+    if decrypt:
+        statements.append({"Sid": "DecryptBucketObjects", "Effect": "Allow", "Action": "kms:Decrypt",
+                           "Resource": decrypt, "Condition": through_s3})
+    if write_key_arns:
+        statements.append({"Sid": "EncryptBucketObjects", "Effect": "Allow", "Action": "kms:GenerateDataKey",
+                           "Resource": sorted(set(write_key_arns)), "Condition": through_s3})
+    return statements
+
+
 def s3_object_arns(uris: Sequence[str], region: str) -> list[str]:
     """The ARNs of the objects under s3://bucket/prefix/ locations (an object URI: that object alone)."""
     arns = []
@@ -109,9 +195,10 @@ def s3_object_arns(uris: Sequence[str], region: str) -> list[str]:
 
 
 def lambda_policy(endpoint_arn: str, readable_s3_prefixes: Sequence[str], account_id: str, region: str,
-                  function_name: str) -> dict:
+                  function_name: str, read_key_arns: Sequence[str] = ()) -> dict:
     """The function may invoke one endpoint, write its own logs and read request images under exactly
-    the prefixes its handler accepts (core.functions.readable_s3_prefixes)."""
+    the prefixes its handler accepts (core.functions.readable_s3_prefixes), decrypting them with the
+    SSE-KMS keys of their buckets (read_key_arns)."""
     if "*" in endpoint_arn or ":endpoint/" not in endpoint_arn:
         raise ValueError(f"{endpoint_arn!r} is not the ARN of one endpoint")
     return _document(
@@ -119,13 +206,20 @@ def lambda_policy(endpoint_arn: str, readable_s3_prefixes: Sequence[str], accoun
         _logs_statement("OwnLogs", region, account_id, f"/aws/lambda/{function_name}", _WRITE_LOGS),
         {"Sid": "ReadRequestImagesUnderPrefixes", "Effect": "Allow", "Action": "s3:GetObject",
          "Resource": s3_object_arns(readable_s3_prefixes, region)},
+        *kms_statements(read_key_arns=read_key_arns),
     )
 
 
-def ec2_training_policy(bucket: str, prefix: str, account_id: str, region: str) -> dict:
-    """Instance-mode training on EC2: code/data in and outputs out under the prefix, its own logs, nothing else."""
+def ec2_training_policy(bucket: str, prefix: str, account_id: str, region: str, *,
+                        readable_uris: Sequence[str] = (), write_key_arns: Sequence[str] = (),
+                        read_key_arns: Sequence[str] = ()) -> dict:
+    """Instance-mode training on EC2: code/data in and outputs out under the prefix, the given data and
+    weights outside it (readable_uris), its own logs, nothing else; the buckets' SSE-KMS keys as
+    sagemaker_execution_policy."""
     return _document(
         *_s3_statements(bucket, prefix, region, ["s3:GetObject", "s3:PutObject"], "ReadWriteUnderPrefix"),
+        *readable_location_statements(readable_uris, region),
+        *kms_statements(write_key_arns, read_key_arns),
         _logs_statement("Ec2TrainingLogs", region, account_id, f"{EC2_LOG_GROUP_PREFIX}*",
                         [*_WRITE_LOGS, "logs:DescribeLogStreams"]),
     )

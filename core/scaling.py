@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 
 from core.config import AutoscalingConfig
 
@@ -44,6 +45,25 @@ def target_tracking_policy(endpoint_name: str, variant_name: str, config: Autosc
         },
     }
 
+
+def variants_to_deregister(current: Mapping[str, str | None], variant_name: str, instance_type: str) -> list[str]:
+    """The variants of an endpoint (`current`: variant name -> instance type) whose autoscaling must be
+    deregistered before an UpdateEndpoint to one variant `variant_name` on `instance_type`.
+
+    AWS ("Update endpoints that use auto scaling", SageMaker developer guide) refuses the update only
+    when it changes the instance type of a variant registered for autoscaling, or removes such a
+    variant (a renamed variant is a removed one); a new model on the same variant is allowed.
+    """
+    return sorted(name for name, kind in current.items() if name != variant_name or kind != instance_type)
+
+
+def capacity_to_keep(variants: Sequence[Mapping], variant_name: str, default: int) -> int:
+    """The instance count an update keeps: the desired count (else the current one) of the variant
+    `variant_name` in DescribeEndpoint's ProductionVariants, else of the variant it replaces (the
+    first); `default` when the endpoint reports none."""
+    variant = next((v for v in variants if v.get("VariantName") == variant_name), variants[0] if variants else {})
+    count = variant.get("DesiredInstanceCount", variant.get("CurrentInstanceCount"))
+    return int(count) if count else default
 
 
 def desired_capacity(invocations_last_minute: float, current: int, target_per_instance: float,

@@ -2,8 +2,10 @@
 
 The documents come from core.scaling (the same ones the local backend uses). RegisterScalableTarget
 and PutScalingPolicy are upserts in AWS, so register() is idempotent; deregister() and describe()
-tolerate a variant that was never registered. AWS refuses UpdateEndpoint on a variant registered for
-autoscaling, so suspended_for_update() deregisters around an update and restores what was there.
+tolerate a variant that was never registered. AWS refuses an UpdateEndpoint that changes the instance
+type of a variant registered for autoscaling, or removes one ("Update endpoints that use auto
+scaling", SageMaker developer guide); deregistered_for_update() deregisters exactly those variants
+around such an update and registers the same target and policies again after it.
 """
 from __future__ import annotations
 
@@ -83,30 +85,47 @@ class EndpointAutoscaling:
                          ScalableDimension=SCALABLE_DIMENSION)
 
     @contextlib.contextmanager
-    def suspended_for_update(self, endpoint_name: str, variant_name: str) -> Iterator[bool]:
-        """Deregister the variant (if registered) for the duration, then restore the same target and policies.
+    def deregistered_for_update(self, endpoint_name: str, variants: list[str], updated_variant: str) -> Iterator[list[str]]:
+        """Deregister those of `variants` that are registered for the duration; yields their names.
 
-        Yields whether a target was deregistered. The restore runs even if the update failed: the
-        endpoint keeps (or rolls back to) a serving variant that should stay autoscaled.
+        Afterwards the same target (capacities, suspended state) and policies are registered again:
+        on `updated_variant` when the update succeeded (the variant the endpoint serves with now),
+        on the variants they came from when it failed (the old configuration still serves).
         """
-        rid = resource_id(endpoint_name, variant_name)
-        target = self._target(rid)
-        if target is None:
-            yield False
-            return
-        policies = self._policies(rid)
-        for policy in policies:
-            if_exists(self.client.delete_scaling_policy, PolicyName=policy["PolicyName"], ServiceNamespace=NAMESPACE,
-                      ResourceId=rid, ScalableDimension=SCALABLE_DIMENSION)
-        self.client.deregister_scalable_target(ServiceNamespace=NAMESPACE, ResourceId=rid,
-                                               ScalableDimension=SCALABLE_DIMENSION)
-        try:
-            yield True
-        finally:
-            restore = {"ServiceNamespace": NAMESPACE, "ResourceId": rid, "ScalableDimension": SCALABLE_DIMENSION,
-                       "MinCapacity": target["MinCapacity"], "MaxCapacity": target["MaxCapacity"]}
-            if target.get("SuspendedState"):
-                restore["SuspendedState"] = target["SuspendedState"]
-            self.client.register_scalable_target(**restore)
+        saved: list[tuple[str, dict, list[dict]]] = []
+        for variant in variants:
+            rid = resource_id(endpoint_name, variant)
+            target = self._target(rid)
+            if target is None:
+                continue
+            policies = self._policies(rid)
             for policy in policies:
-                self.client.put_scaling_policy(**{k: policy[k] for k in _POLICY_KEYS if k in policy})
+                if_exists(self.client.delete_scaling_policy, PolicyName=policy["PolicyName"],
+                          ServiceNamespace=NAMESPACE, ResourceId=rid, ScalableDimension=SCALABLE_DIMENSION)
+            if_exists(self.client.deregister_scalable_target, ServiceNamespace=NAMESPACE, ResourceId=rid,
+                      ScalableDimension=SCALABLE_DIMENSION)
+            saved.append((variant, target, policies))
+        if not saved:
+            yield []
+            return
+        updated = False
+        try:
+            yield [variant for variant, _, _ in saved]
+            updated = True
+        finally:
+            if updated:  # one registration for the variant that now serves: its own, else the first one's
+                variant, target, policies = next((s for s in saved if s[0] == updated_variant), saved[0])
+                self._restore(resource_id(endpoint_name, updated_variant), target, policies)
+            else:
+                for variant, target, policies in saved:
+                    self._restore(resource_id(endpoint_name, variant), target, policies)
+
+    def _restore(self, rid: str, target: dict, policies: list[dict]) -> None:
+        restore = {"ServiceNamespace": NAMESPACE, "ResourceId": rid, "ScalableDimension": SCALABLE_DIMENSION,
+                   "MinCapacity": target["MinCapacity"], "MaxCapacity": target["MaxCapacity"]}
+        if target.get("SuspendedState"):
+            restore["SuspendedState"] = target["SuspendedState"]
+        self.client.register_scalable_target(**restore)
+        for policy in policies:
+            self.client.put_scaling_policy(**{**{k: policy[k] for k in _POLICY_KEYS if k in policy},
+                                              "ResourceId": rid})

@@ -6,27 +6,32 @@ beside the old ones and moves the endpoint over blue/green: the old fleet serves
 one is healthy, and SageMaker rolls back by itself when it is not.
 
     model           <endpoint>-v<version>-<8 hex: artifact, image, role, environment>
-    endpoint config <endpoint>-cfg-<8 hex: model name, instance type, count, variant>
+    endpoint config <endpoint>-cfg-<8 hex: model name, instance type, variant>
+
+The instance count is not part of the config's name: an endpoint is created with
+hosting.initial_instance_count, and an update keeps the count the variant has then (autoscaling
+may have changed it), so a re-run on a scaled-out endpoint finds nothing to change.
 
 Both are cut to SageMaker's 63 characters by shortening the endpoint part; delete() recognises
 exactly these forms, so it removes what deploy() made and nothing of an endpoint beside it.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
-import math
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ContextManager
 
-from botocore.exceptions import WaiterError
-
-from backends.aws.errors import if_exists, or_none
-from backends.errors import DeploymentFailedError, WaitTimedOutError
+from backends.aws.errors import ROLE_PROPAGATION_BUDGET_S, if_exists, or_none, while_role_propagates
+from backends.aws.waiters import wait_until
+from backends.errors import DeploymentFailedError
 from backends.types import EndpointState, ModelVersion
+from backends.waiting import SYSTEM_CLOCK, Clock
 from core.config import HostingConfig
+from core.scaling import capacity_to_keep, variants_to_deregister
 
 log = logging.getLogger(__name__)
 
@@ -35,25 +40,29 @@ SETTLING = {"Creating", "Updating", "SystemUpdating", "RollingBack", "Deleting"}
 RECREATE = {"Failed", "OutOfService"}  # nothing serves: delete and create again
 TERMINATION_WAIT_S = 300
 MAX_EXECUTION_S = 3600
+# Around an update that AWS refuses while the given variants are registered for autoscaling:
+# deregisters them, and registers them again afterwards (EndpointAutoscaling.deregistered_for_update).
+WithoutAutoscaling = Callable[[list[str]], ContextManager[Any]]
 
 
 class SageMakerEndpoints:
-    def __init__(self, sagemaker, poll_seconds: float = 30.0, timeout_s: float = 3600):
+    def __init__(self, sagemaker, poll_seconds: float = 30.0, timeout_s: float = 3600, *,
+                 role_budget_s: float = ROLE_PROPAGATION_BUDGET_S, clock: Clock = SYSTEM_CLOCK):
         self._sm = sagemaker
         self.poll_seconds = poll_seconds
         self.timeout_s = timeout_s
+        self.role_budget_s, self.clock = role_budget_s, clock
 
     # -- deploy -----------------------------------------------------------------------
     def deploy(self, name: str, model: ModelVersion, image_uri: str, role_arn: str, hosting: HostingConfig,
                environment: dict[str, str] | None = None, tags: dict[str, str] | None = None, *,
                traffic_routing: dict | None = None, rollback_alarms: list[str] | None = None,
-               before_update: Callable[[], None] | None = None,
-               after_update: Callable[[], None] | None = None) -> EndpointState:
+               without_autoscaling: WithoutAutoscaling | None = None) -> EndpointState:
         """Create the endpoint, update it blue/green, or leave it as it is when nothing changed.
 
-        before_update/after_update run around an UpdateEndpoint only (AWS refuses to update a
-        variant registered with Application Auto Scaling); after_update runs even when the update
-        fails or rolls back, since the old configuration then still serves.
+        An update keeps the variant's current instance count. without_autoscaling(variants) wraps
+        an update only when AWS requires those variants' autoscaling removed first (the update
+        changes their instance type or removes them); a new model on the same variant needs nothing.
         """
         env = {
             "SAGEMAKER_PROGRAM": "inference.py",
@@ -67,34 +76,29 @@ class SageMakerEndpoints:
         model_hash = _hash8({"artifact": model.model_artifact, "image": image_uri, "role": role_arn, "environment": env})
         model_name = _fit(name, f"-v{model.version}-{model_hash}")
         config_hash = _hash8({"model": model_name, "instance_type": hosting.instance_type,
-                              "count": hosting.initial_instance_count, "variant": hosting.variant_name})
+                              "variant": hosting.variant_name})
         config_name = _fit(name, f"-cfg-{config_hash}")
 
+        current = self._settled(name)
+        count = (capacity_to_keep(current.get("ProductionVariants") or [], hosting.variant_name,
+                                  hosting.initial_instance_count)
+                 if current is not None else hosting.initial_instance_count)
         if or_none(self._sm.describe_model, ModelName=model_name) is None:
             log.info("creating model %s", model_name)
-            self._sm.create_model(
+            # A role made moments ago may not be assumable by SageMaker yet: retried within a budget.
+            while_role_propagates(
+                self._sm.create_model, budget_s=self.role_budget_s, clock=self.clock,
                 ModelName=model_name, ExecutionRoleArn=role_arn,
                 PrimaryContainer={"Image": image_uri, "ModelDataUrl": model.model_artifact, "Environment": env},
                 **({"Tags": tag_list} if tag_list else {}))
         if or_none(self._sm.describe_endpoint_config, EndpointConfigName=config_name) is None:
-            log.info("creating endpoint config %s", config_name)
+            log.info("creating endpoint config %s (%d x %s)", config_name, count, hosting.instance_type)
             self._sm.create_endpoint_config(
                 EndpointConfigName=config_name,
                 ProductionVariants=[{"VariantName": hosting.variant_name, "ModelName": model_name,
-                                     "InitialInstanceCount": hosting.initial_instance_count,
+                                     "InitialInstanceCount": count,
                                      "InstanceType": hosting.instance_type, "InitialVariantWeight": 1.0}],
                 **({"Tags": tag_list} if tag_list else {}))
-
-        current = self._raw(name)
-        if current is not None and current["EndpointStatus"] in SETTLING:
-            log.info("endpoint %s is %s; waiting for it to settle", name, current["EndpointStatus"])
-            current = self._wait(name)
-        if current is not None and current["EndpointStatus"] in RECREATE:
-            log.warning("endpoint %s is %s (%s): deleting it to create it again", name, current["EndpointStatus"],
-                        current.get("FailureReason", "no reason given"))
-            self._sm.delete_endpoint(EndpointName=name)
-            self._waiter("endpoint_deleted", name, "to be deleted")
-            current = None
 
         if current is None:
             log.info("creating endpoint %s on %s", name, config_name)
@@ -106,11 +110,39 @@ class SageMakerEndpoints:
             log.info("endpoint %s already serves %s on %s", name, model.label, config_name)
             final = current
         else:
-            final = self._update(name, config_name, traffic_routing, rollback_alarms, before_update, after_update)
+            blocking = variants_to_deregister(self._variant_types(current), hosting.variant_name,
+                                              hosting.instance_type)
+            guard = (without_autoscaling(blocking) if blocking and without_autoscaling
+                     else contextlib.nullcontext())
+            with guard:
+                final = self._update(name, config_name, traffic_routing, rollback_alarms)
         return self._state(name, final, model.label, hosting.variant_name)
 
-    def _update(self, name: str, config_name: str, traffic_routing: dict | None, rollback_alarms: list[str] | None,
-                before_update: Callable[[], None] | None, after_update: Callable[[], None] | None) -> dict:
+    def _settled(self, name: str) -> dict | None:
+        """The endpoint once no operation is in progress on it; None when there is none (a Failed
+        or OutOfService one is deleted, to be created again)."""
+        current = self._raw(name)
+        if current is not None and current["EndpointStatus"] in SETTLING:
+            log.info("endpoint %s is %s; waiting for it to settle", name, current["EndpointStatus"])
+            current = self._wait(name)
+        if current is not None and current["EndpointStatus"] in RECREATE:
+            log.warning("endpoint %s is %s (%s): deleting it to create it again", name, current["EndpointStatus"],
+                        current.get("FailureReason", "no reason given"))
+            self._sm.delete_endpoint(EndpointName=name)
+            self._wait_deleted(name)
+            current = None
+        return current
+
+    def _variant_types(self, described: dict) -> dict[str, str | None]:
+        """The endpoint's variants and their instance types (None where its config cannot be read)."""
+        config_name = described.get("EndpointConfigName")
+        config = or_none(self._sm.describe_endpoint_config, EndpointConfigName=config_name) if config_name else None
+        if config is not None:
+            return {v["VariantName"]: v.get("InstanceType") for v in config.get("ProductionVariants", [])}
+        return {v["VariantName"]: None for v in described.get("ProductionVariants", [])}
+
+    def _update(self, name: str, config_name: str, traffic_routing: dict | None,
+                rollback_alarms: list[str] | None) -> dict:
         deployment: dict[str, Any] = {"BlueGreenUpdatePolicy": {
             "TrafficRoutingConfiguration": traffic_routing or {"Type": "ALL_AT_ONCE", "WaitIntervalInSeconds": 0},
             "TerminationWaitInSeconds": TERMINATION_WAIT_S,
@@ -118,18 +150,16 @@ class SageMakerEndpoints:
         }}
         if rollback_alarms:
             deployment["AutoRollbackConfiguration"] = {"Alarms": [{"AlarmName": a} for a in rollback_alarms]}
-        if before_update:
-            before_update()
-        try:
-            log.info("updating endpoint %s to %s (blue/green)", name, config_name)
-            self._sm.update_endpoint(EndpointName=name, EndpointConfigName=config_name, DeploymentConfig=deployment,
-                                     RetainAllVariantProperties=False)
-            final = self._wait(name)
-            self._check(name, final, config_name, updated=True)
-            return final
-        finally:
-            if after_update:
-                after_update()
+        log.info("updating endpoint %s to %s (blue/green)", name, config_name)
+        # RetainAllVariantProperties: a variant of the same name keeps its latest DesiredInstanceCount
+        # (and weight) whatever the new config's InitialInstanceCount says ("Update endpoints that use
+        # auto scaling", step 6), so a count autoscaling changed since we described it is kept too.
+        # Autoscaling itself needs no suspending: AWS blocks it while the update is in progress.
+        self._sm.update_endpoint(EndpointName=name, EndpointConfigName=config_name, DeploymentConfig=deployment,
+                                 RetainAllVariantProperties=True)
+        final = self._wait(name)
+        self._check(name, final, config_name, updated=True)
+        return final
 
     def _check(self, name: str, described: dict | None, config_name: str, updated: bool) -> None:
         if described is None:
@@ -159,7 +189,7 @@ class SageMakerEndpoints:
         removed = if_exists(self._sm.delete_endpoint, EndpointName=name)
         if removed:
             log.info("deleting endpoint %s", name)
-            self._waiter("endpoint_deleted", name, "to be deleted")
+            self._wait_deleted(name)
         for page in self._sm.get_paginator("list_endpoint_configs").paginate(NameContains=_head(name)):
             for config in page.get("EndpointConfigs", []):
                 if _owned(config["EndpointConfigName"], name, _CONFIG_SUFFIX):
@@ -178,20 +208,16 @@ class SageMakerEndpoints:
     def _wait(self, name: str) -> dict | None:
         """Wait (botocore's endpoint_in_service) until the endpoint is InService or Failed; its
         description then, None when it is gone."""
-        self._waiter("endpoint_in_service", name, "to be InService")
+        wait_until(self._sm, "endpoint_in_service", what=f"endpoint {name} to be InService",
+                   timeout_s=self.timeout_s, poll_seconds=self.poll_seconds, EndpointName=name)
         return self._raw(name)
 
-    def _waiter(self, waiter: str, name: str, what: str) -> None:
-        """A botocore waiter on the endpoint; a failure state is for the caller to read, a timeout raises."""
-        delay = max(self.poll_seconds, 0.01)
-        config = {"Delay": self.poll_seconds, "MaxAttempts": max(1, math.ceil(self.timeout_s / delay))}
-        try:
-            self._sm.get_waiter(waiter).wait(EndpointName=name, WaiterConfig=config)
-        except WaiterError as exc:
-            if "Max attempts exceeded" in str(exc):
-                status = (exc.last_response or {}).get("EndpointStatus", "unknown")
-                raise WaitTimedOutError(f"endpoint {name} still {status} after {self.timeout_s:.0f} s waiting for "
-                                        f"it {what}") from None
+    def _wait_deleted(self, name: str) -> None:
+        failed = wait_until(self._sm, "endpoint_deleted", what=f"endpoint {name} to be deleted",
+                            timeout_s=self.timeout_s, poll_seconds=self.poll_seconds, EndpointName=name)
+        if failed is not None:
+            raise DeploymentFailedError(f"endpoint {name} could not be deleted: it is {failed.get('EndpointStatus')} "
+                                        f"({failed.get('FailureReason', 'no reason given')})")
 
     def _model_label(self, config_name: str | None) -> str:
         """MODEL_VERSION of the model behind the config ("" when it cannot be read)."""

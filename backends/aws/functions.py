@@ -4,27 +4,28 @@ publish() creates the function or updates only what differs (code by CodeSha256,
 field), publishes a version only when something changed (or none exists yet), points an alias at
 it, and sets reserved concurrency on the function and provisioned concurrency on the alias, waiting
 for each step AWS runs asynchronously: botocore's function_active_v2 / function_updated_v2 waiters
-for the function, backends.waiting for provisioned concurrency (botocore has no waiter for it).
+for the function, published_version_active for a version, backends.waiting for provisioned
+concurrency (botocore has no waiter for it). check_concurrency() says before any paid step whether
+the concurrency asked for fits the account (core.lambda_concurrency).
 """
 from __future__ import annotations
 
 import base64
 import hashlib
 import io
-import math
 import os
 import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from botocore.exceptions import ClientError, WaiterError
-
-from backends.aws.errors import error_code, if_exists, or_none
-from backends.errors import DeploymentFailedError, WaitTimedOutError
+from backends.aws.errors import ROLE_PROPAGATION_BUDGET_S, if_exists, or_none, while_role_propagates
+from backends.aws.waiters import wait_until
+from backends.errors import DeploymentFailedError, InvalidRequestError
 from backends.types import FunctionState
 from backends.waiting import SYSTEM_CLOCK, Clock, wait_for
 from core.config import FunctionConfig
 from core.functions import function_environment
+from core.lambda_concurrency import concurrency_problem
 
 _FIXED_TIMESTAMP = (1980, 1, 1, 0, 0, 0)  # the earliest a zip can hold
 _EXCLUDED_DIRS = {"__pycache__"}
@@ -86,18 +87,31 @@ def _differs(configuration: dict, desired: dict) -> list[str]:
 class LambdaFunctions:
     """Lambda functions published behind an alias, with reserved and provisioned concurrency.
 
-    role_arn(function name, endpoint name) gives the role a function runs as (PipelineRoles); it is
-    needed by publish_function only, as are tags (put on every function made).
+    role_arn(function name, endpoint name, readable s3 prefixes) gives the role a function runs as
+    (PipelineRoles); it is needed by publish_function only, as are tags (put on every function made).
+    role_budget_s: how long a create or configuration update waits for Lambda to accept a new role.
     """
 
     def __init__(self, lambda_client, poll_seconds: float = 2.0, timeout_s: float = 600, *,
                  role_arn: Callable[[str, str, Sequence[str]], str] | None = None, tags: dict[str, str] | None = None,
-                 source_dir: Path = LAMBDA_SOURCE_DIR, clock: Clock = SYSTEM_CLOCK):
+                 source_dir: Path = LAMBDA_SOURCE_DIR, clock: Clock = SYSTEM_CLOCK,
+                 role_budget_s: float = ROLE_PROPAGATION_BUDGET_S):
         self.client = lambda_client
         self.poll_seconds = poll_seconds
         self.timeout_s = timeout_s
         self.role_arn, self.tags, self.source_dir = role_arn, tags, source_dir
-        self.clock = clock
+        self.clock, self.role_budget_s = clock, role_budget_s
+
+    def check_concurrency(self, name: str, config: FunctionConfig) -> None:
+        """Raise InvalidRequestError, saying what to change, when `config`'s reserved and provisioned
+        concurrency would leave the account fewer than the 100 unreserved executions AWS keeps."""
+        limit = self.client.get_account_settings()["AccountLimit"]
+        current = or_none(self.client.get_function_concurrency, FunctionName=name) or {}
+        problem = concurrency_problem(limit["ConcurrentExecutions"], limit["UnreservedConcurrentExecutions"],
+                                      current.get("ReservedConcurrentExecutions"), config.reserved_concurrency,
+                                      config.provisioned_concurrency)
+        if problem:
+            raise InvalidRequestError(f"Lambda function {name}: {problem}")
 
     # -- the Functions service ------------------------------------------------------------
     def publish_function(self, name: str, endpoint_name: str, config: FunctionConfig,
@@ -132,22 +146,25 @@ class LambdaFunctions:
     # -- waits ------------------------------------------------------------------------
     def _wait_ready(self, name: str) -> dict:
         """Wait until the function is Active and no update is in progress; its configuration."""
-        delay = max(self.poll_seconds, 0.01)
-        config = {"Delay": self.poll_seconds, "MaxAttempts": max(1, math.ceil(self.timeout_s / delay))}
         for waiter, what in (("function_active_v2", "become Active"), ("function_updated_v2", "finish its update")):
-            try:
-                self.client.get_waiter(waiter).wait(FunctionName=name, WaiterConfig=config)
-            except WaiterError as exc:
-                if "Max attempts exceeded" in str(exc):
-                    raise WaitTimedOutError(f"Lambda function {name} did not {what} within {self.timeout_s:g} s") \
-                        from None
-                configuration = self.client.get_function_configuration(FunctionName=name)
+            failed = wait_until(self.client, waiter, what=f"Lambda function {name} to {what}",
+                                timeout_s=self.timeout_s, poll_seconds=self.poll_seconds, FunctionName=name)
+            if failed is not None:
+                configuration = failed.get("Configuration", {})
                 if configuration.get("State") == "Failed":
-                    reason = configuration.get("StateReason", "no reason given")
-                    raise DeploymentFailedError(f"Lambda function {name} failed: {reason}") from None
-                reason = configuration.get("LastUpdateStatusReason", "no reason given")
-                raise DeploymentFailedError(f"Lambda function {name} update failed: {reason}") from None
+                    raise DeploymentFailedError(f"Lambda function {name} failed: "
+                                                f"{configuration.get('StateReason', 'no reason given')}")
+                raise DeploymentFailedError(f"Lambda function {name} update failed: "
+                                            f"{configuration.get('LastUpdateStatusReason', 'no reason given')}")
         return self.client.get_function_configuration(FunctionName=name)
+
+    def _wait_version(self, name: str, version: str) -> None:
+        failed = wait_until(self.client, "published_version_active", what=f"version {version} of {name} to be Active",
+                            timeout_s=self.timeout_s, poll_seconds=self.poll_seconds, FunctionName=name,
+                            Qualifier=version)
+        if failed is not None:
+            raise DeploymentFailedError(f"version {version} of Lambda function {name} failed: "
+                                        f"{failed.get('StateReason', 'no reason given')}")
 
     def _wait_provisioned(self, name: str, alias: str) -> dict:
         def probe():
@@ -165,17 +182,8 @@ class LambdaFunctions:
                   **desired}
         if tags:
             kwargs["Tags"] = dict(tags)
-
-        def attempt():
-            try:
-                return self.client.create_function(**kwargs)
-            except ClientError as error:
-                # A role made moments ago may not be assumable yet (IAM is eventually consistent).
-                if error_code(error) == "InvalidParameterValueException" and "assume" in str(error):
-                    return None
-                raise
-        wait_for(attempt, what=f"Lambda to accept the role of {name}", timeout_s=self.timeout_s,
-                 interval_s=self.poll_seconds, clock=self.clock)
+        # A role made moments ago may not be assumable by Lambda yet: retried within a budget.
+        while_role_propagates(self.client.create_function, budget_s=self.role_budget_s, clock=self.clock, **kwargs)
 
     def _ensure_tags(self, arn: str, tags: dict[str, str] | None) -> None:
         if not tags:
@@ -230,7 +238,8 @@ class LambdaFunctions:
                 self.client.update_function_code(FunctionName=name, ZipFile=code_zip, Publish=False)
                 current = self._wait_ready(name)
             if _differs(current, desired):
-                self.client.update_function_configuration(FunctionName=name, **desired)
+                while_role_propagates(self.client.update_function_configuration, budget_s=self.role_budget_s,
+                                      clock=self.clock, FunctionName=name, **desired)
                 current = self._wait_ready(name)
             self._ensure_tags(current["FunctionArn"], tags)
 
@@ -240,6 +249,7 @@ class LambdaFunctions:
         version = self._published_like(name, current["CodeSha256"], desired)
         if version is None:
             version = self.client.publish_version(FunctionName=name, CodeSha256=current["CodeSha256"])
+        self._wait_version(name, version["Version"])  # also one an interrupted run published a moment ago
         alias_arn = self._point_alias(name, alias, version["Version"])
 
         # Provisioned concurrency must fit within reserved: shrink it first, grow it after.

@@ -1,16 +1,15 @@
 """The Hosting service on AWS: SageMaker real-time endpoints (endpoints.py) autoscaled by Application
-Auto Scaling (autoscaling.py). AWS refuses to update a variant registered for autoscaling, so a
-blue/green update runs with the variant's scaling suspended, and restored after.
+Auto Scaling (autoscaling.py). A blue/green update keeps the variant's instance count and its
+autoscaling; only an update AWS refuses on an autoscaled variant (a new instance type, a removed or
+renamed variant) runs with that variant deregistered, and registers it again after.
 
 Updates shift traffic as hosting.traffic_shift says (all at once, canary, linear, each step baked),
 and SageMaker rolls back by itself when one of the two CloudWatch alarms the pipeline creates and
 owns goes off: the variant's 5xx errors and its model latency (core/traffic.py)."""
 from __future__ import annotations
 
-import contextlib
-
 from backends.aws.account import AwsAccount
-from backends.aws.errors import if_exists
+from backends.aws.errors import ROLE_PROPAGATION_BUDGET_S, if_exists
 from backends.aws.autoscaling import EndpointAutoscaling
 from backends.aws.endpoints import SageMakerEndpoints
 from backends.aws.iam import PipelineRoles
@@ -21,21 +20,21 @@ from core.traffic import alarm_names, rollback_alarms, traffic_routing
 
 
 class SageMakerHosting:
-    def __init__(self, account: AwsAccount, roles: PipelineRoles, tags: dict[str, str], poll_seconds: float = 30.0):
+    def __init__(self, account: AwsAccount, roles: PipelineRoles, tags: dict[str, str], poll_seconds: float = 30.0,
+                 role_budget_s: float = ROLE_PROPAGATION_BUDGET_S):
         self.account, self.roles, self.tags = account, roles, tags
-        self.endpoints = SageMakerEndpoints(account.client("sagemaker"), poll_seconds=poll_seconds)
+        self.endpoints = SageMakerEndpoints(account.client("sagemaker"), poll_seconds=poll_seconds,
+                                            role_budget_s=role_budget_s)
         self.autoscaling = EndpointAutoscaling(account.client("application-autoscaling"))
 
     def deploy_endpoint(self, name: str, model: ModelVersion, hosting: HostingConfig) -> EndpointState:
-        suspension = contextlib.ExitStack()
         alarms = self._ensure_alarms(name, hosting)
         return self.endpoints.deploy(
             name, model, inference_image_uri(self.account.region, hosting.instance_type),
             self.roles.sagemaker_role_arn(), hosting, tags=self.tags,
             traffic_routing=traffic_routing(hosting.traffic_shift), rollback_alarms=alarms,
-            before_update=lambda: suspension.enter_context(
-                self.autoscaling.suspended_for_update(name, hosting.variant_name)),
-            after_update=suspension.close)
+            without_autoscaling=lambda variants: self.autoscaling.deregistered_for_update(
+                name, variants, hosting.variant_name))
 
     def describe_endpoint(self, name: str) -> EndpointState | None:
         return self.endpoints.describe(name)

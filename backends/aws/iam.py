@@ -3,16 +3,19 @@ here), and PipelineRoles: the three roles of one pipeline, with policies built b
 the resources they guard.
 
 Every function converges: a second call with the same arguments makes no write call.
-propagation_delay_s: IAM is eventually consistent and a new role takes about 10 s before a service
-can assume it (EC2 likewise refuses a fresh instance profile). Callers on real AWS pass ~10; the
-default 0 suits moto. The wait happens only when something was created or changed.
+
+Nothing here waits for IAM's eventual consistency. A new role or instance profile is refused for a
+few seconds (at worst about two minutes) by the service that is to use it, and every create that
+passes one retries exactly that refusal (backends.aws.errors.while_role_propagates: SageMaker's
+"Could not assume role", Lambda's "cannot be assumed by Lambda", EC2's "Invalid IAM Instance
+Profile"). A changed policy takes effect within seconds, long before the job, endpoint or function
+it is for starts reading with it. A fixed sleep after every change would add its delay to every
+run and still not be a guarantee.
 """
 from __future__ import annotations
 
 import json
 import logging
-import time
-
 from collections.abc import Callable, Sequence
 
 from botocore.exceptions import ClientError
@@ -56,29 +59,28 @@ def _paginate(iam, operation: str, key: str, **kwargs) -> list:
 
 
 def ensure_role(iam, name: str, trusted_service: str, policy_name: str, policy_document: dict,
-                tags: dict[str, str], propagation_delay_s: float = 0) -> str:
+                tags: dict[str, str]) -> str:
     """Create or converge a role trusted by one service, with one inline policy and our tags; its ARN."""
     unexpected = [sid for sid in wildcard_resources(policy_document) if sid not in UNAVOIDABLE_WILDCARD_SIDS]
     if unexpected:
         log.warning("policy %s of role %s grants on Resource '*' in %s", policy_name, name, ", ".join(unexpected))
     trust = assume_role_policy(trusted_service)
     wanted_tags = {**tags, MANAGED_TAG: "true"}
-    changed = False
+    created = False
     role = _get_role(iam, name)
     if role is None:
         try:
             role = iam.create_role(
                 RoleName=name, AssumeRolePolicyDocument=json.dumps(trust), Description="Managed by sagemaker-flows",
                 Tags=[{"Key": k, "Value": v} for k, v in wanted_tags.items()])["Role"]
-            changed = True
+            created = True
         except ClientError as error:  # created meanwhile by a concurrent run: converge it instead
             if error_code(error) != "EntityAlreadyExists":
                 raise
             role = _get_role(iam, name)
-    if not changed:
+    if not created:
         if _canonical(role["AssumeRolePolicyDocument"]) != _canonical(trust):
             iam.update_assume_role_policy(RoleName=name, PolicyDocument=json.dumps(trust))
-            changed = True
         current_tags = {t["Key"]: t["Value"] for t in _paginate(iam, "list_role_tags", "Tags", RoleName=name)}
         stale = {k: v for k, v in wanted_tags.items() if current_tags.get(k) != v}
         if stale:
@@ -86,22 +88,17 @@ def ensure_role(iam, name: str, trusted_service: str, policy_name: str, policy_d
     current_policy = _inline_policy(iam, name, policy_name)
     if current_policy is None or _canonical(current_policy) != _canonical(policy_document):
         iam.put_role_policy(RoleName=name, PolicyName=policy_name, PolicyDocument=json.dumps(policy_document))
-        changed = True
-    if changed and propagation_delay_s > 0:
-        time.sleep(propagation_delay_s)
     return role["Arn"]
 
 
-def ensure_instance_profile(iam, name: str, role_name: str, propagation_delay_s: float = 0) -> str:
+def ensure_instance_profile(iam, name: str, role_name: str) -> str:
     """Create or converge an instance profile holding exactly `role_name`; its ARN."""
-    changed = False
     found = or_none(iam.get_instance_profile, InstanceProfileName=name)
     if found:
         profile = found["InstanceProfile"]
     else:
         profile = iam.create_instance_profile(
             InstanceProfileName=name, Tags=[{"Key": MANAGED_TAG, "Value": "true"}])["InstanceProfile"]
-        changed = True
     attached = [r["RoleName"] for r in profile.get("Roles", [])]
     # A profile holds at most one role: swap out any other before adding ours.
     for other in attached:
@@ -109,9 +106,6 @@ def ensure_instance_profile(iam, name: str, role_name: str, propagation_delay_s:
             iam.remove_role_from_instance_profile(InstanceProfileName=name, RoleName=other)
     if role_name not in attached:
         iam.add_role_to_instance_profile(InstanceProfileName=name, RoleName=role_name)
-        changed = True
-    if changed and propagation_delay_s > 0:
-        time.sleep(propagation_delay_s)
     return profile["Arn"]
 
 
@@ -143,35 +137,64 @@ def delete_instance_profile(iam, name: str) -> bool:
 
 class PipelineRoles:
     """The roles one pipeline's AWS resources run as: SageMaker jobs and endpoints, the EC2 training
-    instance (through its instance profile), and the Lambda function."""
+    instance (through its instance profile), and the Lambda function.
+
+    readable_uris: s3:// locations the training roles read besides the pipeline's prefix (a data
+    source staged where it is, s3:// pretrained weights; a prefix ends in "/"); those under the
+    prefix need nothing more. bucket_key(bucket): the ARN of the KMS key a bucket's SSE-KMS uses,
+    None for none (S3Storage.bucket_key_arn); the roles may use the keys of the buckets they touch.
+    """
 
     def __init__(self, iam, names: PipelineNames, bucket: Callable[[], str], account_id: Callable[[], str],
-                 region: str, propagation_delay_s: float = 10.0):
+                 region: str, *, readable_uris: Sequence[str] = (),
+                 bucket_key: Callable[[str], str | None] = lambda bucket: None):
         self.iam, self.names, self.region = iam, names, region
         self._bucket, self._account_id = bucket, account_id
-        self.propagation_delay_s = propagation_delay_s
+        self.readable_uris = tuple(readable_uris)
+        self._bucket_key = bucket_key
+        self._keys: dict[str, str | None] = {}
 
     def _ensure(self, kind: str, service: str, policy_name: str, document: dict) -> str:
-        return ensure_role(self.iam, self.names.role(kind), service, policy_name, document, self.names.tags,
-                           self.propagation_delay_s)
+        return ensure_role(self.iam, self.names.role(kind), service, policy_name, document, self.names.tags)
+
+    def _key_arns(self, uris: Sequence[str]) -> list[str]:
+        """The SSE-KMS keys of the buckets of `uris`, each bucket asked once per pipeline run."""
+        arns = []
+        for uri in uris:
+            bucket = uri[5:].split("/", 1)[0]
+            if bucket not in self._keys:
+                self._keys[bucket] = self._bucket_key(bucket)
+            if self._keys[bucket] and self._keys[bucket] not in arns:
+                arns.append(self._keys[bucket])
+        return arns
+
+    def _training_access(self) -> dict:
+        """The keyword arguments of the training roles' documents: what they read outside the
+        prefix, and the KMS keys of what they write (the pipeline's bucket) and read."""
+        bucket = self._bucket()
+        extra = policies.locations_outside(self.names.prefix_uri(bucket), self.readable_uris)
+        return {"readable_uris": extra, "write_key_arns": self._key_arns([f"s3://{bucket}/"]),
+                "read_key_arns": self._key_arns(extra)}
 
     def sagemaker_role_arn(self) -> str:
         document = policies.sagemaker_execution_policy(self._bucket(), self.names.prefix, self._account_id(),
-                                                       self.region)
+                                                       self.region, **self._training_access())
         return self._ensure("sagemaker", "sagemaker.amazonaws.com", "sagemaker-flows-execution", document)
 
     def ec2_instance_profile_arn(self) -> str:
-        document = policies.ec2_training_policy(self._bucket(), self.names.prefix, self._account_id(), self.region)
+        document = policies.ec2_training_policy(self._bucket(), self.names.prefix, self._account_id(), self.region,
+                                                **self._training_access())
         self._ensure("ec2", "ec2.amazonaws.com", "sagemaker-flows-ec2-training", document)
         name = self.names.role("ec2")
-        return ensure_instance_profile(self.iam, name, name, self.propagation_delay_s)
+        return ensure_instance_profile(self.iam, name, name)
 
     def lambda_role_arn(self, function_name: str, endpoint_name: str, s3_prefixes: Sequence[str] = ()) -> str:
         """The function's role: it invokes the endpoint and reads exactly `s3_prefixes` (by default the
-        pipeline's own prefix)."""
+        pipeline's own prefix), with their buckets' SSE-KMS keys."""
         endpoint_arn = policies.endpoint_arn(self.region, self._account_id(), endpoint_name)
         readable = list(s3_prefixes) or [self.names.prefix_uri(self._bucket())]
-        document = policies.lambda_policy(endpoint_arn, readable, self._account_id(), self.region, function_name)
+        document = policies.lambda_policy(endpoint_arn, readable, self._account_id(), self.region, function_name,
+                                          read_key_arns=self._key_arns(readable))
         return self._ensure("lambda", "lambda.amazonaws.com", "sagemaker-flows-invoke-endpoint", document)
 
     def delete_all(self) -> list[str]:

@@ -32,10 +32,11 @@ from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import ClientError
 
 from backends.aws.errors import error_code, http_status, is_not_found, or_none
+from backends.aws.waiters import wait_until
 from backends.errors import InvalidRequestError, NotFoundError
 from backends.types import Progress, StagedDataset
 from core.datasets import manifest_checksum, sha256_file
-from core.retry import PermanentError
+from core.retry import PermanentError, is_transient
 from core.uris import S3Uri, parse_s3_uri
 
 log = logging.getLogger(__name__)
@@ -54,11 +55,14 @@ class S3Storage:
     """The Storage service on S3, on a boto3 S3 client that the caller makes (backends/session.py).
 
     bucket: the default bucket's name, or a function that works it out (it may need the account id).
+    kms: a KMS client, to find the key an SSE-KMS bucket names by alias or key id (bucket_key_arn).
     """
 
     def __init__(self, client, bucket: str | Callable[[], str] | None = None, max_workers: int = 8,
-                 transfer_config: TransferConfig | None = None):
+                 transfer_config: TransferConfig | None = None, kms=None):
         self.client = client
+        self.kms = kms
+        self.bucket_wait_s = 60.0  # how long a new bucket may take to answer HEAD
         self._bucket = bucket
         self._bucket_ready: str | None = None
         self.max_workers = max(1, max_workers)
@@ -103,7 +107,8 @@ class S3Storage:
                 raise PermanentError(f"S3 bucket name {bucket!r} is taken by another account: set aws.bucket to "
                                      "another name") from None
             raise
-        self.client.get_waiter("bucket_exists").wait(Bucket=bucket, WaiterConfig={"Delay": 2, "MaxAttempts": 30})
+        wait_until(self.client, "bucket_exists", what=f"S3 bucket {bucket} to exist", timeout_s=self.bucket_wait_s,
+                   poll_seconds=2.0, Bucket=bucket)
         self.client.put_public_access_block(Bucket=bucket, PublicAccessBlockConfiguration={
             "BlockPublicAcls": True, "IgnorePublicAcls": True, "BlockPublicPolicy": True,
             "RestrictPublicBuckets": True})
@@ -111,6 +116,39 @@ class S3Storage:
             {"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]})
         log.info("created S3 bucket %s in %s (public access blocked, SSE-S3)", bucket, region)
         return True
+
+    def bucket_key_arn(self, bucket: str) -> str | None:
+        """The ARN of the customer KMS key `bucket` encrypts new objects with (SSE-KMS, GetBucketEncryption),
+        None for SSE-S3 or the AWS managed aws/s3 key (that one needs no grant), or when it cannot be read."""
+        try:
+            rules = self.client.get_bucket_encryption(Bucket=bucket)["ServerSideEncryptionConfiguration"]["Rules"]
+        except ClientError as exc:
+            if error_code(exc) == "ServerSideEncryptionConfigurationNotFoundError" or is_not_found(exc):
+                return None
+            if http_status(exc) != 403:
+                raise
+            log.warning("cannot read the default encryption of S3 bucket %s (%s): if it uses SSE-KMS, grant the "
+                        "pipeline's roles kms:Decrypt on its key yourself", bucket, error_code(exc))
+            return None
+        for rule in rules:
+            default = rule.get("ApplyServerSideEncryptionByDefault") or {}
+            key = default.get("KMSMasterKeyID")
+            if not default.get("SSEAlgorithm", "").startswith("aws:kms") or not key:
+                continue
+            if key.startswith("arn:") and ":key/" in key:
+                return key
+            if self.kms is None:
+                raise ValueError(f"S3 bucket {bucket} encrypts with KMS key {key!r}: a KMS client is needed to find "
+                                 "its ARN")
+            try:  # an alias or a key id: the key's ARN
+                return self.kms.describe_key(KeyId=key)["KeyMetadata"]["Arn"]
+            except ClientError as exc:
+                if is_transient(exc):
+                    raise
+                log.warning("cannot describe KMS key %s of S3 bucket %s (%s): grant the pipeline's roles "
+                            "kms:Decrypt on it yourself", key, bucket, error_code(exc))
+                return None
+        return None
 
     # -- single objects -----------------------------------------------------------------
     def upload_file(self, path: str | os.PathLike, uri: str) -> str:

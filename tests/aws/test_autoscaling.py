@@ -1,4 +1,5 @@
-"""Endpoint autoscaling on moto: register is an upsert, deregister is idempotent, updates suspend it."""
+"""Endpoint autoscaling on moto: register is an upsert, deregister is idempotent, an update AWS refuses on
+an autoscaled variant runs with it deregistered and registers it again."""
 import os
 
 for _key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
@@ -75,34 +76,47 @@ def test_describe_is_none_when_not_registered(client):
     assert EndpointAutoscaling(client).describe(ENDPOINT, VARIANT) is None
 
 
-def test_suspended_for_update_deregisters_then_restores_the_same_target_and_policy(client):
+def test_deregistered_for_update_then_registered_again_the_same_way(client):
     scaling = EndpointAutoscaling(client)
     before = scaling.register(ENDPOINT, VARIANT, AutoscalingConfig())
 
-    with scaling.suspended_for_update(ENDPOINT, VARIANT) as suspended:
-        assert suspended is True
+    with scaling.deregistered_for_update(ENDPOINT, [VARIANT], VARIANT) as deregistered:
+        assert deregistered == [VARIANT]
         assert _targets(client) == [] and _policies(client) == []
-        assert scaling.describe(ENDPOINT, VARIANT) is None
 
     _assert_seed_registration(client)
     assert scaling.describe(ENDPOINT, VARIANT) == before
 
 
-def test_suspended_for_update_restores_even_when_the_update_fails(client):
+def test_a_renamed_variant_gets_the_registration_of_the_one_it_replaced(client):
+    scaling = EndpointAutoscaling(client)
+    scaling.register(ENDPOINT, VARIANT, AutoscalingConfig(min_capacity=2, max_capacity=6))
+
+    with scaling.deregistered_for_update(ENDPOINT, [VARIANT], "Blue"):
+        pass
+
+    (target,) = _targets(client)
+    assert (target["ResourceId"], target["MinCapacity"], target["MaxCapacity"]) == (
+        f"endpoint/{ENDPOINT}/variant/Blue", 2, 6)
+    (policy,) = _policies(client)
+    assert policy["ResourceId"] == f"endpoint/{ENDPOINT}/variant/Blue"
+
+
+def test_a_failed_update_registers_the_old_variant_again(client):
     scaling = EndpointAutoscaling(client)
     scaling.register(ENDPOINT, VARIANT, AutoscalingConfig())
 
     with pytest.raises(RuntimeError, match="update failed"):
-        with scaling.suspended_for_update(ENDPOINT, VARIANT):
+        with scaling.deregistered_for_update(ENDPOINT, [VARIANT], "Blue"):
             raise RuntimeError("update failed")
 
-    _assert_seed_registration(client)
+    _assert_seed_registration(client)  # on AllTraffic, which still serves
 
 
-def test_suspended_for_update_does_nothing_when_not_registered(client):
+def test_deregistered_for_update_does_nothing_when_not_registered(client):
     scaling = EndpointAutoscaling(client)
-    with scaling.suspended_for_update(ENDPOINT, VARIANT) as suspended:
-        assert suspended is False
+    with scaling.deregistered_for_update(ENDPOINT, [VARIANT], VARIANT) as deregistered:
+        assert deregistered == []
     assert _targets(client) == [] and _policies(client) == []
 
 

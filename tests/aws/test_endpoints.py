@@ -7,6 +7,7 @@ tuple makes botocore skip sending the request (botocore/client.py, _make_api_cal
 sees the exact parameters the code sent, and the handler plays SageMaker's part: it moves the
 endpoint to the new config (a successful update) or leaves it on the old one (a rollback).
 """
+import contextlib
 import os
 
 # Fake credentials before boto3 is imported: no test may reach a real AWS account.
@@ -19,10 +20,16 @@ import pytest  # noqa: E402
 from botocore.awsrequest import AWSResponse  # noqa: E402
 from moto import mock_aws  # noqa: E402
 
+from botocore.exceptions import ClientError, ConnectionClosedError  # noqa: E402
+
 from backends.aws.endpoints import SageMakerEndpoints  # noqa: E402
-from backends.errors import DeploymentFailedError  # noqa: E402
+from backends.aws.errors import RoleNotUsableError  # noqa: E402
+from backends.errors import DeploymentFailedError, WaitTimedOutError  # noqa: E402
 from backends.types import ModelVersion  # noqa: E402
+from backends.waiting import Clock  # noqa: E402
 from core.config import HostingConfig  # noqa: E402
+from core.retry import is_transient  # noqa: E402
+from tests.aws.fakes import answer  # noqa: E402
 
 REGION = "us-east-1"
 NAME = "proj-dev-endpoint"
@@ -118,41 +125,47 @@ def test_first_deploy_creates_model_config_and_endpoint(endpoints, sagemaker):
     assert endpoints.describe(NAME) == state
 
 
+class Guard:
+    """Stands in for hosting's without_autoscaling: records the variants it was asked to deregister,
+    and when the update inside it began and ended."""
+
+    def __init__(self):
+        self.entered: list[list[str]] = []
+        self.events: list[str] = []
+
+    @contextlib.contextmanager
+    def __call__(self, variants):
+        self.entered.append(list(variants))
+        self.events.append("deregistered")
+        try:
+            yield
+        finally:
+            self.events.append("registered again")
+
+
 def test_second_deploy_of_the_same_version_changes_nothing(endpoints, sagemaker):
     first = endpoints.deploy(NAME, _version(1), IMAGE, ROLE, HOSTING)
     calls = Calls(sagemaker)
-    hooks = []
-    again = endpoints.deploy(NAME, _version(1), IMAGE, ROLE, HOSTING,
-                             before_update=lambda: hooks.append("before"), after_update=lambda: hooks.append("after"))
+    guard = Guard()
+    again = endpoints.deploy(NAME, _version(1), IMAGE, ROLE, HOSTING, without_autoscaling=guard)
     assert again == first
     assert calls.names and calls.mutating() == []  # only Describe calls
-    assert hooks == []
+    assert guard.entered == []
 
 
-def test_deploy_of_a_new_version_updates_blue_green(endpoints, sagemaker):
+def test_deploy_of_a_new_version_updates_blue_green_keeping_autoscaling(endpoints, sagemaker):
     endpoints.deploy(NAME, _version(1), IMAGE, ROLE, HOSTING)
     calls = Calls(sagemaker, update="apply")
-    order = []
-    calls_at_hook = {}
+    guard = Guard()
 
-    def before():
-        order.append("before")
-        calls_at_hook["before"] = list(calls.mutating())
+    state = endpoints.deploy(NAME, _version(2), IMAGE, ROLE, HOSTING, without_autoscaling=guard)
 
-    def after():
-        order.append("after")
-        calls_at_hook["after"] = list(calls.mutating())
-
-    state = endpoints.deploy(NAME, _version(2), IMAGE, ROLE, HOSTING, before_update=before, after_update=after)
     assert calls.mutating() == ["CreateModel", "CreateEndpointConfig", "UpdateEndpoint"]
-    assert order == ["before", "after"]
-    assert calls_at_hook == {"before": ["CreateModel", "CreateEndpointConfig"],
-                             "after": ["CreateModel", "CreateEndpointConfig", "UpdateEndpoint"]}
-
+    assert guard.entered == []  # a new model on the same variant and instance type: AWS allows it as it is
     (update,) = calls.updates
     new_config = sagemaker.describe_endpoint(EndpointName=NAME)["EndpointConfigName"]
     assert update == {
-        "EndpointName": NAME, "EndpointConfigName": new_config, "RetainAllVariantProperties": False,
+        "EndpointName": NAME, "EndpointConfigName": new_config, "RetainAllVariantProperties": True,
         "DeploymentConfig": {"BlueGreenUpdatePolicy": {
             "TrafficRoutingConfiguration": {"Type": "ALL_AT_ONCE", "WaitIntervalInSeconds": 0},
             "TerminationWaitInSeconds": 300, "MaximumExecutionTimeoutInSeconds": 3600}}}
@@ -160,6 +173,28 @@ def test_deploy_of_a_new_version_updates_blue_green(endpoints, sagemaker):
     assert endpoints.describe(NAME).model_version == "proj-dev-models/2"
     models, configs, _ = _names(sagemaker)
     assert len(models) == 2 and len(configs) == 2  # the old ones stay until delete()
+
+
+def test_an_update_keeps_the_scaled_out_instance_count_and_a_rerun_changes_nothing(endpoints, sagemaker):
+    endpoints.deploy(NAME, _version(1), IMAGE, ROLE, HOSTING)  # 2 instances
+    sagemaker.update_endpoint_weights_and_capacities(  # as autoscaling does
+        EndpointName=NAME, DesiredWeightsAndCapacities=[{"VariantName": "AllTraffic", "DesiredInstanceCount": 3}])
+    calls = Calls(sagemaker, update="apply")
+
+    state = endpoints.deploy(NAME, _version(2), IMAGE, ROLE, HOSTING)
+
+    assert calls.updates[0]["RetainAllVariantProperties"] is True
+    config = sagemaker.describe_endpoint_config(EndpointConfigName=calls.updates[0]["EndpointConfigName"])
+    assert config["ProductionVariants"][0]["InitialInstanceCount"] == 3
+    assert state.instance_count == 3
+    assert sagemaker.describe_endpoint(EndpointName=NAME)["ProductionVariants"][0]["DesiredInstanceCount"] == 3
+
+    sagemaker.update_endpoint_weights_and_capacities(
+        EndpointName=NAME, DesiredWeightsAndCapacities=[{"VariantName": "AllTraffic", "DesiredInstanceCount": 5}])
+    calls = Calls(sagemaker, update="apply")
+    again = endpoints.deploy(NAME, _version(2), IMAGE, ROLE, HOSTING)
+    assert calls.mutating() == []  # the count autoscaling set is no reason to deploy again
+    assert again.instance_count == 5
 
 
 def test_update_passes_rollback_alarms(endpoints, sagemaker):
@@ -170,24 +205,40 @@ def test_update_passes_rollback_alarms(endpoints, sagemaker):
         "Alarms": [{"AlarmName": "proj-dev-5xx"}]}
 
 
-def test_hosting_change_alone_updates(endpoints, sagemaker):
+def test_an_instance_type_change_updates_with_the_variant_deregistered(endpoints, sagemaker):
     endpoints.deploy(NAME, _version(1), IMAGE, ROLE, HOSTING)
     calls = Calls(sagemaker, update="apply")
+    guard = Guard()
     bigger = HostingConfig(instance_type="ml.c5.xlarge", initial_instance_count=2, top_k=4)
-    state = endpoints.deploy(NAME, _version(1), IMAGE, ROLE, bigger)
+
+    state = endpoints.deploy(NAME, _version(1), IMAGE, ROLE, bigger, without_autoscaling=guard)
+
     assert calls.mutating() == ["CreateEndpointConfig", "UpdateEndpoint"]  # the model is reused
+    assert guard.entered == [["AllTraffic"]] and guard.events == ["deregistered", "registered again"]
     assert state.model_version == "proj-dev-models/1"
 
 
-def test_rolled_back_update_raises_and_still_calls_after_update(endpoints, sagemaker):
+def test_a_renamed_variant_is_deregistered_as_a_removed_one(endpoints, sagemaker):
+    endpoints.deploy(NAME, _version(1), IMAGE, ROLE, HOSTING)
+    Calls(sagemaker, update="apply")
+    guard = Guard()
+    renamed = HostingConfig(instance_type="ml.m5.large", initial_instance_count=2, variant_name="Blue", top_k=4)
+
+    state = endpoints.deploy(NAME, _version(1), IMAGE, ROLE, renamed, without_autoscaling=guard)
+
+    assert guard.entered == [["AllTraffic"]]
+    assert (state.variant_name, state.instance_count) == ("Blue", 2)
+
+
+def test_rolled_back_update_raises_and_registers_autoscaling_again(endpoints, sagemaker):
     endpoints.deploy(NAME, _version(1), IMAGE, ROLE, HOSTING)
     old_config = sagemaker.describe_endpoint(EndpointName=NAME)["EndpointConfigName"]
     Calls(sagemaker, update="rollback")
-    order = []
+    guard = Guard()
+    bigger = HostingConfig(instance_type="ml.c5.xlarge", initial_instance_count=2, top_k=4)
     with pytest.raises(DeploymentFailedError, match="rolled back"):
-        endpoints.deploy(NAME, _version(2), IMAGE, ROLE, HOSTING,
-                         before_update=lambda: order.append("before"), after_update=lambda: order.append("after"))
-    assert order == ["before", "after"]
+        endpoints.deploy(NAME, _version(2), IMAGE, ROLE, bigger, without_autoscaling=guard)
+    assert guard.events == ["deregistered", "registered again"]
     assert sagemaker.describe_endpoint(EndpointName=NAME)["EndpointConfigName"] == old_config
     assert endpoints.describe(NAME).model_version == "proj-dev-models/1"
 
@@ -235,3 +286,131 @@ def test_long_names_fit_and_are_deleted(endpoints, sagemaker):
 
 def test_describe_unknown_endpoint(endpoints):
     assert endpoints.describe("nope") is None
+
+
+def _lose_the_answer_once(client, operation: str) -> list[str]:
+    """After `operation` succeeded, drop its answer once (the connection closes before the response
+    arrives), as a network fault does; the list records each time."""
+    lost = []
+
+    def drop(**_):
+        if not lost:
+            lost.append(operation)
+            raise ConnectionClosedError(endpoint_url=f"https://api.sagemaker.{REGION}.amazonaws.com/")
+    client.meta.events.register(f"after-call.sagemaker.{operation}", drop)
+    return lost
+
+
+@pytest.mark.parametrize("operation", ["CreateModel", "CreateEndpointConfig", "CreateEndpoint"])
+def test_a_create_whose_answer_was_lost_is_not_made_twice(endpoints, sagemaker, operation):
+    lost = _lose_the_answer_once(sagemaker, operation)
+    with pytest.raises(ConnectionClosedError):
+        endpoints.deploy(NAME, _version(1), IMAGE, ROLE, HOSTING)
+    assert lost == [operation]
+
+    state = endpoints.deploy(NAME, _version(1), IMAGE, ROLE, HOSTING)  # as the task's retry does
+
+    models, configs, eps = _names(sagemaker)
+    assert (len(models), len(configs), eps) == (1, 1, [NAME])
+    assert state.status == "InService" and state.model_version == "proj-dev-models/1"
+
+
+def test_an_update_whose_answer_was_lost_is_not_sent_twice(endpoints, sagemaker):
+    endpoints.deploy(NAME, _version(1), IMAGE, ROLE, HOSTING)
+    calls = Calls(sagemaker, update="apply")
+    lost = _lose_the_answer_once(sagemaker, "UpdateEndpoint")
+    with pytest.raises(ConnectionClosedError):
+        endpoints.deploy(NAME, _version(2), IMAGE, ROLE, HOSTING)
+    assert lost == ["UpdateEndpoint"]
+
+    state = endpoints.deploy(NAME, _version(2), IMAGE, ROLE, HOSTING)
+
+    assert len(calls.updates) == 1 and state.model_version == "proj-dev-models/2"
+    models, configs, eps = _names(sagemaker)
+    assert (len(models), len(configs), eps) == (2, 2, [NAME])
+
+
+class FakeClock:
+    def __init__(self):
+        self.t, self.sleeps = 0.0, []
+
+    def now(self) -> float:
+        return self.t
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.t += seconds
+
+
+def test_create_model_waits_while_sagemaker_cannot_assume_a_new_role(sagemaker):
+    refusals = []
+
+    def refuse_twice(**_):  # SageMaker's answer while IAM has not propagated the role yet
+        if len(refusals) < 2:
+            refusals.append(1)
+            return answer(400, {"Error": {"Code": "ValidationException",
+                                          "Message": f"Could not assume role {ROLE}. Please ensure that the role "
+                                                     "exists and allows principal 'sagemaker.amazonaws.com' to "
+                                                     "assume the role."}})
+    sagemaker.meta.events.register("before-call.sagemaker.CreateModel", refuse_twice)
+    clock = FakeClock()
+    endpoints = SageMakerEndpoints(sagemaker, poll_seconds=0.01, timeout_s=5, clock=Clock(clock.now, clock.sleep))
+
+    state = endpoints.deploy(NAME, _version(1), IMAGE, ROLE, HOSTING)
+
+    assert clock.sleeps == [1.0, 2.0] and state.status == "InService"
+    assert len(_names(sagemaker)[0]) == 1
+
+
+def test_a_role_still_refused_after_the_budget_is_a_permanent_error(sagemaker):
+    sagemaker.meta.events.register("before-call.sagemaker.CreateModel", lambda **_: answer(
+        400, {"Error": {"Code": "ValidationException", "Message": f"Could not assume role {ROLE}."}}))
+    clock = FakeClock()
+    endpoints = SageMakerEndpoints(sagemaker, poll_seconds=0.01, timeout_s=5, role_budget_s=30,
+                                   clock=Clock(clock.now, clock.sleep))
+    with pytest.raises(RoleNotUsableError, match="trust policy") as failure:
+        endpoints.deploy(NAME, _version(1), IMAGE, ROLE, HOSTING)
+    assert not is_transient(failure.value)
+    assert sum(clock.sleeps) == 30 and clock.sleeps[:5] == [1.0, 2.0, 4.0, 8.0, 15.0]
+
+
+def _stuck(status: str):
+    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.sagemaker.models import sagemaker_backends
+
+    sagemaker_backends[DEFAULT_ACCOUNT_ID][REGION].endpoints[NAME].endpoint_status = status
+
+
+def test_an_endpoint_that_never_settles_times_out_permanently(sagemaker):
+    endpoints = SageMakerEndpoints(sagemaker, poll_seconds=0, timeout_s=0)  # botocore's waiter: one attempt
+    endpoints.deploy(NAME, _version(1), IMAGE, ROLE, HOSTING)
+    _stuck("Updating")
+    with pytest.raises(WaitTimedOutError, match=f"endpoint {NAME} to be InService.*still Updating") as failure:
+        endpoints.deploy(NAME, _version(2), IMAGE, ROLE, HOSTING)
+    assert not is_transient(failure.value)
+
+
+def test_an_endpoint_that_is_never_deleted_times_out_permanently(sagemaker):
+    endpoints = SageMakerEndpoints(sagemaker, poll_seconds=0, timeout_s=0)
+    endpoints.deploy(NAME, _version(1), IMAGE, ROLE, HOSTING)
+    sagemaker.meta.events.register("before-call.sagemaker.DeleteEndpoint",  # accepted, but it stays
+                                   lambda **_: answer(200, {}))
+    _stuck("Deleting")
+    with pytest.raises(WaitTimedOutError, match="to be deleted.*still Deleting"):
+        endpoints.delete(NAME)
+
+
+def test_a_throttled_wait_raises_the_transient_error_not_a_verdict(sagemaker):
+    endpoints = SageMakerEndpoints(sagemaker, poll_seconds=0, timeout_s=5)
+    endpoints.deploy(NAME, _version(1), IMAGE, ROLE, HOSTING)
+    _stuck("Updating")
+    describes = []
+
+    def throttle_the_waiter(**_):  # the first describe finds it Updating; the waiter's polls are throttled
+        describes.append(1)
+        if len(describes) > 1:
+            return answer(400, {"Error": {"Code": "ThrottlingException", "Message": "Rate exceeded"}})
+    sagemaker.meta.events.register("before-call.sagemaker.DescribeEndpoint", throttle_the_waiter)
+    with pytest.raises(ClientError, match="Rate exceeded") as failure:
+        endpoints.deploy(NAME, _version(2), IMAGE, ROLE, HOSTING)
+    assert is_transient(failure.value) and len(describes) == 2

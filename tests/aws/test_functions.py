@@ -21,12 +21,16 @@ os.environ["AWS_DEFAULT_REGION"] = "us-east-1"
 
 import boto3  # noqa: E402
 import pytest  # noqa: E402
+from botocore.exceptions import ConnectionClosedError  # noqa: E402
+from botocore.stub import Stubber  # noqa: E402
 from moto import mock_aws  # noqa: E402
 
 from backends.aws.functions import LambdaFunctions, code_sha256, zip_source  # noqa: E402
-from backends.errors import DeploymentFailedError, WaitTimedOutError  # noqa: E402
+from backends.errors import DeploymentFailedError, InvalidRequestError, WaitTimedOutError  # noqa: E402
+from backends.waiting import Clock  # noqa: E402
 from core.config import FunctionConfig  # noqa: E402
-from tests.aws.fakes import FakeProvisioned  # noqa: E402
+from core.retry import is_transient  # noqa: E402
+from tests.aws.fakes import FakeProvisioned, answer  # noqa: E402
 
 REGION, NAME = "us-east-1", "proj-dev-predict"
 LAMBDA_SRC = Path(__file__).resolve().parents[2] / "lambda_src"
@@ -264,3 +268,183 @@ def test_zip_source_of_the_shipped_handler_has_it_at_the_root():
     assert "handler.py" in archive.namelist()
     assert not [n for n in archive.namelist() if "__pycache__" in n or n.endswith(".pyc")]
     assert archive.read("handler.py") == (LAMBDA_SRC / "handler.py").read_bytes()
+
+
+def _lose_the_answer_once(client, operation: str) -> list[str]:
+    """After `operation` succeeded, drop its answer once (the connection closes before the response
+    arrives); the list records it."""
+    lost = []
+
+    def drop(**_):
+        if not lost:
+            lost.append(operation)
+            raise ConnectionClosedError(endpoint_url=f"https://lambda.{REGION}.amazonaws.com/")
+    client.meta.events.register(f"after-call.lambda.{operation}", drop)
+    return lost
+
+
+@pytest.mark.parametrize("operation", ["CreateFunction", "PublishVersion", "CreateAlias", "PutFunctionConcurrency",
+                                       "PutProvisionedConcurrencyConfig"])
+def test_a_step_whose_answer_was_lost_is_not_done_twice(aws, tmp_path, operation):
+    """FakeProvisioned stands in for provisioned concurrency, which moto does not implement."""
+    client, role = aws
+    provisioned = FakeProvisioned(client.meta.events)
+    calls = Calls(client)
+    functions = LambdaFunctions(client, poll_seconds=0)
+    code = zip_source(str(_source(tmp_path)))
+    lost = _lose_the_answer_once(client, operation)
+    with pytest.raises(ConnectionClosedError):
+        functions.publish(NAME, role, code, ENVIRONMENT, FunctionConfig())
+    assert lost == [operation]
+
+    state = functions.publish(NAME, role, code, ENVIRONMENT, FunctionConfig())  # as the task's retry does
+
+    assert calls.names().count(operation) == 1
+    assert [f["FunctionName"] for f in client.list_functions()["Functions"]] == [NAME]
+    assert _versions(client) == ["$LATEST", "1"]
+    assert [a["Name"] for a in client.list_aliases(FunctionName=NAME)["Aliases"]] == ["live"]
+    assert client.get_function_concurrency(FunctionName=NAME)["ReservedConcurrentExecutions"] == 100
+    assert len(provisioned.puts) == 1
+    assert (state.version, state.reserved_concurrency, state.provisioned_concurrency) == ("1", 100, 5)
+
+
+class FakeClock:
+    def __init__(self):
+        self.t, self.sleeps = 0.0, []
+
+    def now(self) -> float:
+        return self.t
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.t += seconds
+
+
+def _refuse_twice(client, operation: str) -> list[int]:
+    refusals = []
+
+    def refuse(**_):  # Lambda's answer while IAM has not propagated a new role yet
+        if len(refusals) < 2:
+            refusals.append(1)
+            return answer(400, {"Error": {"Code": "InvalidParameterValueException",
+                                          "Message": "The role defined for the function cannot be assumed by Lambda."}})
+    client.meta.events.register(f"before-call.lambda.{operation}", refuse)
+    return refusals
+
+
+def test_create_waits_while_lambda_cannot_assume_a_new_role(aws, tmp_path):
+    """FakeProvisioned stands in for provisioned concurrency, which moto does not implement."""
+    client, role = aws
+    FakeProvisioned(client.meta.events, statuses=("READY",))  # the clock then only sees the role's waits
+    refusals = _refuse_twice(client, "CreateFunction")
+    clock = FakeClock()
+
+    LambdaFunctions(client, poll_seconds=0, clock=Clock(clock.now, clock.sleep)).publish(
+        NAME, role, zip_source(str(_source(tmp_path))), ENVIRONMENT, FunctionConfig())
+
+    assert refusals == [1, 1] and clock.sleeps == [1.0, 2.0]
+    assert [f["FunctionName"] for f in client.list_functions()["Functions"]] == [NAME]
+
+
+def test_a_configuration_update_waits_while_lambda_cannot_assume_a_new_role(aws, tmp_path):
+    """FakeProvisioned stands in for provisioned concurrency, which moto does not implement."""
+    client, role = aws
+    FakeProvisioned(client.meta.events, statuses=("READY",))  # the clock then only sees the role's waits
+    code = zip_source(str(_source(tmp_path)))
+    LambdaFunctions(client, poll_seconds=0).publish(NAME, role, code, ENVIRONMENT, FunctionConfig())
+    refusals = _refuse_twice(client, "UpdateFunctionConfiguration")
+    clock = FakeClock()
+
+    LambdaFunctions(client, poll_seconds=0, clock=Clock(clock.now, clock.sleep)).publish(
+        NAME, role, code, ENVIRONMENT, FunctionConfig(memory_mb=1024))
+
+    assert refusals == [1, 1] and clock.sleeps == [1.0, 2.0]
+    assert client.get_function_configuration(FunctionName=NAME)["MemorySize"] == 1024
+
+
+def _report(client, operation: str, **fields):
+    """Make every `operation` answer report `fields` in the function's configuration (moto's functions
+    are Active and updated at once)."""
+    def rewrite(parsed, **_):
+        (parsed.get("Configuration") or parsed).update(fields)
+    client.meta.events.register(f"after-call.lambda.{operation}", rewrite)
+
+
+@pytest.mark.parametrize("operation, fields, what", [
+    ("GetFunction", {"State": "Pending"}, "to become Active"),
+    ("GetFunction", {"LastUpdateStatus": "InProgress"}, "to finish its update"),
+    ("GetFunctionConfiguration", {"State": "Pending"}, "version 1 of .* to be Active"),
+])
+def test_a_function_that_never_settles_times_out_permanently(aws, tmp_path, operation, fields, what):
+    client, role = aws
+    FakeProvisioned(client.meta.events)
+    _report(client, operation, **fields)
+    functions = LambdaFunctions(client, poll_seconds=0, timeout_s=0)  # botocore's waiter: one attempt
+    with pytest.raises(WaitTimedOutError, match=what) as failure:
+        functions.publish(NAME, role, zip_source(str(_source(tmp_path))), ENVIRONMENT, FunctionConfig())
+    assert not is_transient(failure.value)
+
+
+def test_a_failed_function_update_says_why(aws, tmp_path):
+    client, role = aws
+    FakeProvisioned(client.meta.events)
+    _report(client, "GetFunction", LastUpdateStatus="Failed", LastUpdateStatusReason="EniLimitExceeded")
+    with pytest.raises(DeploymentFailedError, match="update failed: EniLimitExceeded"):
+        LambdaFunctions(client, poll_seconds=0).publish(NAME, role, zip_source(str(_source(tmp_path))), ENVIRONMENT,
+                                                        FunctionConfig())
+
+
+def _account(client, limit: int, unreserved: int) -> None:
+    """GetAccountSettings, which moto does not implement (it answers 404 "Not yet implemented")."""
+    settings = {"AccountLimit": {"ConcurrentExecutions": limit, "UnreservedConcurrentExecutions": unreserved,
+                                 "TotalCodeSize": 80530636800, "CodeSizeUnzipped": 262144000,
+                                 "CodeSizeZipped": 52428800},
+                "AccountUsage": {"TotalCodeSize": 0, "FunctionCount": 0}}
+    client.meta.events.register("before-call.lambda.GetAccountSettings", lambda **_: answer(200, settings))
+
+
+def test_concurrency_that_fits_the_account_passes(aws):
+    client, _ = aws
+    _account(client, limit=1000, unreserved=1000)
+    LambdaFunctions(client).check_concurrency(NAME, FunctionConfig())  # reserves 100 of 1000
+
+
+def test_concurrency_on_a_new_account_limited_to_10_fails_early_saying_what_to_change():
+    """A new account's limit of 10, with Stubber: nothing else is called, and no function exists yet
+    (moto has no GetAccountSettings, and its default account would not have this limit anyway)."""
+    client = boto3.client("lambda", region_name=REGION)
+    with Stubber(client) as stub:
+        stub.add_response("get_account_settings", {"AccountLimit": {
+            "ConcurrentExecutions": 10, "UnreservedConcurrentExecutions": 10}})
+        stub.add_client_error("get_function_concurrency", "ResourceNotFoundException",
+                              f"Function not found: {NAME}", 404, expected_params={"FunctionName": NAME})
+        with pytest.raises(InvalidRequestError) as failure:
+            LambdaFunctions(client).check_concurrency(NAME, FunctionConfig(reserved_concurrency=2,
+                                                                           provisioned_concurrency=1))
+        stub.assert_no_pending_responses()
+    message = str(failure.value)
+    assert "function.reserved_concurrency=2 does not fit" in message and "limit in the region is 10" in message
+    assert "Set function.reserved_concurrency to null" in message and "quota" in message
+    assert not is_transient(failure.value)
+
+
+def test_the_functions_own_reservation_is_counted_back(aws, tmp_path):
+    """FakeProvisioned stands in for provisioned concurrency, which moto does not implement."""
+    client, role = aws
+    FakeProvisioned(client.meta.events)
+    functions = LambdaFunctions(client, poll_seconds=0)
+    functions.publish(NAME, role, zip_source(str(_source(tmp_path))), ENVIRONMENT, FunctionConfig())  # reserves 100
+    _account(client, limit=1000, unreserved=800)  # another function reserves 100, this one 100
+
+    functions.check_concurrency(NAME, FunctionConfig(reserved_concurrency=800))  # 800 + its own 100 - 100 kept
+    with pytest.raises(InvalidRequestError, match="Lower function.reserved_concurrency to 800 or less"):
+        functions.check_concurrency(NAME, FunctionConfig(reserved_concurrency=801))
+
+
+def test_provisioned_concurrency_without_a_reservation_comes_out_of_the_unreserved_pool(aws):
+    client, _ = aws
+    _account(client, limit=1000, unreserved=150)
+    functions = LambdaFunctions(client)
+    functions.check_concurrency(NAME, FunctionConfig(reserved_concurrency=None, provisioned_concurrency=50))
+    with pytest.raises(InvalidRequestError, match="Lower function.provisioned_concurrency to 50 or less"):
+        functions.check_concurrency(NAME, FunctionConfig(reserved_concurrency=None, provisioned_concurrency=51))

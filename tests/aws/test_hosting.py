@@ -7,7 +7,7 @@ from moto import mock_aws
 
 from backends.aws.backend import AwsBackend
 from backends.types import ModelVersion
-from core.config import HostingConfig
+from core.config import AutoscalingConfig, HostingConfig
 from tests.aws.fakes import FakeSageMakerService
 
 REGION = "us-east-1"
@@ -48,3 +48,49 @@ def test_canary_update_with_the_pipelines_rollback_alarms(world):
     assert backend.hosting.delete_endpoint("proj-dev-endpoint") is True
     assert cloudwatch.describe_alarms(AlarmNames=names)["MetricAlarms"] == []
     assert backend.hosting.delete_endpoint("proj-dev-endpoint") is False
+
+
+def _autoscaling_writes(backend) -> list[str]:
+    writes = []
+    client = backend.account.client("application-autoscaling")
+    client.meta.events.register("before-parameter-build.application-auto-scaling",
+                                lambda model, **_: writes.append(model.name)
+                                if not model.name.startswith("Describe") else None)
+    return writes
+
+
+def test_a_new_model_keeps_the_scaled_out_count_and_autoscaling_stays_registered(world):
+    backend, fake, _ = world
+    hosting, name = backend.hosting, "proj-dev-endpoint"
+    config = HostingConfig()
+    hosting.deploy_endpoint(name, _model(1), config)
+    registered = hosting.register_autoscaling(name, config.variant_name, AutoscalingConfig(max_capacity=4))
+    backend.client("sagemaker").update_endpoint_weights_and_capacities(  # autoscaling scaled it out
+        EndpointName=name, DesiredWeightsAndCapacities=[{"VariantName": "AllTraffic", "DesiredInstanceCount": 3}])
+    writes = _autoscaling_writes(backend)
+
+    state = hosting.deploy_endpoint(name, _model(2), config)
+
+    assert (state.model_version, state.instance_count) == ("proj-dev-models/2", 3)
+    assert fake.updates[-1]["RetainAllVariantProperties"] is True
+    assert writes == []  # never deregistered: AWS allows a new model on an autoscaled variant
+    assert hosting.autoscaling.describe(name, config.variant_name) == registered
+
+
+def test_an_instance_type_change_deregisters_and_registers_autoscaling_again(world):
+    backend, fake, _ = world
+    hosting, name = backend.hosting, "proj-dev-endpoint"
+    hosting.deploy_endpoint(name, _model(1), HostingConfig())
+    registered = hosting.register_autoscaling(name, "AllTraffic", AutoscalingConfig(min_capacity=2, max_capacity=4))
+    writes = _autoscaling_writes(backend)
+    seen_by_update = []  # what AWS checks: is the variant still registered when the update comes?
+    backend.client("sagemaker").meta.events.register(
+        "before-parameter-build.sagemaker.UpdateEndpoint",
+        lambda **_: seen_by_update.append(hosting.autoscaling.describe(name, "AllTraffic")))
+
+    state = hosting.deploy_endpoint(name, _model(1), HostingConfig(instance_type="ml.c5.xlarge"))
+
+    assert seen_by_update == [None]
+    assert writes == ["DeleteScalingPolicy", "DeregisterScalableTarget", "RegisterScalableTarget", "PutScalingPolicy"]
+    assert hosting.autoscaling.describe(name, "AllTraffic") == registered
+    assert state.status == "InService"

@@ -1,4 +1,5 @@
 """Roles and instance profiles converge on moto: repeated calls change and duplicate nothing."""
+import json
 import os
 
 for _key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
@@ -10,7 +11,10 @@ import pytest  # noqa: E402
 from moto import mock_aws  # noqa: E402
 
 from backends.aws import iam as iam_ops  # noqa: E402
+from backends.aws.iam import PipelineRoles  # noqa: E402
+from backends.aws.storage import S3Storage  # noqa: E402
 from core import iam as policies  # noqa: E402
+from core.names import PipelineNames  # noqa: E402
 
 ACCOUNT = "123456789012"  # moto's default account
 POLICY = policies.sagemaker_execution_policy("bucket", "proj/dev", ACCOUNT, "us-east-1")
@@ -66,15 +70,6 @@ def test_changed_document_trust_and_tags_are_updated(iam):
     assert len(iam.list_roles()["Roles"]) == 1
 
 
-def test_propagation_delay_only_after_a_change(iam, monkeypatch):
-    sleeps = []
-    monkeypatch.setattr(iam_ops.time, "sleep", sleeps.append)
-    _ensure(iam, propagation_delay_s=10)
-    _ensure(iam, propagation_delay_s=10)
-    _ensure(iam)
-    assert sleeps == [10]
-
-
 def test_instance_profile_is_idempotent(iam):
     _ensure(iam, service="ec2.amazonaws.com")
     arn = iam_ops.ensure_instance_profile(iam, "proj-dev-ec2", "proj-dev-sagemaker")
@@ -115,3 +110,101 @@ def test_delete_instance_profile(iam):
     assert iam.list_instance_profiles_for_role(RoleName="proj-dev-sagemaker")["InstanceProfiles"] == []
     assert iam_ops.delete_instance_profile(iam, "proj-dev-ec2") is False
     assert iam_ops.delete_role(iam, "proj-dev-sagemaker") is True
+
+
+def _document(iam, role: str, policy: str) -> dict:
+    return iam.get_role_policy(RoleName=role, PolicyName=policy)["PolicyDocument"]
+
+
+def _statements(document: dict) -> dict[str, dict]:
+    return {s["Sid"]: s for s in document["Statement"]}
+
+
+@pytest.fixture
+def buckets(iam):
+    """The pipeline's bucket on SSE-KMS (its key named by alias), a data bucket on SSE-KMS (by key ARN)
+    and a weights bucket on SSE-S3."""
+    s3, kms = boto3.client("s3", region_name="us-east-1"), boto3.client("kms", region_name="us-east-1")
+    keys = {}
+    for bucket, sse in (("pipeline-bucket", "alias"), ("other-data", "arn"), ("weights-bucket", None)):
+        s3.create_bucket(Bucket=bucket)
+        if sse is None:
+            rule = {"SSEAlgorithm": "AES256"}
+        else:
+            key = kms.create_key()["KeyMetadata"]
+            keys[bucket] = key["Arn"]
+            if sse == "alias":
+                kms.create_alias(AliasName=f"alias/{bucket}", TargetKeyId=key["KeyId"])
+            rule = {"SSEAlgorithm": "aws:kms", "KMSMasterKeyID": f"alias/{bucket}" if sse == "alias" else key["Arn"]}
+        s3.put_bucket_encryption(Bucket=bucket, ServerSideEncryptionConfiguration={
+            "Rules": [{"ApplyServerSideEncryptionByDefault": rule}]})
+    asked = []
+    storage = S3Storage(s3, "pipeline-bucket", kms=kms)
+
+    def bucket_key(bucket):
+        asked.append(bucket)
+        return storage.bucket_key_arn(bucket)
+    return keys, bucket_key, asked
+
+
+def test_training_roles_read_exactly_the_data_and_weights_outside_the_prefix_with_their_keys(iam, buckets):
+    keys, bucket_key, asked = buckets
+    readable = ["s3://other-data/dogs/", "s3://weights-bucket/models/resnet.pth",
+                "s3://pipeline-bucket/proj/dev/datasets/abc/"]  # the last is under the prefix: nothing more
+    roles = PipelineRoles(iam, PipelineNames("proj", "dev"), lambda: "pipeline-bucket", lambda: ACCOUNT,
+                          "us-east-1", readable_uris=readable, bucket_key=bucket_key)
+
+    roles.sagemaker_role_arn()
+    roles.ec2_instance_profile_arn()
+
+    for role, policy in (("proj-dev-sagemaker", "sagemaker-flows-execution"),
+                         ("proj-dev-ec2", "sagemaker-flows-ec2-training")):
+        statements = _statements(_document(iam, role, policy))
+        assert statements["ReadGivenLocations"]["Action"] == "s3:GetObject"
+        assert statements["ReadGivenLocations"]["Resource"] == [
+            "arn:aws:s3:::other-data/dogs/*", "arn:aws:s3:::weights-bucket/models/resnet.pth"]
+        assert statements["ListGivenPrefixes1"]["Resource"] == "arn:aws:s3:::other-data"
+        assert statements["ListGivenPrefixes1"]["Condition"] == {"StringLike": {"s3:prefix": ["dogs", "dogs/*"]}}
+        assert "ListGivenPrefixes2" not in statements  # an object needs no listing
+        assert statements["DecryptBucketObjects"]["Resource"] == sorted([keys["pipeline-bucket"], keys["other-data"]])
+        assert statements["EncryptBucketObjects"]["Resource"] == [keys["pipeline-bucket"]]  # only where it writes
+    assert sorted(asked) == ["other-data", "pipeline-bucket", "weights-bucket"]  # each read once, for both roles
+
+
+def test_the_lambda_role_decrypts_with_the_keys_of_the_prefixes_it_reads(iam, buckets):
+    keys, bucket_key, _ = buckets
+    roles = PipelineRoles(iam, PipelineNames("proj", "dev"), lambda: "pipeline-bucket", lambda: ACCOUNT,
+                          "us-east-1", bucket_key=bucket_key)
+
+    roles.lambda_role_arn("proj-dev-predict", "proj-dev-endpoint",
+                          ["s3://pipeline-bucket/proj/dev/", "s3://weights-bucket/requests/"])
+
+    statements = _statements(_document(iam, "proj-dev-lambda", "sagemaker-flows-invoke-endpoint"))
+    assert statements["DecryptBucketObjects"]["Resource"] == [keys["pipeline-bucket"]]
+    assert "EncryptBucketObjects" not in statements
+
+
+def test_roles_of_buckets_without_sse_kms_get_no_kms_statement(iam):
+    roles = PipelineRoles(iam, PipelineNames("proj", "dev"), lambda: "bucket", lambda: ACCOUNT, "us-east-1")
+    roles.sagemaker_role_arn()
+    document = _document(iam, "proj-dev-sagemaker", "sagemaker-flows-execution")
+    assert not [s for s in document["Statement"] if "kms" in json.dumps(s["Action"])]
+    assert "ReadGivenLocations" not in _statements(document)
+
+
+def test_a_pipeline_reading_s3_data_and_weights_where_they_are_gets_roles_that_may(iam):
+    from backends.aws.backend import AwsBackend
+    from core.config import PipelineConfig
+
+    config = PipelineConfig(backend="aws", project="proj", stage="dev", aws={"region": "us-east-1", "bucket": "mine"},
+                            data={"source": "s3://other-data/dogs"},
+                            training={"pretrained_weights": "s3://weights-bucket/resnet.pth"})
+    backend = AwsBackend.from_config(config)
+    try:
+        backend.roles.sagemaker_role_arn()
+    finally:
+        backend.close()
+    statements = _statements(_document(iam, "proj-dev-sagemaker", "sagemaker-flows-execution"))
+    assert statements["ReadGivenLocations"]["Resource"] == [
+        "arn:aws:s3:::other-data/dogs/*", "arn:aws:s3:::weights-bucket/resnet.pth"]
+    assert statements["ReadWriteUnderPrefix"]["Resource"] == "arn:aws:s3:::mine/proj/dev/*"

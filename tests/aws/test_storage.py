@@ -275,3 +275,53 @@ def test_a_folder_cannot_shadow_the_manifest(storage, tmp_path):
     folder = make_folder(tmp_path / "d", {MANIFEST_NAME: b"{}", "train/a/1.png": b"1"})
     with pytest.raises(InvalidRequestError, match="staging manifest"):
         storage.upload_folder(folder, PREFIX)
+
+
+def _encrypt(s3, bucket: str, algorithm: str, key: str | None = None) -> None:
+    rule = {"SSEAlgorithm": algorithm, **({"KMSMasterKeyID": key} if key else {})}
+    s3.put_bucket_encryption(Bucket=bucket, ServerSideEncryptionConfiguration={
+        "Rules": [{"ApplyServerSideEncryptionByDefault": rule}]})
+
+
+def test_bucket_key_arn_names_the_customer_key_of_an_sse_kms_bucket(s3):
+    kms = boto3.client("kms", region_name="us-east-1")
+    key = kms.create_key()["KeyMetadata"]
+    kms.create_alias(AliasName="alias/data", TargetKeyId=key["KeyId"])
+    storage = S3Storage(s3, kms=kms)
+
+    assert storage.bucket_key_arn(BUCKET) is None  # no default encryption configured
+    _encrypt(s3, BUCKET, "AES256")
+    assert storage.bucket_key_arn(BUCKET) is None  # SSE-S3
+    _encrypt(s3, BUCKET, "aws:kms")
+    assert storage.bucket_key_arn(BUCKET) is None  # the AWS managed aws/s3 key: no grant needed
+    _encrypt(s3, BUCKET, "aws:kms", key["Arn"])
+    assert storage.bucket_key_arn(BUCKET) == key["Arn"]
+    _encrypt(s3, BUCKET, "aws:kms", "alias/data")
+    assert storage.bucket_key_arn(BUCKET) == key["Arn"]
+    _encrypt(s3, BUCKET, "aws:kms", key["KeyId"])
+    assert storage.bucket_key_arn(BUCKET) == key["Arn"]
+
+
+def test_bucket_key_arn_of_a_bucket_whose_encryption_cannot_be_read_is_none(s3):
+    """Another account's bucket: GetBucketEncryption is denied (moto grants everything, so a
+    before-call handler answers as S3 does)."""
+    from tests.aws.fakes import answer
+
+    s3.meta.events.register("before-call.s3.GetBucketEncryption", lambda **_: answer(
+        403, {"Error": {"Code": "AccessDenied", "Message": "Access Denied"}}))
+    assert S3Storage(s3).bucket_key_arn("someone-elses-bucket") is None
+
+
+def test_a_new_bucket_that_never_answers_times_out_permanently(s3):
+    """S3 is eventually consistent about new buckets: HEAD may say 404 for a moment after the create
+    (moto answers at once, so a before-call handler keeps saying 404)."""
+    from backends.errors import WaitTimedOutError
+    from tests.aws.fakes import answer
+
+    s3.meta.events.register("before-call.s3.HeadBucket", lambda **_: answer(404, {"Error": {"Code": "404",
+                                                                                          "Message": "Not Found"}}))
+    storage = S3Storage(s3)
+    storage.bucket_wait_s = 0  # botocore's waiter: one attempt
+    with pytest.raises(WaitTimedOutError, match="S3 bucket new-bucket-x to exist") as failure:
+        storage.ensure_bucket("new-bucket-x")
+    assert not is_transient(failure.value)

@@ -144,3 +144,76 @@ def test_wildcard_resources_reads_lists_strings_and_not_resource():
         {"Sid": "A", "Resource": "*"}, {"Sid": "B", "Resource": ["x", "*"]},
         {"Sid": "C", "Resource": "arn:aws:s3:::b/p/*"}, {"Sid": "D", "NotResource": "x"}]}
     assert iam.wildcard_resources(document) == ["A", "B", "D"]
+
+
+KEY = f"arn:aws:kms:{REGION}:{ACCOUNT}:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+OTHER_KEY = f"arn:aws:kms:{REGION}:999999999999:key/0000abcd-12ab-34cd-56ef-1234567890ab"
+
+
+def test_training_inputs_are_an_s3_source_as_a_prefix_and_s3_weights_as_an_object():
+    assert iam.training_inputs("s3://data/dogs", "s3://w/resnet.pth") == ["s3://data/dogs/", "s3://w/resnet.pth"]
+    assert iam.training_inputs("s3://data/dogs/", None) == ["s3://data/dogs/"]
+    assert iam.training_inputs("./dogImages", "weights/local.pth") == []  # staged under the prefix instead
+    assert iam.training_inputs("https://example.com/d.zip", None) == []
+
+
+def test_locations_outside_the_prefix():
+    own = f"s3://{BUCKET}/{PREFIX}/"
+    uris = [f"s3://{BUCKET}/{PREFIX}/datasets/x/", f"s3://{BUCKET}/{PREFIX}-other/a/", "s3://data/dogs/",
+            "s3://data/dogs/", f"s3://{BUCKET}/{PREFIX}/pretrained/w.pth"]
+    assert iam.locations_outside(own, uris) == [f"s3://{BUCKET}/{PREFIX}-other/a/", "s3://data/dogs/"]
+
+
+def test_readable_locations_grant_exactly_the_prefixes_and_objects_named():
+    statements = iam.readable_location_statements(
+        ["s3://data/dogs/", "s3://data/cats/", "s3://weights/models/resnet.pth", "s3://more/x/y/"], REGION)
+    assert statements == [
+        {"Sid": "ReadGivenLocations", "Effect": "Allow", "Action": "s3:GetObject",
+         "Resource": ["arn:aws:s3:::data/cats/*", "arn:aws:s3:::data/dogs/*", "arn:aws:s3:::more/x/y/*",
+                      "arn:aws:s3:::weights/models/resnet.pth"]},
+        {"Sid": "ListGivenPrefixes1", "Effect": "Allow", "Action": "s3:ListBucket", "Resource": "arn:aws:s3:::data",
+         "Condition": {"StringLike": {"s3:prefix": ["cats", "cats/*", "dogs", "dogs/*"]}}},
+        {"Sid": "ListGivenPrefixes2", "Effect": "Allow", "Action": "s3:ListBucket", "Resource": "arn:aws:s3:::more",
+         "Condition": {"StringLike": {"s3:prefix": ["x/y", "x/y/*"]}}},
+    ]
+    assert iam.readable_location_statements([], REGION) == []
+
+
+def test_a_whole_bucket_source_is_granted_as_named():
+    read, listing = iam.readable_location_statements(["s3://data/"], REGION)
+    assert read["Resource"] == ["arn:aws:s3:::data/*"]
+    assert listing == {"Sid": "ListGivenPrefixes1", "Effect": "Allow", "Action": "s3:ListBucket",
+                       "Resource": "arn:aws:s3:::data"}
+
+
+@pytest.mark.parametrize("uri", ["data/dogs/", "s3://", "s3://bucket", "s3://data/dogs*/", "s3://data/a?/x"])
+def test_bad_readable_locations_are_refused(uri):
+    with pytest.raises(ValueError):
+        iam.readable_location_statements([uri], REGION)
+
+
+def test_training_documents_add_the_readable_locations_and_bucket_keys():
+    extra = {"readable_uris": ["s3://data/dogs/"], "write_key_arns": [KEY], "read_key_arns": [OTHER_KEY, KEY]}
+    for document in (iam.sagemaker_execution_policy(BUCKET, PREFIX, ACCOUNT, REGION, **extra),
+                     iam.ec2_training_policy(BUCKET, PREFIX, ACCOUNT, REGION, **extra)):
+        statements = {s["Sid"]: s for s in document["Statement"]}
+        assert statements["ReadGivenLocations"]["Resource"] == ["arn:aws:s3:::data/dogs/*"]
+        assert statements["DecryptBucketObjects"] == {
+            "Sid": "DecryptBucketObjects", "Effect": "Allow", "Action": "kms:Decrypt",
+            "Resource": sorted([KEY, OTHER_KEY]), "Condition": {"StringLike": {"kms:ViaService": "s3.*"}}}
+        assert statements["EncryptBucketObjects"]["Action"] == "kms:GenerateDataKey"
+        assert statements["EncryptBucketObjects"]["Resource"] == [KEY]  # only the bucket it writes to
+        assert set(iam.wildcard_resources(document)) <= iam.UNAVOIDABLE_WILDCARD_SIDS
+
+
+def test_the_lambda_only_decrypts():
+    document = iam.lambda_policy(ENDPOINT, [f"s3://{BUCKET}/{PREFIX}/"], ACCOUNT, REGION, FUNCTION,
+                                 read_key_arns=[KEY])
+    kms = [(a, r) for a, r, _ in _grants(document) if a.startswith("kms:")]
+    assert kms == [("kms:Decrypt", KEY)]
+
+
+def test_no_keys_no_kms_statements_and_bad_key_arns_refused():
+    assert iam.kms_statements() == []
+    with pytest.raises(ValueError):
+        iam.kms_statements(read_key_arns=["alias/data"])

@@ -6,7 +6,7 @@ from botocore.exceptions import ClientError, EndpointConnectionError
 
 from core.config import AutoscalingConfig
 from core.retry import PermanentError, TransientError, is_transient
-from core.scaling import scalable_target, target_tracking_policy
+from core.scaling import capacity_to_keep, scalable_target, target_tracking_policy, variants_to_deregister
 
 
 def client_error(code: str, status: int = 400) -> ClientError:
@@ -42,3 +42,23 @@ def test_seed_scaling_policy():
     assert tracking == {"TargetValue": 10.0,
                         "PredefinedMetricSpecification": {"PredefinedMetricType": "SageMakerVariantInvocationsPerInstance"},
                         "ScaleInCooldown": 100, "ScaleOutCooldown": 100}
+
+
+@pytest.mark.parametrize("current, variant, instance_type, expected", [
+    ({"AllTraffic": "ml.m5.large"}, "AllTraffic", "ml.m5.large", []),  # a new model: AWS allows it
+    ({"AllTraffic": "ml.m5.large"}, "AllTraffic", "ml.c5.xlarge", ["AllTraffic"]),  # a new instance type
+    ({"AllTraffic": "ml.m5.large"}, "Blue", "ml.m5.large", ["AllTraffic"]),  # renamed: the old one is removed
+    ({"AllTraffic": None}, "AllTraffic", "ml.m5.large", ["AllTraffic"]),  # type unknown: assume it changes
+    ({"A": "ml.m5.large", "B": "ml.m5.large"}, "A", "ml.m5.large", ["B"]),
+])
+def test_variants_whose_autoscaling_aws_requires_deregistered_for_an_update(current, variant, instance_type, expected):
+    assert variants_to_deregister(current, variant, instance_type) == expected
+
+
+def test_an_update_keeps_the_variants_desired_count():
+    variants = [{"VariantName": "Old", "DesiredInstanceCount": 2},
+                {"VariantName": "AllTraffic", "CurrentInstanceCount": 3, "DesiredInstanceCount": 4}]
+    assert capacity_to_keep(variants, "AllTraffic", default=1) == 4  # desired: where autoscaling is heading
+    assert capacity_to_keep([{"VariantName": "AllTraffic", "CurrentInstanceCount": 3}], "AllTraffic", 1) == 3
+    assert capacity_to_keep(variants[:1], "Renamed", default=1) == 2  # the variant it replaces
+    assert capacity_to_keep([], "AllTraffic", default=2) == 2
