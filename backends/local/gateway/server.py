@@ -94,8 +94,9 @@ def ensure_gateway(state: LocalState, port: int = 0, busy_timeout_s: float = BUS
             if _answers(recorded, PROBE_TIMEOUT_S):
                 return recorded
             if accepts_connections(recorded.port):  # busy, not dead: wait, never kill it for being slow
+                patience = min(PROBE_TIMEOUT_S, busy_timeout_s)
                 try:
-                    return wait_for(lambda: recorded if _answers(recorded, PROBE_TIMEOUT_S) else None,
+                    return wait_for(lambda: recorded if _answers(recorded, patience) else None,
                                     what=f"the local gateway (pid {recorded.pid}) to answer", timeout_s=busy_timeout_s,
                                     interval_s=1.0)
                 except WaitTimedOutError:
