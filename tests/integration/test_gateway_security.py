@@ -295,7 +295,8 @@ def test_qualified_names_and_arns_reach_the_function(gateway, function_name, qua
 
 
 @pytest.mark.parametrize("function_name,qualifier,code,message", [
-    ("echo:v7", None, "ResourceNotFoundException", "Function not found: arn:aws:lambda:{region}:000000000000:function:echo:v7"),
+    ("echo:v7", None, "ResourceNotFoundException",
+     "Function not found: arn:aws:lambda:{region}:000000000000:function:echo:v7"),
     ("echo", "7", "ResourceNotFoundException", "function:echo:7"),
     ("nope", None, "ResourceNotFoundException", "function:nope"),
     ("echo:live", "$LATEST", "InvalidParameterValueException",

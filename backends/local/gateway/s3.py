@@ -109,9 +109,10 @@ class LocalS3:
         if abs(self.clock() - when) > MAX_CLOCK_SKEW or not timestamp.startswith(day):
             return _error(403, "RequestTimeTooSkewed",
                           "The difference between the request time and the current time is too large.", request)
-        raw_path = request.scope.get("raw_path") or request.url.path.encode()
-        query = request.scope.get("query_string", b"")
-        url = f"http://{request.headers['host']}{raw_path.decode('latin-1')}" + (f"?{query.decode('latin-1')}" if query else "")
+        # The path and query exactly as sent (S3 signs them unnormalized); a decoded one would not match.
+        raw_path = (request.scope.get("raw_path") or request.url.path.encode()).decode("latin-1")
+        query = request.scope.get("query_string", b"").decode("latin-1")
+        url = f"http://{request.headers['host']}{raw_path}" + (f"?{query}" if query else "")
         signed_request = AWSRequest(method=request.method, url=url,
                                     headers={name: ",".join(request.headers.getlist(name)) for name in names})
         signed_request.context["timestamp"] = timestamp
