@@ -225,7 +225,7 @@ def lambda_breakdown(url: str, gateway, code_dir: Path, body: bytes, payload: st
                            config=_boto_config(read_timeout), **FAKE_CREDENTIALS)
     lam = boto3.client("lambda", endpoint_url=url, region_name=REGION,
                        config=_boto_config(read_timeout), **FAKE_CREDENTIALS)
-    http = httpx.Client(timeout=read_timeout)
+    http = httpx.Client(timeout=read_timeout, headers={"Authorization": f"Bearer {gateway.secret}"})
     rows: dict[str, list[float]] = {k: [] for k in ("noop_http", "noop_function", "b_total", "c_total", "c_report",
                                                     "c_handler")}
 
@@ -309,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             t0 = time.perf_counter()
             info = ensure_gateway(state)
-            gateway = GatewayClient(info.url)
+            gateway = GatewayClient.of(info)
             print(f"gateway at {info.url} ({time.perf_counter() - t0:.1f} s); starting the endpoint "
                   f"({args.instances} instance(s)) and the function ({LAMBDA_PROVISIONED} provisioned) ...",
                   file=sys.stderr, flush=True)

@@ -211,7 +211,11 @@ def _local(args: argparse.Namespace) -> int:
         else:
             print("no local gateway running" + (f"; Prefect UI at {server.url}" if server else ""))
         return 0 if args.json else 1
-    status = GatewayClient(info.url).status()
+    client = GatewayClient.of(info)
+    try:
+        status = client.status()
+    finally:
+        client.close()
     if args.json:
         print(json.dumps({**output.status_for_scripts(status), "prefect": prefect, "runner": served}, indent=2))
     else:

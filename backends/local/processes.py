@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 from pathlib import Path
 
@@ -27,6 +28,24 @@ def alive(pid: int) -> bool:
     except PermissionError:  # someone else's process: it runs
         return True
     return True
+
+
+def command_line(pid: int) -> list[str] | None:
+    """The arguments `pid` runs with, where the system shows them (/proc); None when it does not."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    return raw.decode(errors="replace").split("\0")[:-1] if raw else None
+
+
+def accepts_connections(port: int, host: str = "127.0.0.1", timeout_s: float = 2.0) -> bool:
+    """Whether something listens on host:port (the kernel completes the handshake even for a busy server)."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
 
 
 def start_detached(command: list[str], log_path: Path, cwd: Path | None = None,

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from backends.local.gateway.functions import FunctionManager, FunctionNotFoundError, TooManyRequestsError
+from backends.local.gateway.functions import (
+    FunctionManager, FunctionNotFoundError, InvalidPayloadError, TooManyRequestsError,
+)
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -126,9 +128,12 @@ async def test_handler_result_context_and_environment_reuse(tmp_path):
         assert 4000 < body["remaining_before"] <= 5000
         assert body["remaining_after"] <= body["remaining_before"] - 40  # the deadline is real
         assert body["request_id"] == first.request_id
+        access_key = body["lambda_env"].pop("AWS_ACCESS_KEY_ID")
         assert body["lambda_env"] == {"AWS_LAMBDA_FUNCTION_NAME": "echo", "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "256",
                                       "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST", "AWS_REGION": manager.region,
-                                      "AWS_ACCESS_KEY_ID": "testing", "AWS_LAMBDA_INITIALIZATION_TYPE": "on-demand"}
+                                      "AWS_LAMBDA_INITIALIZATION_TYPE": "on-demand"}
+        grant = manager.s3_grant(access_key)  # the function's own key, the one the local S3 answers
+        assert access_key.startswith("LKIA") and grant is not None and grant.prefixes == ()
         assert "echo handler says hi" in first.log_result and f"REPORT RequestId: {first.request_id}" in first.log_result
 
         second, body2 = await invoke_json(manager, "echo", {"n": 2})
@@ -303,3 +308,57 @@ async def test_the_real_lambda_handler_runs(tmp_path):
         answer = json.loads(body["body"])
         assert answer["error"]["code"] == "ConfigurationError" and answer["request_id"] == result.request_id
         assert '"request completed"' in result.log_result  # the handler's JSON log line went to the log
+
+
+DEEP = """
+import os
+
+def lambda_handler(event, context):
+    if event.get("deep_result"):
+        value = []
+        for _ in range(100_000):
+            value = [value]
+        return value
+    if event.get("recurse"):
+        def down():
+            return down()
+        return down()
+    return {"pid": os.getpid()}
+"""
+
+
+@run_async
+async def test_nothing_an_invocation_sends_or_returns_ends_the_environment(tmp_path):
+    async with functions(tmp_path) as manager:
+        await manager.create_or_update("deep", write_code(tmp_path / "deep", DEEP))
+        _, first = await invoke_json(manager, "deep", {})
+        result, error = await invoke_json(manager, "deep", {"deep_result": True})
+        assert result.function_error == "Unhandled" and error["errorType"] == "Runtime.MarshalError"
+        result, error = await invoke_json(manager, "deep", {"recurse": True})
+        assert result.function_error == "Unhandled" and error["errorType"] == "RecursionError"
+        for payload in (b"[" * 100_000 + b"]" * 100_000, b"[" * 1000 + b"]" * 1000, b"{nope"):  # runtime / gateway
+            with pytest.raises(InvalidPayloadError, match="Could not parse request body into json"):
+                await manager.invoke("deep", payload)
+        _, last = await invoke_json(manager, "deep", {})
+        assert last["pid"] == first["pid"]  # one environment answered all of it
+        info = manager.describe("deep")
+        assert (info.cold_starts, info.invocations, info.errors) == (1, 4, 2)
+
+
+@run_async
+async def test_each_function_has_its_own_s3_key_for_as_long_as_it_exists(tmp_path):
+    code = write_code(tmp_path / "echo", ECHO)
+    async with functions(tmp_path) as manager:
+        await manager.create_or_update("a", code, environment={"ALLOWED_S3_PREFIXES": "s3://bucket/a/,s3://bucket/x/"})
+        await manager.create_or_update("b", code)
+        _, a = await invoke_json(manager, "a", {})
+        _, b = await invoke_json(manager, "b", {})
+        key_a, key_b = a["lambda_env"]["AWS_ACCESS_KEY_ID"], b["lambda_env"]["AWS_ACCESS_KEY_ID"]
+        assert key_a != key_b
+        assert manager.s3_grant(key_a).prefixes == ("s3://bucket/a/", "s3://bucket/x/")
+        await manager.create_or_update("a", code, environment={"ALLOWED_S3_PREFIXES": "s3://bucket/new/"})
+        _, updated = await invoke_json(manager, "a", {})
+        assert updated["lambda_env"]["AWS_ACCESS_KEY_ID"] == key_a  # an update keeps the key, with the new prefixes
+        assert manager.s3_grant(key_a).prefixes == ("s3://bucket/new/",)
+        await manager.delete("a")
+        assert manager.s3_grant(key_a) is None and manager.s3_grant("LKIA-never-issued") is None

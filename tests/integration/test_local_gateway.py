@@ -25,7 +25,7 @@ def gateway(tmp_path_factory):
     home = tmp_path_factory.mktemp("gateway-home")
     state = LocalState.resolve(home)
     info = ensure_gateway(state)
-    client = GatewayClient(info.url)
+    client = GatewayClient.of(info)
     artifact = make_model_artifact(tmp_path_factory.mktemp("model"))
     client.put_endpoint("pets", artifact, instance_count=2, model_version="v1")
     client.put_function("pets-fn", str(LAMBDA_SOURCE), environment={"ENDPOINT_NAME": "pets"},

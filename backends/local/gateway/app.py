@@ -1,6 +1,9 @@
 """The local gateway's HTTP face: the SageMaker Runtime and Lambda Invoke APIs, as AWS answers them
-(so boto3 clients work unchanged with endpoint_url=<gateway url>), plus a small control API
-under /_local/ that the local backend and the CLI use to create, update and list resources."""
+(so boto3 clients work unchanged with endpoint_url=<gateway url>), the part of S3 a local function
+reads (s3.py, under /s3), plus a small control API under /_local/ that the local backend and the CLI
+use to create, update and list resources. guard.py decides which requests get in at all (Host,
+Origin, the control API's secret and content type) and reads every body with a size limit; a bad
+control request is a 400 naming the field, never a 500."""
 from __future__ import annotations
 
 import asyncio
@@ -9,19 +12,36 @@ import contextlib
 import os
 import uuid
 from dataclasses import asdict, is_dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
 
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.middleware import Middleware
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from backends.local.gateway.autoscaler import parse_policy
 from backends.local.gateway.endpoints import (
     EndpointManager, EndpointNotFoundError, EndpointUnavailableError, EndpointUpdateError,
 )
-from backends.local.gateway.functions import FunctionManager, FunctionNotFoundError, TooManyRequestsError
-from backends.local.gateway.lambda_runtime import ACCOUNT_ID
+from backends.local.gateway.functions import (
+    FunctionManager, FunctionNotFoundError, InvalidPayloadError, TooManyRequestsError,
+)
+from backends.local.gateway.guard import (
+    BodyTooLargeError, ControlInputError, RequestGuard, discard_disconnects, read_body, read_json_object,
+)
+from backends.local.gateway.instances import MAX_LOCAL_INSTANCES
+from backends.local.gateway.lambda_names import LambdaRequestError, resolve_function_name
+from backends.local.gateway.lambda_runtime import ACCOUNT_ID, decode_event
+from backends.local.gateway.s3 import S3_PATH, LocalS3
+from backends.local.state import LocalState
+from backends.local.store import LocalStore
+
 REGION = os.environ.get("AWS_DEFAULT_REGION", "us-east-1")
 MAX_INVOKE_BYTES = 6 * 1024 * 1024  # both APIs refuse synchronous payloads over 6 MB
+INVOCATION_TYPES = ("RequestResponse", "Event", "DryRun")
+_REQUIRED = object()
 
 
 def _aws_error(status: int, error_type: str, message: str, **extra) -> Response:
@@ -30,8 +50,45 @@ def _aws_error(status: int, error_type: str, message: str, **extra) -> Response:
                                                            "x-amzn-RequestId": str(uuid.uuid4())})
 
 
+def _take(spec: dict, name: str, kinds: type | tuple[type, ...], default=_REQUIRED, nullable: bool = False):
+    """spec[name], checked to be of `kinds` (a bool is not an int); ControlInputError naming the field."""
+    value = spec.get(name, default)
+    if value is _REQUIRED:
+        raise ControlInputError(name, f"{name} is required")
+    if value is None and nullable:
+        return None
+    kinds = kinds if isinstance(kinds, tuple) else (kinds,)
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+        wanted = " or ".join(k.__name__ for k in kinds) + (" or null" if nullable else "")
+        raise ControlInputError(name, f"{name} must be {wanted}, not {value!r}")
+    return value
+
+
+def _string_map(spec: dict, name: str) -> dict[str, str]:
+    value = _take(spec, name, dict, {}, nullable=True) or {}
+    bad = [k for k, v in value.items() if not isinstance(v, str)]
+    if bad:
+        raise ControlInputError(name, f"{name} must map names to strings; not: {', '.join(sorted(bad))}")
+    return value
+
+
+def _only(spec: dict, *names: str) -> dict:
+    unknown = sorted(set(spec) - set(names))
+    if unknown:
+        raise ControlInputError(unknown[0], f"unknown field {unknown[0]!r} (this request takes {', '.join(names)})")
+    return spec
+
+
+def _instance_count(spec: dict, default=_REQUIRED) -> int:
+    count = _take(spec, "instance_count", int, default)
+    if not 1 <= count <= MAX_LOCAL_INSTANCES:
+        raise ControlInputError("instance_count", f"instance_count must be 1..{MAX_LOCAL_INSTANCES} (the local cap of "
+                                                  f"instances per endpoint, MAX_LOCAL_INSTANCES), not {count}")
+    return count
+
+
 def _traffic_shift(value) -> dict | None:
-    """An update's traffic shift as core.traffic.gateway_shift makes it; ValueError naming what is wrong."""
+    """An update's traffic shift as core.traffic.gateway_shift makes it; ControlInputError naming what is wrong."""
     if value is None:
         return None
     try:
@@ -39,12 +96,17 @@ def _traffic_shift(value) -> dict | None:
         shift = {"steps": steps, "wait_seconds": float(value["wait_seconds"]),
                  "max_5xx_errors": int(value["max_5xx_errors"]), "max_model_latency_ms": float(value["max_model_latency_ms"])}
     except (KeyError, TypeError, ValueError) as exc:
-        raise ValueError(f"traffic_shift needs steps, wait_seconds, max_5xx_errors and max_model_latency_ms ({exc})") from None
+        raise ControlInputError("traffic_shift", "traffic_shift needs steps, wait_seconds, max_5xx_errors and "
+                                                 f"max_model_latency_ms ({type(exc).__name__}: {exc})") from None
     if not steps or steps[-1] != 100 or any(not 0 < p <= 100 for p in steps) or steps != sorted(steps):
-        raise ValueError(f"traffic_shift.steps must rise to 100, got {steps}")
+        raise ControlInputError("traffic_shift", f"traffic_shift.steps must rise to 100, got {steps}")
     if not 0 <= shift["wait_seconds"] <= 3600:
-        raise ValueError("traffic_shift.wait_seconds must be within 0..3600")
+        raise ControlInputError("traffic_shift", "traffic_shift.wait_seconds must be within 0..3600")
     return shift
+
+
+def _control_error(status: int, message: str, field: str | None = None) -> JSONResponse:
+    return JSONResponse({"error": message, **({"field": field} if field else {})}, status_code=status)
 
 
 def _plain(value):
@@ -52,21 +114,24 @@ def _plain(value):
 
 
 class Gateway:
-    def __init__(self, home: str, url_holder: dict):
-        from pathlib import Path
-
+    def __init__(self, home: str, url: str):
         root = Path(home) / "gateway"
+        self.url = url
         self.endpoints = EndpointManager(root / "endpoints")
-        self.functions = FunctionManager(root / "functions")
-        self.url_holder = url_holder  # filled in by the server once the port is known
+        # The handler finds the local endpoint and the local S3 through boto3's own configuration, as on AWS.
+        self.functions = FunctionManager(root / "functions", base_env={
+            "AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME": url, "AWS_ENDPOINT_URL_S3": url + S3_PATH})
+        self.s3 = LocalS3(LocalStore(LocalState(Path(home)).store), self.functions.s3_grant)
         self.shutdown_event = asyncio.Event()
 
     # -- SageMaker Runtime ------------------------------------------------------------
     async def invoke_endpoint(self, request: Request) -> Response:
         name = request.path_params["name"]
-        body = await request.body()
-        if len(body) > MAX_INVOKE_BYTES:
-            return _aws_error(413, "ValidationError", f"Request body is {len(body)} bytes; the limit is {MAX_INVOKE_BYTES}")
+        try:
+            body = await read_body(request, MAX_INVOKE_BYTES)
+        except BodyTooLargeError as exc:
+            return _aws_error(413, "ValidationError", f"Request body is {'over ' if exc.size is None else ''}"
+                              f"{exc.size or exc.limit} bytes; the limit is {MAX_INVOKE_BYTES}")
         content_type = request.headers.get("content-type", "application/octet-stream")
         accept = request.headers.get("accept", "application/json")
         try:
@@ -89,26 +154,41 @@ class Gateway:
 
     # -- Lambda -----------------------------------------------------------------------
     async def invoke_function(self, request: Request) -> Response:
-        name = request.path_params["name"].split(":")[-1] if request.path_params["name"].startswith("arn:") \
-            else request.path_params["name"]
-        payload = await request.body()
-        if len(payload) > MAX_INVOKE_BYTES:
-            return _aws_error(413, "RequestTooLargeException",
-                              f"{len(payload)} byte payload is too large for the RequestResponse invocation type "
-                              f"(limit {MAX_INVOKE_BYTES} bytes)")
+        region = self.functions.region
+        try:
+            ref = resolve_function_name(request.path_params["name"], request.query_params.get("Qualifier"),
+                                        region, ACCOUNT_ID)
+        except LambdaRequestError as exc:
+            return _aws_error(exc.status, exc.error_type, exc.message, Type="User")
         invocation_type = request.headers.get("x-amz-invocation-type", "RequestResponse")
+        if invocation_type not in INVOCATION_TYPES:
+            return _aws_error(400, "ValidationException",
+                              f"1 validation error detected: Value '{invocation_type}' at 'invocationType' failed to "
+                              f"satisfy constraint: Member must satisfy enum value set: [{', '.join(INVOCATION_TYPES)}]")
+        try:
+            payload = await read_body(request, MAX_INVOKE_BYTES)
+        except BodyTooLargeError as exc:
+            return _aws_error(413, "RequestTooLargeException",
+                              f"{'over ' if exc.size is None else ''}{exc.size or exc.limit} byte payload is too large "
+                              f"for the {invocation_type} invocation type (limit {MAX_INVOKE_BYTES} bytes)", Type="User")
         try:
             if invocation_type == "DryRun":
-                self.functions.describe(name)
+                self.functions.resolve(ref.name, ref.qualifier)
                 return Response(status_code=204)
             if invocation_type == "Event":
-                self.functions.describe(name)
-                asyncio.get_running_loop().create_task(self._invoke_quietly(name, payload))
+                self.functions.resolve(ref.name, ref.qualifier)
+                try:
+                    decode_event(payload)
+                except ValueError as exc:
+                    raise InvalidPayloadError(str(exc)) from None
+                asyncio.get_running_loop().create_task(self._invoke_quietly(ref.name, payload, ref.qualifier))
                 return Response(status_code=202, headers={"x-amzn-RequestId": str(uuid.uuid4())})
-            result = await self.functions.invoke(name, payload)
+            result = await self.functions.invoke(ref.name, payload, ref.qualifier)
         except FunctionNotFoundError as exc:
-            return _aws_error(exc.status_code, exc.error_type,
-                              f"Function not found: arn:aws:lambda:{REGION}:{ACCOUNT_ID}:function:{name}", Type="User")
+            return _aws_error(exc.status_code, exc.error_type, f"Function not found: {ref.arn(region, ACCOUNT_ID)}",
+                              Type="User")
+        except InvalidPayloadError as exc:
+            return _aws_error(exc.status_code, exc.error_type, str(exc), Type="User")
         except TooManyRequestsError as exc:
             return _aws_error(exc.status_code, exc.error_type, "Rate Exceeded.", Type="User", Reason=exc.reason)
         headers = {"X-Amz-Executed-Version": result.executed_version, "x-amzn-RequestId": str(uuid.uuid4())}
@@ -119,77 +199,85 @@ class Gateway:
             headers["X-Amz-Log-Result"] = base64.b64encode(tail).decode()
         return Response(result.payload, status_code=result.status_code, media_type="application/json", headers=headers)
 
-    async def _invoke_quietly(self, name: str, payload: bytes) -> None:
+    async def _invoke_quietly(self, name: str, payload: bytes, qualifier: str | None) -> None:
         with contextlib.suppress(Exception):
-            await self.functions.invoke(name, payload)
+            await self.functions.invoke(name, payload, qualifier)
 
     # -- control API ------------------------------------------------------------------
     async def status(self, request: Request) -> Response:
-        url = self.url_holder.get("url", "")
+        url = self.url
         endpoints = [{**_plain(e), "invoke_url": f"{url}/endpoints/{e.name}/invocations"} for e in self.endpoints.list()]
         functions = [{**_plain(f), "invoke_url": f"{url}/2015-03-31/functions/{f.name}/invocations"}
                      for f in self.functions.list()]
-        return JSONResponse({"gateway": {"url": url, "pid": os.getpid()}, "endpoints": endpoints, "functions": functions})
+        return JSONResponse({"gateway": {"url": url, "pid": os.getpid(), "account_id": ACCOUNT_ID,
+                                         "region": self.functions.region},
+                             "endpoints": endpoints, "functions": functions})
 
     async def put_endpoint(self, request: Request) -> Response:
-        spec = await request.json()
+        spec = _only(await read_json_object(request), "model_artifact", "instance_count", "model_version",
+                     "environment", "traffic_shift")
+        arguments = (_take(spec, "model_artifact", str), _instance_count(spec, 1), _take(spec, "model_version", str, ""),
+                     _string_map(spec, "environment") or None,
+                     _traffic_shift(_take(spec, "traffic_shift", dict, None, nullable=True)))
         try:
-            info = await self.endpoints.create_or_update(
-                request.path_params["name"], spec["model_artifact"], int(spec.get("instance_count", 1)),
-                str(spec.get("model_version", "")), spec.get("environment") or None,
-                _traffic_shift(spec.get("traffic_shift")))
+            info = await self.endpoints.create_or_update(request.path_params["name"], *arguments)
         except EndpointUpdateError as exc:
-            return JSONResponse({"error": str(exc)}, status_code=422)
-        except (KeyError, ValueError, FileNotFoundError) as exc:
-            return JSONResponse({"error": f"bad endpoint spec: {exc}"}, status_code=400)
+            return _control_error(422, str(exc))
+        except (ValueError, FileNotFoundError) as exc:
+            return _control_error(400, f"bad endpoint spec: {exc}")
         return JSONResponse(_plain(info))
 
     async def scale_endpoint(self, request: Request) -> Response:
-        spec = await request.json()
+        count = _instance_count(_only(await read_json_object(request), "instance_count"))
         try:
-            info = await self.endpoints.set_instance_count(request.path_params["name"], int(spec["instance_count"]))
+            info = await self.endpoints.set_instance_count(request.path_params["name"], count)
         except EndpointNotFoundError:
-            return JSONResponse({"error": f"no endpoint {request.path_params['name']}"}, status_code=404)
+            return _control_error(404, f"no endpoint {request.path_params['name']}")
         except EndpointUpdateError as exc:
-            return JSONResponse({"error": str(exc)}, status_code=422)
+            return _control_error(422, str(exc))
+        except ValueError as exc:
+            return _control_error(400, str(exc))
         return JSONResponse(_plain(info))
 
     async def put_autoscaling(self, request: Request) -> Response:
-        policy = await request.json() if request.method == "PUT" else None
+        policy = None
+        if request.method == "PUT":
+            policy = _only(await read_json_object(request), "min_capacity", "max_capacity", "policy")
+            try:
+                parse_policy(policy)  # stored only if the autoscaler can follow it
+            except ValueError as exc:
+                return _control_error(400, f"bad autoscaling policy: {exc}")
         try:
             self.endpoints.set_autoscaling(request.path_params["name"], policy)
             return JSONResponse(_plain(self.endpoints.describe(request.path_params["name"])))
         except EndpointNotFoundError:
-            return JSONResponse({"error": f"no endpoint {request.path_params['name']}"}, status_code=404)
+            return _control_error(404, f"no endpoint {request.path_params['name']}")
 
     async def delete_endpoint(self, request: Request) -> Response:
         try:
             await self.endpoints.delete(request.path_params["name"])
         except EndpointNotFoundError:
-            return JSONResponse({"error": f"no endpoint {request.path_params['name']}"}, status_code=404)
+            return _control_error(404, f"no endpoint {request.path_params['name']}")
         return Response(status_code=204)
 
     async def put_function(self, request: Request) -> Response:
-        spec = await request.json()
-        environment = {
-            **(spec.get("environment") or {}),
-            # The handler finds the local endpoint through boto3's own configuration, as on AWS.
-            "AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME": self.url_holder.get("url", ""),
-        }
+        spec = _only(await read_json_object(request), "code_dir", "handler", "environment", "memory_mb", "timeout_s",
+                     "reserved_concurrency", "provisioned_concurrency")
+        arguments = (_take(spec, "code_dir", str), _take(spec, "handler", str, "handler.lambda_handler"),
+                     _string_map(spec, "environment"), _take(spec, "memory_mb", int, 512),
+                     _take(spec, "timeout_s", int, 30), _take(spec, "reserved_concurrency", int, None, nullable=True),
+                     _take(spec, "provisioned_concurrency", int, 0))
         try:
-            info = await self.functions.create_or_update(
-                request.path_params["name"], spec["code_dir"], spec.get("handler", "handler.lambda_handler"),
-                environment, int(spec.get("memory_mb", 512)), int(spec.get("timeout_s", 30)),
-                spec.get("reserved_concurrency"), int(spec.get("provisioned_concurrency", 0)))
-        except (KeyError, ValueError, FileNotFoundError) as exc:
-            return JSONResponse({"error": f"bad function spec: {exc}"}, status_code=400)
+            info = await self.functions.create_or_update(request.path_params["name"], *arguments)
+        except (ValueError, FileNotFoundError) as exc:
+            return _control_error(400, f"bad function spec: {exc}")
         return JSONResponse(_plain(info))
 
     async def delete_function(self, request: Request) -> Response:
         try:
             await self.functions.delete(request.path_params["name"])
         except FunctionNotFoundError:
-            return JSONResponse({"error": f"no function {request.path_params['name']}"}, status_code=404)
+            return _control_error(404, f"no function {request.path_params['name']}")
         return Response(status_code=204)
 
     async def shutdown(self, request: Request) -> Response:
@@ -200,6 +288,7 @@ class Gateway:
         return [
             Route("/endpoints/{name}/invocations", self.invoke_endpoint, methods=["POST"]),
             Route("/2015-03-31/functions/{name}/invocations", self.invoke_function, methods=["POST"]),
+            Route(S3_PATH + "/{bucket}/{key:path}", self.s3.get_object, methods=["GET", "HEAD"]),
             Route("/_local/status", self.status, methods=["GET"]),
             Route("/_local/endpoints/{name}", self.put_endpoint, methods=["PUT"]),
             Route("/_local/endpoints/{name}", self.delete_endpoint, methods=["DELETE"]),
@@ -211,8 +300,17 @@ class Gateway:
         ]
 
 
-def create_app(home: str, url_holder: dict) -> tuple[Starlette, Gateway]:
-    gateway = Gateway(home, url_holder)
+async def _bad_control_input(request: Request, exc: ControlInputError) -> Response:
+    return _control_error(400, str(exc), exc.field)
+
+
+async def _body_too_large(request: Request, exc: BodyTooLargeError) -> Response:
+    return _control_error(413, str(exc))
+
+
+def create_app(home: str, url: str, secret: str) -> tuple[Starlette, Gateway]:
+    """The gateway's app for `url` (http://127.0.0.1:PORT); control requests must carry `secret`."""
+    gateway = Gateway(home, url)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -224,4 +322,8 @@ def create_app(home: str, url_holder: dict) -> tuple[Starlette, Gateway]:
             await gateway.functions.close()
             await gateway.endpoints.close()
 
-    return Starlette(routes=gateway.routes(), lifespan=lifespan), gateway
+    app = Starlette(routes=gateway.routes(), lifespan=lifespan,
+                    middleware=[Middleware(RequestGuard, port=urlsplit(url).port, secret=secret)],
+                    exception_handlers={ControlInputError: _bad_control_input, BodyTooLargeError: _body_too_large,
+                                        ClientDisconnect: discard_disconnects})
+    return app, gateway

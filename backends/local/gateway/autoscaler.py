@@ -24,6 +24,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
+from backends.local.gateway.instances import MAX_LOCAL_INSTANCES
 from core.scaling import METRIC, cooldown_allows, desired_capacity
 
 if TYPE_CHECKING:
@@ -43,25 +44,47 @@ class TrackingPolicy:
     scale_out_cooldown: float
 
 
+def _number(container: dict, key: str, path: str, kind: type, default=None):
+    value = container.get(key, default) if isinstance(container, dict) else None
+    if value is None:
+        raise ValueError(f"{path}{key} is missing")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not float(value).is_integer()):
+        raise ValueError(f"{path}{key} must be {'an integer' if kind is int else 'a number'}, not {value!r}")
+    return kind(value)
+
+
 def parse_policy(autoscaling: dict) -> TrackingPolicy:
-    """The target-tracking parameters of a registered policy; ValueError if it is not one we can follow."""
-    try:
-        config = autoscaling["policy"]["TargetTrackingScalingPolicyConfiguration"]
-        metric = config.get("PredefinedMetricSpecification", {}).get("PredefinedMetricType", METRIC)
-        policy = TrackingPolicy(int(autoscaling["min_capacity"]), int(autoscaling["max_capacity"]),
-                                float(config["TargetValue"]), float(config.get("ScaleInCooldown", 300)),
-                                float(config.get("ScaleOutCooldown", 300)))
-    except (KeyError, TypeError, AttributeError, ValueError) as exc:
-        raise ValueError(f"not a target tracking policy ({type(exc).__name__}: {exc})") from None
+    """The target-tracking parameters of a registered policy; ValueError naming the field when it is not
+    one we can follow (a capacity over MAX_LOCAL_INSTANCES included)."""
+    if not isinstance(autoscaling, dict):
+        raise ValueError(f"the autoscaling registration must be an object, not {type(autoscaling).__name__}")
+    policy = autoscaling.get("policy")
+    if not isinstance(policy, dict):
+        raise ValueError("policy must be an object (PutScalingPolicy's arguments)")
+    config = policy.get("TargetTrackingScalingPolicyConfiguration")
+    if not isinstance(config, dict):
+        raise ValueError("policy.TargetTrackingScalingPolicyConfiguration must be an object")
+    where = "policy.TargetTrackingScalingPolicyConfiguration."
+    spec = config.get("PredefinedMetricSpecification", {})
+    metric = spec.get("PredefinedMetricType", METRIC) if isinstance(spec, dict) else None
     if metric != METRIC:
-        raise ValueError(f"only {METRIC} can be tracked locally, not {metric}")
-    if not (1 <= policy.min_capacity <= policy.max_capacity):
-        raise ValueError(f"bad capacity range [{policy.min_capacity}, {policy.max_capacity}]")
-    if not (policy.target > 0 and math.isfinite(policy.target)):
-        raise ValueError(f"TargetValue must be > 0, got {policy.target}")
-    if policy.scale_in_cooldown < 0 or policy.scale_out_cooldown < 0:
-        raise ValueError("cooldowns must be >= 0")
-    return policy
+        raise ValueError(f"{where}PredefinedMetricSpecification.PredefinedMetricType: only {METRIC} can be "
+                         f"tracked locally, not {metric!r}")
+    parsed = TrackingPolicy(_number(autoscaling, "min_capacity", "", int), _number(autoscaling, "max_capacity", "", int),
+                            _number(config, "TargetValue", where, float),
+                            _number(config, "ScaleInCooldown", where, float, 300),
+                            _number(config, "ScaleOutCooldown", where, float, 300))
+    if not 1 <= parsed.min_capacity <= parsed.max_capacity:
+        raise ValueError(f"min_capacity..max_capacity must be a range starting at 1 or more, not "
+                         f"[{parsed.min_capacity}, {parsed.max_capacity}]")
+    if parsed.max_capacity > MAX_LOCAL_INSTANCES:
+        raise ValueError(f"max_capacity {parsed.max_capacity} is over the local cap of {MAX_LOCAL_INSTANCES} instances "
+                         f"per endpoint (MAX_LOCAL_INSTANCES: each is a process on this machine)")
+    if not (parsed.target > 0 and math.isfinite(parsed.target)):
+        raise ValueError(f"{where}TargetValue must be > 0, not {parsed.target}")
+    if not (0 <= parsed.scale_in_cooldown < math.inf and 0 <= parsed.scale_out_cooldown < math.inf):
+        raise ValueError(f"{where}ScaleInCooldown and ScaleOutCooldown must be >= 0")
+    return parsed
 
 
 class InvocationCounter:

@@ -1,22 +1,31 @@
 """The client side of the local gateway's control API (/_local/), used by the local backend and the CLI.
 
-GatewayClient speaks the API; its errors are those of backends/errors.py, chosen by the status the
-gateway answered. GatewayConnection is the gateway of one state folder as the local services share
-it: started on first need, reconnected when it was restarted.
+GatewayClient speaks the API with the gateway's secret (gateway.json); its errors are those of
+backends/errors.py, chosen by the status the gateway answered. GatewayConnection is the gateway of
+one state folder as the local services share it: started on first need, reconnected (with the new
+secret) when it was restarted, on the same port or another.
 """
 from __future__ import annotations
 
 import httpx
 
 from backends.errors import DeploymentFailedError, InvalidRequestError, NotFoundError, ServiceUnavailableError
+from backends.local.gateway.guard import bearer
 
-_ERROR_BY_STATUS = {400: InvalidRequestError, 404: NotFoundError, 422: DeploymentFailedError}
+_ERROR_BY_STATUS = {400: InvalidRequestError, 404: NotFoundError, 413: InvalidRequestError,
+                    422: DeploymentFailedError}
 
 
 class GatewayClient:
-    def __init__(self, url: str, timeout_s: float = 600):
+    def __init__(self, url: str, secret: str, timeout_s: float = 600):
         self.url = url.rstrip("/")
-        self.http = httpx.Client(base_url=self.url, timeout=timeout_s)
+        self.secret = secret
+        self.http = httpx.Client(base_url=self.url, timeout=timeout_s, headers=bearer(secret))
+
+    @classmethod
+    def of(cls, info, timeout_s: float = 600) -> "GatewayClient":
+        """A client of a running gateway (server.GatewayInfo)."""
+        return cls(info.url, info.secret, timeout_s)
 
     def _call(self, method: str, path: str, json: dict | None = None) -> dict:
         response = self.http.request(method, path, json=json)
@@ -91,12 +100,12 @@ class GatewayConnection:
         """A client of the running gateway; the gateway is started first when it is not running."""
         from backends.local.gateway.server import ensure_gateway, running_gateway
 
-        info = running_gateway(self.state)
+        info = running_gateway(self.state)  # gateway.json, read again: a restarted gateway has a new secret
         if info is None:
             info = ensure_gateway(self.state)
-        if self._client is None or self._client.url != info.url:
+        if self._client is None or (self._client.url, self._client.secret) != (info.url, info.secret):
             self.close()
-            self._client = GatewayClient(info.url)
+            self._client = GatewayClient.of(info)
         return self._client
 
     @property

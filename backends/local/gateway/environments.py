@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import sys
@@ -30,7 +31,16 @@ RESERVED_ENV = {"_HANDLER", "_X_AMZN_TRACE_ID", "AWS_REGION", "AWS_DEFAULT_REGIO
                 "AWS_LAMBDA_FUNCTION_NAME", "AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "AWS_LAMBDA_FUNCTION_VERSION",
                 "AWS_LAMBDA_INITIALIZATION_TYPE", "AWS_LAMBDA_LOG_GROUP_NAME", "AWS_LAMBDA_LOG_STREAM_NAME",
                 "AWS_LAMBDA_RUNTIME_API", "LAMBDA_TASK_ROOT", "LAMBDA_RUNTIME_DIR"}
-FAKE_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_SESSION_TOKEN": "testing"}
+# Each environment is a process, so a local function keeps at most this many initialized (AWS allows
+# thousands; a configuration that asks for more is refused, naming the cap).
+MAX_LOCAL_PROVISIONED = 32
+ACCESS_KEY_PREFIX = "LKIA"  # local keys: the gateway's S3 (s3.py) answers only them, nothing on AWS knows them
+
+
+def issue_credentials() -> dict[str, str]:
+    """A function's own AWS credentials: what its boto3 signs local S3 requests with (s3.py checks them)."""
+    return {"AWS_ACCESS_KEY_ID": ACCESS_KEY_PREFIX + secrets.token_hex(8).upper(),
+            "AWS_SECRET_ACCESS_KEY": secrets.token_urlsafe(30)}
 
 
 @dataclass(frozen=True)
@@ -74,6 +84,7 @@ class HostedFunction:
     errors: int = 0
     busy: int = 0
     last_init_error: str | None = None
+    credentials: dict[str, str] = field(default_factory=issue_credentials)
 
 
 def now_iso(zone: str = "+0000") -> str:
@@ -102,9 +113,11 @@ def copy_and_hash(source: Path, code_root: Path) -> tuple[str, Path]:
     return base64.b64encode(digest.digest()).decode(), target
 
 
-def process_env(name: str, cfg: Config, provisioned: bool, region: str, base_env: dict[str, str]) -> dict[str, str]:
+def process_env(name: str, cfg: Config, provisioned: bool, region: str, base_env: dict[str, str],
+                credentials: dict[str, str]) -> dict[str, str]:
     """What Lambda puts in an environment's process env: little of the host's (no config/credential
-    files), ``base_env``, the function's variables, fake credentials unless given, the reserved ones."""
+    files), ``base_env``, the function's variables, the function's own credentials unless it sets
+    some, the reserved ones."""
     env = {"PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"), "LANG": "C.UTF-8", "TZ": ":UTC",
            "PYTHONDONTWRITEBYTECODE": "1", "AWS_CONFIG_FILE": os.devnull, "AWS_SHARED_CREDENTIALS_FILE": os.devnull}
     if os.environ.get("TMPDIR"):
@@ -112,7 +125,8 @@ def process_env(name: str, cfg: Config, provisioned: bool, region: str, base_env
     env.update(base_env)
     env.update(dict(cfg.environment))
     if "AWS_ACCESS_KEY_ID" not in env:
-        env.update(FAKE_CREDENTIALS)
+        env.pop("AWS_SESSION_TOKEN", None)
+        env.update(credentials)
     env.update({
         "AWS_LAMBDA_FUNCTION_NAME": name, "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(cfg.memory_mb),
         "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST", "AWS_REGION": region, "AWS_DEFAULT_REGION": region,
@@ -142,8 +156,9 @@ def validate(name, handler, environment, memory_mb, timeout_s, reserved, provisi
         raise ValueError(f"timeout_s must be 1..900, not {timeout_s}")
     if reserved is not None and int(reserved) < 0:
         raise ValueError(f"reserved_concurrency must be >= 0 or None, not {reserved}")
-    if int(provisioned) < 0:
-        raise ValueError(f"provisioned_concurrency must be >= 0, not {provisioned}")
+    if not 0 <= int(provisioned) <= MAX_LOCAL_PROVISIONED:
+        raise ValueError(f"provisioned_concurrency must be 0..{MAX_LOCAL_PROVISIONED} locally (each is a process; "
+                         f"MAX_LOCAL_PROVISIONED), not {provisioned}")
     if reserved is not None and int(provisioned) > int(reserved):
         raise ValueError(f"provisioned_concurrency ({provisioned}) cannot exceed reserved_concurrency ({reserved})")
 
@@ -230,9 +245,11 @@ class Environment:
             os.close(self._log_fd)
             self._log_fd = None
 
-    async def invoke(self, request_id: str, deadline_ms: float, payload: bytes) -> tuple[bool, bytes]:
-        """Run one invocation: (is_function_error, response bytes). Raises EnvironmentGoneError."""
-        header = {"id": request_id, "deadline_ms": deadline_ms, "init": not self.invoked and not self.provisioned}
+    async def invoke(self, request_id: str, deadline_ms: float, payload: bytes, arn: str) -> tuple[str, bytes]:
+        """Run one invocation: (what the runtime answered: result | error | invalid_payload, its bytes).
+        Raises EnvironmentGoneError."""
+        header = {"id": request_id, "deadline_ms": deadline_ms, "init": not self.invoked and not self.provisioned,
+                  "arn": arn}
         self.invoked = True
         try:
             self.proc.stdin.write(encode_frame(header, payload))
@@ -241,7 +258,7 @@ class Environment:
         except (ConnectionError, RuntimeError):
             raise EnvironmentGoneError(self.proc.returncode) from None
         answer, body = await self._read_frame()
-        return answer["type"] != "result", body
+        return answer["type"], body
 
     def kill(self) -> None:
         if self.proc.returncode is None:

@@ -22,17 +22,34 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from backends.errors import NotFoundError, ServiceUnavailableError
+from backends.aws.functions import ALIAS
+from backends.errors import InvalidRequestError, NotFoundError, ServiceUnavailableError
 from backends.local.gateway.environments import (
     Config, Environment, EnvironmentGoneError, Generation, HostedFunction, copy_and_hash, error_payload, now_iso,
     process_env, validate,
 )
-from backends.local.gateway.lambda_runtime import ACCOUNT_ID
+from backends.local.gateway.lambda_runtime import ACCOUNT_ID, decode_event
+from backends.local.gateway.s3 import S3Grant
+
+# What a local function answers to besides its name: $LATEST, and the alias the aws backend points
+# at each release (locally there is one version, so the alias is that version).
+QUALIFIERS = ("$LATEST", ALIAS)
+PRECHECK_BYTES = 64 * 1024  # payloads up to this are checked for JSON before an environment is taken
+
 
 class FunctionNotFoundError(NotFoundError):
-    """No function of that name."""
+    """No function of that name (or no such version or alias of it)."""
 
     status_code, error_type = 404, "ResourceNotFoundException"  # what the Invoke API answers
+
+
+class InvalidPayloadError(InvalidRequestError):
+    """The payload is not JSON: Lambda refuses it before the handler runs."""
+
+    status_code, error_type = 400, "InvalidRequestContentException"
+
+    def __init__(self, reason: str):
+        super().__init__(f"Could not parse request body into json: Could not parse payload into json: {reason}")
 
 
 class TooManyRequestsError(ServiceUnavailableError):
@@ -179,11 +196,31 @@ class FunctionManager:
     def list(self) -> list[FunctionInfo]:
         return [self.describe(name) for name in sorted(self._functions)]
 
+    def s3_grant(self, access_key_id: str) -> S3Grant | None:
+        """What the function holding this access key may read from the local S3 (None: no function holds it)."""
+        for fn in self._functions.values():
+            if fn.credentials["AWS_ACCESS_KEY_ID"] == access_key_id:
+                prefixes = dict(fn.gen.config.environment).get("ALLOWED_S3_PREFIXES", "")
+                return S3Grant(fn.credentials["AWS_SECRET_ACCESS_KEY"],
+                               tuple(p.strip() for p in prefixes.split(",") if p.strip()))
+        return None
+
     # -- invoke -------------------------------------------------------------------------
-    async def invoke(self, name: str, payload: bytes) -> FunctionReply:
+    def resolve(self, name: str, qualifier: str | None = None) -> HostedFunction:
+        """The function an Invoke of ``name`` with ``qualifier`` runs; FunctionNotFoundError if none."""
         fn = self._functions.get(name)
-        if fn is None:
+        if fn is None or (qualifier is not None and qualifier not in QUALIFIERS):
             raise FunctionNotFoundError(name)
+        return fn
+
+    async def invoke(self, name: str, payload: bytes, qualifier: str | None = None) -> FunctionReply:
+        """Run one invocation. FunctionNotFoundError, TooManyRequestsError, InvalidPayloadError."""
+        fn = self.resolve(name, qualifier)
+        if len(payload) <= PRECHECK_BYTES:  # cheap here; bigger ones are checked by the runtime, same error
+            try:
+                decode_event(payload)
+            except ValueError as exc:
+                raise InvalidPayloadError(str(exc)) from None
         if fn.reserved is not None and fn.busy >= fn.reserved:
             fn.throttles += 1
             raise TooManyRequestsError(name)
@@ -194,7 +231,10 @@ class FunctionManager:
         fn.invocations += 1
         self._busy += 1
         try:
-            result = await self._invoke(fn, fn.gen, payload)
+            result = await self._invoke(fn, fn.gen, payload, self._arn(name, qualifier))
+        except InvalidPayloadError:
+            fn.invocations -= 1  # refused before the handler ran
+            raise
         finally:
             fn.busy -= 1
             self._busy -= 1
@@ -202,7 +242,7 @@ class FunctionManager:
             fn.errors += 1
         return result
 
-    async def _invoke(self, fn: HostedFunction, gen: Generation, payload: bytes) -> FunctionReply:
+    async def _invoke(self, fn: HostedFunction, gen: Generation, payload: bytes, arn: str) -> FunctionReply:
         request_id, began = str(uuid.uuid4()), time.perf_counter()
         env = None
         while gen.idle and env is None:
@@ -217,11 +257,12 @@ class FunctionManager:
             if init_error is not None:
                 return FunctionReply(init_error, function_error="Unhandled", cold_start=True, request_id=request_id,
                                         duration_ms=(time.perf_counter() - began) * 1000, log_result=env.log_tail(0))
-        since, timeout_s, keep = env.log_position(), gen.config.timeout_s, True
+        since, timeout_s, keep, kind = env.log_position(), gen.config.timeout_s, True, "error"
         began = time.perf_counter()
         try:
             async with asyncio.timeout(timeout_s):
-                is_error, body = await env.invoke(request_id, time.time() * 1000 + timeout_s * 1000, payload)
+                kind, body = await env.invoke(request_id, time.time() * 1000 + timeout_s * 1000, payload, arn)
+            is_error = kind != "result"
         except TimeoutError:
             is_error, keep = True, False
             body = error_payload("Sandbox.Timedout", f"{now_iso('Z')} {request_id} Task timed out after {timeout_s:.2f} seconds")
@@ -232,6 +273,9 @@ class FunctionManager:
             self._discard(env, kill=True, replace=True)
             raise
         duration_ms = (time.perf_counter() - began) * 1000
+        if keep and kind == "invalid_payload":  # the runtime refused the event; the environment is fine
+            self._release(env)
+            raise InvalidPayloadError(body.decode("utf-8", "replace"))
         log = env.log_tail(since)
         if keep and env.alive:
             self._release(env)
@@ -249,7 +293,8 @@ class FunctionManager:
         gen.starting += 1
         try:
             env = await Environment.spawn(self.python, cfg.code_dir, cfg.handler, fn.name, cfg.memory_mb, cfg.timeout_s,
-                                          process_env(fn.name, cfg, provisioned, self.region, self.base_env),
+                                          process_env(fn.name, cfg, provisioned, self.region, self.base_env,
+                                                      fn.credentials),
                                           log_path, gen, provisioned)
         finally:
             gen.starting -= 1
@@ -349,5 +394,6 @@ class FunctionManager:
             if folder not in keep:
                 shutil.rmtree(folder, ignore_errors=True)
 
-    def _arn(self, name: str) -> str:
-        return f"arn:aws:lambda:{self.region}:{ACCOUNT_ID}:function:{name}"
+    def _arn(self, name: str, qualifier: str | None = None) -> str:
+        arn = f"arn:aws:lambda:{self.region}:{ACCOUNT_ID}:function:{name}"
+        return f"{arn}:{qualifier}" if qualifier else arn

@@ -19,6 +19,10 @@ import httpx
 PROJECT_ROOT = Path(__file__).resolve().parents[3]
 WORKER_MODULE = "backends.local.gateway.model_worker"
 _NAME = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")  # SageMaker's endpoint name rule
+# Each instance is a worker process on this machine: an endpoint has at most this many (SageMaker
+# allows far more). A deployment, a scaling or an autoscaling policy asking for more is refused
+# (HTTP 400 naming the cap) rather than quietly given fewer.
+MAX_LOCAL_INSTANCES = 32
 
 
 class InstanceStartError(Exception):
@@ -241,11 +245,14 @@ def _signal_group(inst: Instance, sig: int) -> None:
 
 
 def check_arguments(name: str, count: int) -> None:
-    """ValueError unless `name` is a valid SageMaker endpoint name and `count` a positive integer."""
+    """ValueError unless `name` is a valid SageMaker endpoint name and `count` an integer in 1..MAX_LOCAL_INSTANCES."""
     if not isinstance(name, str) or not _NAME.match(name):
         raise ValueError(f"invalid endpoint name {name!r}: letters, digits and hyphens, at most 63 characters")
     if not isinstance(count, int) or isinstance(count, bool) or count < 1:
-        raise ValueError(f"instance count must be a positive integer, got {count!r}")
+        raise ValueError(f"instance_count must be a positive integer, got {count!r}")
+    if count > MAX_LOCAL_INSTANCES:
+        raise ValueError(f"instance_count {count} is over the local cap of {MAX_LOCAL_INSTANCES} instances per "
+                         f"endpoint (MAX_LOCAL_INSTANCES: each is a process on this machine)")
 
 
 def sha256_file(path: str) -> str:

@@ -11,8 +11,12 @@ Protocol on the original stdin/stdout, one frame per message: ``!II`` (header le
 a JSON header, then the body bytes.
   runtime -> manager, once:   {"type": "ready", "init_ms": ms}  or  {"type": "init_error", ...} + error JSON
                               (then the process exits: Lambda re-runs a failed init on the next invoke)
-  manager -> runtime:         {"id": request id, "deadline_ms": epoch ms, "init": first call?} + event bytes
-  runtime -> manager:         {"type": "result" | "error", "ms": duration} + response JSON
+  manager -> runtime:         {"id": request id, "deadline_ms": epoch ms, "init": first call?,
+                               "arn": the ARN it was invoked by} + event bytes
+  runtime -> manager:         {"type": "result" | "error", "ms": duration} + response JSON, or
+                              {"type": "invalid_payload"} + the reason (the event is not JSON: the handler
+                              never ran; Lambda answers InvalidRequestContentException)
+Nothing an invocation sends or does, short of ending the process, ends the environment.
 File descriptors 0 and 1 are then pointed at /dev/null and at stderr (the environment's log file), so
 the handler's prints and logging never touch the protocol.
 """
@@ -58,12 +62,12 @@ class LambdaContext:
     """What the AWS Python runtime passes as ``context`` (memory_limit_in_mb is a str there too)."""
 
     def __init__(self, request_id: str, deadline_ms: float, function_name: str, function_version: str,
-                 memory_mb: str, region: str, log_group_name: str, log_stream_name: str):
+                 memory_mb: str, region: str, log_group_name: str, log_stream_name: str, invoked_arn: str | None = None):
         self.aws_request_id = request_id
         self.function_name = function_name
         self.function_version = function_version
         self.memory_limit_in_mb = memory_mb
-        self.invoked_function_arn = f"arn:aws:lambda:{region}:{ACCOUNT_ID}:function:{function_name}"
+        self.invoked_function_arn = invoked_arn or f"arn:aws:lambda:{region}:{ACCOUNT_ID}:function:{function_name}"
         self.log_group_name = log_group_name
         self.log_stream_name = log_stream_name
         self.identity = None
@@ -88,6 +92,23 @@ class _Encoder(json.JSONEncoder):
         if isinstance(o, decimal.Decimal):
             return int(o) if o == o.to_integral_value() else float(o)
         return super().default(o)
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not JSON")
+
+
+def decode_event(body: bytes):
+    """The event an invocation's payload is ({} for an empty one); ValueError when it is not JSON as
+    Lambda reads it (NaN and Infinity are not, nor a document nested past the parser's depth)."""
+    if not body.strip():
+        return {}
+    try:
+        return json.loads(body, parse_constant=_no_constant)
+    except ValueError:
+        raise
+    except Exception as exc:  # RecursionError (nested too deep), MemoryError, ...
+        raise ValueError(f"{type(exc).__name__}: {exc}") from None
 
 
 def error_body(error_type: str, message: str, request_id: str | None = None, tb=None) -> dict:
@@ -142,16 +163,32 @@ def _install_logging() -> _RequestIdFilter:
     return request_filter
 
 
-def _run_one(handler, header: dict, body: bytes, args, request_filter) -> tuple[str, bytes]:
+def _serve(handler, header: dict, body: bytes, args, request_filter, init_ms: float) -> tuple[str, bytes]:
+    """One invocation: its log lines, and what goes back to the manager."""
+    try:
+        event = decode_event(body)
+    except ValueError as exc:  # refused before the handler runs: no START/END/REPORT, as on Lambda
+        return "invalid_payload", str(exc).encode()
+    request_id = header["id"]
+    print(f"START RequestId: {request_id} Version: {args.version}", file=sys.stderr)
+    began = time.perf_counter()
+    try:
+        return _run_one(handler, event, header, args, request_filter)
+    finally:
+        duration_ms = (time.perf_counter() - began) * 1000
+        max_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+        init_part = f"\tInit Duration: {init_ms:.2f} ms" if header.get("init") else ""
+        print(f"END RequestId: {request_id}\nREPORT RequestId: {request_id}\tDuration: {duration_ms:.2f} ms\t"
+              f"Billed Duration: {max(1, math.ceil(duration_ms))} ms\tMemory Size: {args.memory_mb} MB\t"
+              f"Max Memory Used: {max_rss_mb} MB{init_part}", file=sys.stderr, flush=True)
+        request_filter.request_id = ""
+
+
+def _run_one(handler, event, header: dict, args, request_filter) -> tuple[str, bytes]:
     request_id = header["id"]
     request_filter.request_id = request_id
     context = LambdaContext(request_id, header["deadline_ms"], args.function_name, args.version,
-                            str(args.memory_mb), args.region, args.log_group, args.log_stream)
-    try:
-        event = json.loads(body) if body.strip() else {}
-    except ValueError as exc:
-        error = error_body("Runtime.UnmarshalError", f"Unable to unmarshal input: {exc}", request_id)
-        return "error", json.dumps(error).encode()
+                            str(args.memory_mb), args.region, args.log_group, args.log_stream, header.get("arn"))
     try:
         result = handler(event, context)
     except Exception as exc:
@@ -162,7 +199,7 @@ def _run_one(handler, header: dict, body: bytes, args, request_filter) -> tuple[
         return "error", json.dumps(error).encode()
     try:
         return "result", json.dumps(result, cls=_Encoder).encode()
-    except (TypeError, ValueError) as exc:
+    except Exception as exc:  # TypeError, ValueError, RecursionError (nested too deep)
         error = error_body("Runtime.MarshalError", f"Unable to marshal response: {exc}", request_id)
         return "error", json.dumps(error).encode()
 
@@ -216,16 +253,13 @@ def main(argv: list[str] | None = None) -> int:
         if frame is None:  # the manager closed the channel: shut down
             return 0
         header, body = frame
-        print(f"START RequestId: {header['id']} Version: {args.version}", file=sys.stderr)
         began = time.perf_counter()
-        kind, answer = _run_one(handler, header, body, args, request_filter)
+        try:
+            kind, answer = _serve(handler, header, body, args, request_filter, init_ms)
+        except Exception as exc:  # the backstop: whatever went wrong, the environment answers and lives on
+            kind, answer = "error", json.dumps(error_body(
+                "Runtime.Unknown", f"the runtime failed: {type(exc).__name__}: {exc}", header.get("id"))).encode()
         duration_ms = (time.perf_counter() - began) * 1000
-        max_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
-        init_part = f"\tInit Duration: {init_ms:.2f} ms" if header.get("init") else ""
-        print(f"END RequestId: {header['id']}\nREPORT RequestId: {header['id']}\tDuration: {duration_ms:.2f} ms\t"
-              f"Billed Duration: {max(1, math.ceil(duration_ms))} ms\tMemory Size: {args.memory_mb} MB\t"
-              f"Max Memory Used: {max_rss_mb} MB{init_part}", file=sys.stderr, flush=True)
-        request_filter.request_id = ""
         channel_out.write(encode_frame({"type": kind, "ms": duration_ms}, answer))
         channel_out.flush()
 
