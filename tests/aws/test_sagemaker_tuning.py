@@ -41,7 +41,6 @@ from moto import mock_aws  # noqa: E402
 from moto.core import DEFAULT_ACCOUNT_ID  # noqa: E402
 
 from backends.aws import images  # noqa: E402
-from backends.aws.errors import RoleNotUsableError  # noqa: E402
 from backends.aws.sagemaker_tuning import (  # noqa: E402
     SageMakerTuning, grid_size, pretrained_manifest, sdk_parameter_ranges, trial_from_summary, trial_index)
 from backends.types import TuningRequest  # noqa: E402
@@ -503,12 +502,8 @@ def test_a_role_not_yet_assumable_is_waited_for(aws, source_dir):
     now, naps = [0.0], []
     clock = Clock(now=lambda: now[0], sleep=lambda s: (naps.append(s), now.__setitem__(0, now[0] + s)))
     outcome = _run(aws, request, source_dir, clock=clock)
-    assert naps[:3] == [1.0, 2.0, 4.0] and aws.jobs() == [request.job_name] and outcome.status == "Completed"
-
-    refusals[0] = 10**6  # a role that never becomes assumable: refused for good after IAM's propagation time
-    with pytest.raises(RoleNotUsableError, match="Could not assume role"):
-        _run(aws, _request("dev-tune-other", max_jobs=5), source_dir, clock=clock)
-    assert aws.jobs() == [request.job_name]
+    assert naps == [1.0, 2.0, 4.0] and aws.jobs() == [request.job_name] and outcome.status == "Completed"
+    # (A role never assumable ends in RoleNotUsableError: test_ec2_training's profile test shows the budget.)
 
 
 # -- pure conversions ---------------------------------------------------------------------
