@@ -26,6 +26,7 @@ class TrainingRequest:
     pretrained_uri: str | None = None
     instance_type: str = "ml.m5.xlarge"
     max_runtime_seconds: int = 86400
+    ec2_instance_type: str | None = None  # the aws backend's instance for one job (None: instance_type less "ml.")
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,8 @@ class TuningOutcome:
     objective_type: str
     trials: list[TrialSummary]
     failure_reason: str | None = None
+    # What every trial was trained with besides its tuned values (a model's full set: these, then its tuned ones).
+    static_hyperparameters: dict[str, str] = field(default_factory=dict)
 
 
 PENDING, APPROVED, REJECTED = "PendingManualApproval", "Approved", "Rejected"  # SageMaker's approval statuses

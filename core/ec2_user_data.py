@@ -14,11 +14,14 @@ model.tar.gz and uploads, under `<output_uri>/<job_name>/`:
 A trap on ERR and EXIT writes the log and status.json whatever happens, then shuts the
 instance down (launched with InstanceInitiatedShutdownBehavior=terminate, so it terminates).
 A scheduled `shutdown` at start is the dead man's switch for a job nobody is watching any more.
+The first S3 reads (code, data, weights) are retried for up to `read_retry_s`: the instance
+profile's credentials can take a while to work on a just-created role.
 
 Pure: no AWS calls. Every value that reaches the script is shell-quoted (shlex.quote).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import shlex
 
@@ -37,6 +40,8 @@ DLAMI_SSM_PARAMETER = ("/aws/service/deeplearning/ami/x86_64/"
 USER_DATA_LIMIT_BYTES = 16 * 1024  # EC2's limit on user data, before base64
 DEFAULT_LOG_SYNC_SECONDS = 30
 WATCHDOG_ALLOWANCE_S = 1800  # download + upload time the dead man's switch allows beyond max runtime
+READ_RETRY_S = 120  # AWS: a new role (and its instance profile) is usable everywhere within about two minutes
+CLIENT_TOKEN_MAX = 64  # EC2's limit on RunInstances' ClientToken
 
 
 def job_prefix(output_uri: str, job_name: str) -> str:
@@ -44,16 +49,32 @@ def job_prefix(output_uri: str, job_name: str) -> str:
     return f"{output_uri.rstrip('/')}/{job_name}"
 
 
+def launch_token(job_name: str, attempt: int) -> str:
+    """RunInstances' ClientToken for one attempt of a job: the same on every retry of that attempt
+    (botocore's, a task's, a flow run's), so EC2 answers with the instance it already launched.
+    A new attempt (the previous one ended without a model) gets the next number, never a random one."""
+    if attempt < 1:
+        raise ValueError(f"attempt must be 1 or more, got {attempt}")
+    suffix = f"-a{attempt}"
+    if len(job_name) + len(suffix) <= CLIENT_TOKEN_MAX:
+        return job_name + suffix
+    digest = hashlib.sha256(job_name.encode()).hexdigest()[:16]  # a cut name must stay unique
+    return f"{job_name[:CLIENT_TOKEN_MAX - len(suffix) - 17]}-{digest}{suffix}"
+
+
 def render_user_data(job_name: str, code_uri: str, data_uri: str, output_uri: str,
                      hyperparameters: dict[str, str], region: str, max_runtime_s: int,
                      pretrained_uri: str | None = None, *, watchdog_s: int | None = None,
-                     log_sync_seconds: int = DEFAULT_LOG_SYNC_SECONDS, ml_root: str = "/opt/ml") -> str:
+                     log_sync_seconds: int = DEFAULT_LOG_SYNC_SECONDS, read_retry_s: int = READ_RETRY_S,
+                     ml_root: str = "/opt/ml") -> str:
     """The bash script an instance runs at first boot to train, upload and shut down.
 
     `code_uri` is a .tar.gz of training/*.py (train.py at its top); `data_uri` a prefix holding
     train/, valid/, test/; `pretrained_uri` a weights file (or a prefix ending in '/') for the
     `pretrained` channel. `watchdog_s` (default: max runtime + 30 min) is when the instance shuts
-    itself down even if the script hangs. `ml_root` exists for tests; on EC2 it is /opt/ml.
+    itself down even if the script hangs. `read_retry_s` is how long the first S3 reads are
+    retried while the instance profile's credentials propagate. `ml_root` exists for tests; on
+    EC2 it is /opt/ml.
     """
     for name, uri in (("code_uri", code_uri), ("data_uri", data_uri), ("output_uri", output_uri),
                       ("pretrained_uri", pretrained_uri or "s3://")):
@@ -90,6 +111,7 @@ STATUS_URI="$JOB_URI/status.json"
 MAX_RUNTIME_S={max_runtime_s}
 WATCHDOG_MINUTES={-(-watchdog_s // 60)}
 LOG_SYNC_SECONDS={max(1, int(log_sync_seconds))}
+READ_RETRY_S={max(0, int(read_retry_s))}
 ML={q(ml_root.rstrip('/') or '/')}
 HPS_JSON={q(json.dumps(hyperparameters, sort_keys=True))}
 CHANNELS_JSON={q(json.dumps(channels))}
@@ -130,6 +152,22 @@ json_string() {  # a JSON string literal, with no python needed (python may be w
   s=$(printf '%s' "$1" | tr -d '\000-\010\013\014\016-\037')
   s=${s//\\/\\\\}; s=${s//\"/\\\"}; s=${s//$'\n'/\\n}; s=${s//$'\r'/\\r}; s=${s//$'\t'/\\t}
   printf '"%s"' "$s"
+}
+
+fetch() {  # fetch cp|sync SRC DST: retried with backoff (1, 2, 4 ... 16 s) for up to READ_RETRY_S, as a
+  # just-created instance profile's credentials may not work yet; then it fails (and so the job)
+  local verb=$1 src=$2 dst=$3 delay=1 left
+  local deadline=$((SECONDS + READ_RETRY_S))
+  until aws s3 "$verb" --only-show-errors "$src" "$dst"; do
+    left=$((deadline - SECONDS))
+    if [ "$left" -le 0 ]; then
+      echo "sagemaker-flows: could not read $src within $READ_RETRY_S s"
+      return 1
+    fi
+    echo "sagemaker-flows: could not read $src yet; trying again in $((delay < left ? delay : left)) s"
+    sleep $((delay < left ? delay : left))
+    delay=$((delay * 2 > 16 ? 16 : delay * 2))
+  done
 }
 
 upload() {  # upload FILE URI [aws s3 cp options]: a few tries, never fails the caller
@@ -209,17 +247,17 @@ LOG_SYNC_PID=$!
 
 # -- inputs -------------------------------------------------------------------------------------
 STAGE="downloading the training code"
-aws s3 cp --only-show-errors "$CODE_URI" "$ML/code.tar.gz"
+fetch cp "$CODE_URI" "$ML/code.tar.gz"
 tar -xzf "$ML/code.tar.gz" -C "$ML/code"
 STAGE="downloading the training data"
-aws s3 sync --only-show-errors "$DATA_URI" "$SM_CHANNEL_TRAINING"
+fetch sync "$DATA_URI" "$SM_CHANNEL_TRAINING"
 if [ -n "$PRETRAINED_URI" ]; then
   STAGE="downloading the pretrained weights"
   export SM_CHANNEL_PRETRAINED="$ML/input/data/pretrained"
   mkdir -p "$SM_CHANNEL_PRETRAINED"
   case "$PRETRAINED_URI" in
-    */) aws s3 sync --only-show-errors "$PRETRAINED_URI" "$SM_CHANNEL_PRETRAINED" ;;
-    *) aws s3 cp --only-show-errors "$PRETRAINED_URI" "$SM_CHANNEL_PRETRAINED/" ;;
+    */) fetch sync "$PRETRAINED_URI" "$SM_CHANNEL_PRETRAINED" ;;
+    *) fetch cp "$PRETRAINED_URI" "$SM_CHANNEL_PRETRAINED/" ;;
   esac
 fi
 printf '%s\n' "$SM_HPS" > "$SM_INPUT_CONFIG_DIR/hyperparameters.json"

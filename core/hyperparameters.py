@@ -20,6 +20,11 @@ def static_hyperparameters(training: TrainingConfig, tuned: list[str] | tuple[st
     return {k: v for k, v in values.items() if k not in tuned}
 
 
+def model_hyperparameters(static: dict[str, str], tuned: dict[str, str]) -> dict[str, str]:
+    """Everything a tuning trial was trained with: the static values, its tuned ones over them."""
+    return {**{str(k): str(v) for k, v in static.items()}, **{str(k): str(v) for k, v in tuned.items()}}
+
+
 def hyperparameter_flags(hyperparameters: dict[str, str]) -> list[str]:
     """`{"epochs": "3"}` -> `["--epochs", "3"]`, as SageMaker script mode builds the command line."""
     flags: list[str] = []

@@ -5,6 +5,7 @@ from prefect import task
 
 from backends.types import ModelCandidate, TuningOutcome
 from core.best_trial import NoSuccessfulTrialError, choose_best_trial
+from core.hyperparameters import model_hyperparameters
 from core.metrics import model_metrics
 from core.retry import PermanentError
 from tasks import artifacts
@@ -26,5 +27,6 @@ def select_best_model(tuning: TuningOutcome) -> ModelCandidate:
         artifacts.table("best-trial-epochs", artifacts.epoch_rows(trial.epochs), f"per-epoch metrics of {trial.job_name}")
         artifacts.markdown("best-trial-training-curve", artifacts.training_curve_markdown(trial.epochs, trial.job_name),
                            f"training curve of {trial.job_name}")
-    hyperparameters = dict(trial.tuned_hyperparameters)
+    # Registered with all it was trained with: the static values too, not only what was tuned.
+    hyperparameters = model_hyperparameters(tuning.static_hyperparameters, trial.tuned_hyperparameters)
     return ModelCandidate(trial.job_name, trial.model_artifact, model_metrics(trial.final_metrics), hyperparameters)

@@ -34,8 +34,12 @@ def train_model(config: PipelineConfig, backend: Backend, dataset: StagedDataset
                     " ".join(f"{k}={v:.4f}" for k, v in values.items() if k != "epoch"))
 
     request = TrainingRequest(name, static_hyperparameters(training), dataset.uri, output_uri(config, backend),
-                              pretrained_uri, training.instance_type, training.max_runtime_seconds)
+                              pretrained_uri, training.instance_type, training.max_runtime_seconds,
+                              ec2_instance_type=training.ec2_instance_type)
     outcome = backend.training.run_training_job(request, on_epoch=on_epoch)
+    if outcome.job_name != name:  # a job of the same configuration, started by an earlier run, was followed
+        logger.info("training job %s: followed %s, which was asked the same", name, outcome.job_name)
+        name = outcome.job_name
     if outcome.status != "Completed":
         raise JobFailedError(f"training job {name} {outcome.status.lower()}: {outcome.failure_reason} "
                              f"(log: {outcome.log_location})")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 from prefect import get_run_logger, task
 
@@ -55,6 +56,12 @@ def tune_hyperparameters(config: PipelineConfig, backend: Backend, dataset: Stag
         dataset.uri, output_uri(config, backend), pretrained_uri, training.instance_type, training.max_runtime_seconds,
         training.seed)
     outcome = backend.training.run_tuning_job(request, on_trial=on_trial, on_trial_progress=on_trial_progress)
+    # Every trial got the requested static values (a backend may add its own, e.g. the weights file's name).
+    outcome = replace(outcome, static_hyperparameters={**request.static_hyperparameters,
+                                                       **outcome.static_hyperparameters})
+    if outcome.job_name != name:  # a job of the same configuration, started by an earlier run, was followed
+        logger.info("tuning job %s: followed %s, which was asked the same", name, outcome.job_name)
+        name = outcome.job_name
     artifacts.table(f"{config.stage}-trials", trial_rows(outcome), f"trials of tuning job {name}")
     if outcome.status != "Completed":
         raise JobFailedError(f"tuning job {name} failed: {outcome.failure_reason}")

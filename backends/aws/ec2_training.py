@@ -7,8 +7,14 @@ itself down (InstanceInitiatedShutdownBehavior=terminate). This side launches it
 for the status marker (streaming the partial log meanwhile), and makes sure the instance is
 gone whatever happens here: failure, timeout, Ctrl-C.
 
-Idempotent: a job whose status.json says Completed (and whose model is there) is returned as it
-is; a live instance tagged with the job's name is attached to rather than launched again.
+Safe to repeat. A job whose status.json says Completed (and whose model is there) is returned
+as it is. Otherwise the job's current attempt (`<job>/attempt.json`, written before each launch)
+is launched with a ClientToken made of the job name and that number (core.ec2_user_data.launch_token):
+every retry of the launch (botocore's, the task's, the flow run's) sends the same token, and EC2
+answers with the instance it already launched instead of starting another. Only when that
+attempt's instance has ended without a model does a run start the next attempt, under the next
+token. A job never launched first attaches to a live instance of a job with the same configuration
+(the pipeline's tags plus PipelineNames.DIGEST_TAG), as a re-run after a crash would find it.
 """
 from __future__ import annotations
 
@@ -16,18 +22,18 @@ import json
 import logging
 import os
 import time
-import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 
 from botocore.exceptions import ClientError
 
-from backends.aws.errors import error_code, error_message, is_not_found, or_none
+from backends.aws.errors import error_code, is_not_found, or_none, while_role_propagates
 from backends.errors import WaitTimedOutError
 from backends.types import EpochCallback, LogCallback, TrainingOutcome, TrainingRequest
 from backends.waiting import SYSTEM_CLOCK, Clock, wait_for
-from core.ec2_user_data import DLAMI_SSM_PARAMETER, job_prefix, render_user_data
+from core.ec2_user_data import DLAMI_SSM_PARAMETER, job_prefix, launch_token, render_user_data
 from core.metrics import epoch_rows, final_metrics, parse_metric_line, parse_metric_log
+from core.names import PipelineNames, configuration_digest
 from core.retry import is_transient
 from core.uris import S3Uri, parse_s3_uri
 
@@ -35,11 +41,12 @@ log = logging.getLogger(__name__)
 
 JOB_TAG = "sagemaker-flows:job"
 MANAGED_TAG = "sagemaker-flows:managed"
+DIGEST_TAG = PipelineNames.DIGEST_TAG
 BOOT_AND_UPLOAD_ALLOWANCE_S = 900  # on top of max runtime: boot, downloads, packing, uploads
 WATCHDOG_MARGIN_S = 300  # the instance's own shutdown comes this long after our deadline
 _LIVE = ("pending", "running")
-_ENDED = ("terminated", "stopped")  # shutting-down / stopping: the marker may still be on its way
-_PROFILE_PROPAGATION_TRIES = 8  # a just-created instance profile takes a few seconds to be usable
+_FOLLOWED = (*_LIVE, "shutting-down")  # shutting down: its marker may still be on its way
+_ENDED = ("terminated", "stopped")
 
 
 @dataclass(frozen=True)
@@ -65,6 +72,25 @@ class _JobObjects:
     @property
     def status(self) -> S3Uri:
         return self.prefix.join("status.json")
+
+    @property
+    def attempt(self) -> S3Uri:
+        return self.prefix.join("attempt.json")
+
+
+@dataclass(frozen=True)
+class _Launch:
+    """Where and how a job's instance is launched: everything RunInstances gets but the job itself."""
+
+    instance_type: str
+    instance_profile_arn: str
+    code_uri: str
+    region: str
+    watchdog_s: int
+    ami_id: str | None = None
+    subnet_id: str | None = None
+    security_group_ids: tuple[str, ...] = ()
+    tags: tuple[tuple[str, str], ...] = ()
 
 
 class _LogFollower:
@@ -103,12 +129,15 @@ class Ec2Training:
     # -- the job ----------------------------------------------------------------------------------
     def run(self, request: TrainingRequest, *, instance_type: str, instance_profile_arn: str, code_uri: str,
             region: str, timeout_s: float | None = None, ami_id: str | None = None, subnet_id: str | None = None,
-            security_group_ids: list[str] | None = None, tags: dict[str, str] | None = None,
+            security_group_ids: list[str] | tuple[str, ...] | None = None, tags: dict[str, str] | None = None,
             on_log: LogCallback | None = None, on_epoch: EpochCallback | None = None) -> TrainingOutcome:
         """Train `request` on one instance and wait for it. Failed (with the reason) when training
         fails, the instance dies without a word, or nothing is heard within `timeout_s` (default:
         max runtime + 900 s); the instance is terminated in every case but success, where it has
-        shut itself down. An exception here (KeyboardInterrupt included) terminates it and propagates."""
+        shut itself down. An exception here (KeyboardInterrupt included) terminates it and propagates;
+        one while launching propagates alone (a retry gets the same instance), unless it is a
+        cancellation. The outcome names the job followed: another job's, when one with the same
+        configuration was already running."""
         started = time.time()
         objects = _JobObjects.of(request)
         hyperparameters = self._hyperparameters(request)
@@ -118,25 +147,12 @@ class Ec2Training:
         if timeout_s is None:
             timeout_s = request.max_runtime_seconds + BOOT_AND_UPLOAD_ALLOWANCE_S
         timeout = float(timeout_s)
+        launch = _Launch(instance_type, instance_profile_arn, code_uri, region, int(timeout + WATCHDOG_MARGIN_S),
+                         ami_id, subnet_id, tuple(security_group_ids or ()), tuple((tags or {}).items()))
 
-        instance_id, elapsed = self._live_instance(request.job_name)
-        if instance_id is not None:
-            log.info("training job %s: attaching to its running instance %s", request.job_name, instance_id)
-        else:
-            self._clear_previous_attempt(objects)
-            user_data = render_user_data(request.job_name, code_uri, request.dataset_uri, request.output_uri,
-                                         hyperparameters, region, request.max_runtime_seconds, request.pretrained_uri,
-                                         watchdog_s=int(timeout + WATCHDOG_MARGIN_S))
-            try:
-                instance_id = self._launch(request.job_name, user_data, instance_type=instance_type,
-                                           instance_profile_arn=instance_profile_arn, ami_id=ami_id,
-                                           subnet_id=subnet_id, security_group_ids=security_group_ids, tags=tags)
-            except BaseException:
-                # a launch cut short (Ctrl-C mid-request, a lost response) may still have started one
-                self._terminate_job_instances(request.job_name)
-                raise
-            elapsed = 0.0
-            log.info("training job %s: launched %s (%s)", request.job_name, instance_id, instance_type)
+        request, instance = self._attach_or_launch(request, hyperparameters, launch)
+        objects = _JobObjects.of(request)  # another job's, when attached to one of the same configuration
+        instance_id, elapsed = instance["InstanceId"], _age_seconds(instance)
 
         follower = _LogFollower(on_log, on_epoch)
         marker: dict | None = None
@@ -178,18 +194,76 @@ class Ec2Training:
         duration = float(marker.get("ended_at", 0) or 0) - float(marker.get("started_at", 0) or 0)
         return self._outcome(request, hyperparameters, marker, objects, lines, max(0.0, duration))
 
-    def _live_instance(self, job_name: str) -> tuple[str | None, float]:
-        """A pending or running instance of this job, and how long ago it was launched."""
-        pages = self.ec2.get_paginator("describe_instances").paginate(Filters=[
-            {"Name": f"tag:{JOB_TAG}", "Values": [job_name]},
-            {"Name": "instance-state-name", "Values": list(_LIVE)},
-        ])
+    def _digest(self, request: TrainingRequest, hyperparameters: dict[str, str], launch: _Launch) -> str:
+        """What the job was asked to do, without its name (PipelineNames.DIGEST_TAG)."""
+        return configuration_digest({
+            "hyperparameters": hyperparameters, "dataset_uri": request.dataset_uri, "output_uri": request.output_uri,
+            "pretrained_uri": request.pretrained_uri, "max_runtime_seconds": request.max_runtime_seconds,
+            "instance_type": launch.instance_type, "code_uri": launch.code_uri, "region": launch.region,
+            "ami": launch.ami_id or self.ami_parameter, "subnet_id": launch.subnet_id,
+            "security_group_ids": sorted(launch.security_group_ids), "watchdog_s": launch.watchdog_s,
+        })
+
+    def _attach_or_launch(self, request: TrainingRequest, hyperparameters: dict[str, str],
+                          launch: _Launch) -> tuple[TrainingRequest, dict]:
+        """The instance to follow, and the request of the job it runs: this job's current attempt while
+        its instance lives; else a live instance of this job or of one with the same configuration;
+        else a new attempt."""
+        objects = _JobObjects.of(request)
+        digest = self._digest(request, hyperparameters, launch)
+        attempt = self._recorded_attempt(objects)
+        if attempt is not None:
+            instance = self._run_instance(request, hyperparameters, launch, digest, attempt)
+            state = instance["State"]["Name"] if instance else "gone"
+            if instance and state in _FOLLOWED:
+                log.info("training job %s: attaching to %s (attempt %d, %s)", request.job_name,
+                         instance["InstanceId"], attempt, state)
+                return request, instance
+            log.info("training job %s: attempt %d ended without a model (%s)", request.job_name, attempt, state)
+            if instance and state != "terminated":  # stopping/stopped: not left behind with its volume
+                self._terminate(instance["InstanceId"])
+
+        pipeline_tags = dict(launch.tags)
+        live = (self._live_instance({JOB_TAG: request.job_name})
+                or self._live_instance({**pipeline_tags, DIGEST_TAG: digest}))
+        if live is not None:
+            owner = _tags(live).get(JOB_TAG) or request.job_name
+            log.info("training job %s: attaching to %s, running job %s of the same configuration",
+                     request.job_name, live["InstanceId"], owner)
+            return replace(request, job_name=owner), live
+
+        attempt = (attempt or 0) + 1
+        self._clear_previous_attempt(objects)
+        # Recorded before the launch: whatever happens after it, a retry sends this attempt's token.
+        self._record_attempt(objects, attempt, launch_token(request.job_name, attempt))
+        instance = self._run_instance(request, hyperparameters, launch, digest, attempt)
+        if instance is None:  # a token never sent before cannot be in use
+            raise RuntimeError(f"training job {request.job_name}: EC2 refused the launch token of attempt {attempt}")
+        log.info("training job %s: attempt %d is %s (%s)", request.job_name, attempt, instance["InstanceId"],
+                 launch.instance_type)
+        return request, instance
+
+    def _recorded_attempt(self, objects: _JobObjects) -> int | None:
+        data = self._read(objects.attempt)
+        if data is None:
+            return None
+        try:
+            return max(1, int(json.loads(data)["attempt"]))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise RuntimeError(f"unreadable attempt record {objects.attempt.uri}: {exc}") from None
+
+    def _record_attempt(self, objects: _JobObjects, attempt: int, token: str) -> None:
+        body = json.dumps({"attempt": attempt, "client_token": token}).encode()
+        self.s3.put_object(Bucket=objects.attempt.bucket, Key=objects.attempt.key, Body=body,
+                           ContentType="application/json")
+
+    def _live_instance(self, tags: dict[str, str]) -> dict | None:
+        """The newest pending or running instance carrying all of `tags`."""
+        filters = [{"Name": f"tag:{k}", "Values": [v]} for k, v in tags.items()]
+        filters.append({"Name": "instance-state-name", "Values": list(_LIVE)})
+        pages = self.ec2.get_paginator("describe_instances").paginate(Filters=filters)
         instances = [i for page in pages for r in page["Reservations"] for i in r["Instances"]]
-        if not instances:
-            return None, 0.0
-        newest = max(instances, key=lambda i: i["LaunchTime"])
-        elapsed = (datetime.now(timezone.utc) - newest["LaunchTime"]).total_seconds()
-        return newest["InstanceId"], max(0.0, elapsed)
+        return max(instances, key=lambda i: i["LaunchTime"]) if instances else None
 
     def _clear_previous_attempt(self, objects: _JobObjects) -> None:
         """A failed earlier attempt's marker and logs must not be read as this attempt's."""
@@ -201,40 +275,55 @@ class Ec2Training:
             return ami_id
         return self.ssm.get_parameter(Name=self.ami_parameter)["Parameter"]["Value"]
 
-    def _launch(self, job_name: str, user_data: str, *, instance_type: str, instance_profile_arn: str,
-                ami_id: str | None, subnet_id: str | None, security_group_ids: list[str] | None,
-                tags: dict[str, str] | None) -> str:
-        all_tags = {**(tags or {}), "Name": job_name, JOB_TAG: job_name, MANAGED_TAG: "true"}
+    def _run_instance(self, request: TrainingRequest, hyperparameters: dict[str, str], launch: _Launch,
+                      digest: str, attempt: int) -> dict | None:
+        """RunInstances for one attempt of the job: the instance it launched, now or on an earlier call
+        with the same token (EC2's idempotency), or None when that attempt's instance is long gone."""
+        job_name = request.job_name
+        token = launch_token(job_name, attempt)
+        all_tags = {**dict(launch.tags), "Name": job_name, JOB_TAG: job_name, MANAGED_TAG: "true", DIGEST_TAG: digest}
         tag_list = [{"Key": k, "Value": v} for k, v in all_tags.items()]
         params = {
-            "ImageId": self._ami(ami_id),
-            "InstanceType": instance_type,
+            "ImageId": self._ami(launch.ami_id),
+            "InstanceType": launch.instance_type,
             "MinCount": 1,
             "MaxCount": 1,
-            "IamInstanceProfile": {"Arn": instance_profile_arn},
-            "UserData": user_data,  # boto3 base64-encodes it
+            "IamInstanceProfile": {"Arn": launch.instance_profile_arn},
+            "UserData": render_user_data(job_name, launch.code_uri, request.dataset_uri, request.output_uri,
+                                         hyperparameters, launch.region, request.max_runtime_seconds,
+                                         request.pretrained_uri, watchdog_s=launch.watchdog_s),  # boto3 base64s it
             "InstanceInitiatedShutdownBehavior": "terminate",
             "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled"},
             "TagSpecifications": [{"ResourceType": "instance", "Tags": tag_list},
                                   {"ResourceType": "volume", "Tags": tag_list}],
-            # botocore's own retries of this call reuse the token: one instance, however often it is sent
-            "ClientToken": f"{job_name[:30]}-{uuid.uuid4().hex}",
+            "ClientToken": token,
         }
-        if subnet_id:
-            params["SubnetId"] = subnet_id
-        if security_group_ids:
-            params["SecurityGroupIds"] = list(security_group_ids)
-        for attempt in range(1, _PROFILE_PROPAGATION_TRIES + 1):
-            try:
-                return self.ec2.run_instances(**params)["Instances"][0]["InstanceId"]
-            except ClientError as exc:
-                retry = _profile_not_ready(exc) or is_transient(exc)
-                if not retry or attempt == _PROFILE_PROPAGATION_TRIES:
-                    raise
-                log.info("run_instances: %s; retrying", exc)
-                params["ClientToken"] = f"{job_name[:30]}-{uuid.uuid4().hex}"
-                self.clock.sleep(min(2.0 * attempt, 10.0))
-        raise AssertionError("unreachable")
+        if launch.subnet_id:
+            params["SubnetId"] = launch.subnet_id
+        if launch.security_group_ids:
+            params["SecurityGroupIds"] = list(launch.security_group_ids)
+        try:
+            # Retried here only while a new instance profile is not usable yet; throttling and dropped
+            # connections are botocore's to retry (with this same token), then the task's.
+            return while_role_propagates(self.ec2.run_instances, clock=self.clock, **params)["Instances"][0]
+        except ClientError as exc:
+            if error_code(exc) != "IdempotentParameterMismatch":
+                raise
+            # The token launched an instance with other parameters (the AMI parameter moved on since): that one.
+            return self._instance_by_token(job_name, token)
+        except Exception:
+            raise  # a lost answer: the retry sends the same token and gets the same instance
+        except BaseException:
+            # Cancelled mid-request (Ctrl-C): it may have started one that nobody will follow.
+            self._terminate_job_instances(job_name)
+            raise
+
+    def _instance_by_token(self, job_name: str, token: str) -> dict | None:
+        pages = self.ec2.get_paginator("describe_instances").paginate(
+            Filters=[{"Name": f"tag:{JOB_TAG}", "Values": [job_name]}])
+        found = [i for page in pages for r in page["Reservations"] for i in r["Instances"]
+                 if i.get("ClientToken") == token]
+        return max(found, key=lambda i: i["LaunchTime"]) if found else None
 
     # -- while it runs ----------------------------------------------------------------------------
     def _wait(self, instance_id: str, objects: _JobObjects, timeout: float, elapsed: float,
@@ -302,9 +391,9 @@ class Ec2Training:
 
     def _terminate_job_instances(self, job_name: str) -> None:
         try:
-            while (instance_id := self._live_instance(job_name)[0]) is not None:
-                self._terminate(instance_id)
-                if self._state(instance_id)[0] in _LIVE:  # terminate did not take: do not loop forever
+            while (instance := self._live_instance({JOB_TAG: job_name})) is not None:
+                self._terminate(instance["InstanceId"])
+                if self._state(instance["InstanceId"])[0] in _LIVE:  # terminate did not take: do not loop forever
                     break
         except Exception as exc:  # noqa: BLE001 - never hide the exception on its way up
             log.error("could not look for instances of %s to terminate: %s", job_name, exc)
@@ -364,7 +453,14 @@ class Ec2Training:
         )
 
 
-def _profile_not_ready(exc: ClientError) -> bool:
-    """EC2 does not know a just-created instance profile yet (IAM is eventually consistent)."""
-    message = error_message(exc).lower()
-    return error_code(exc) == "InvalidParameterValue" and ("instance profile" in message or "iaminstanceprofile" in message)
+
+def _tags(instance: dict) -> dict[str, str]:
+    return {t["Key"]: t["Value"] for t in instance.get("Tags") or []}
+
+
+def _age_seconds(instance: dict) -> float:
+    """How long ago the instance was launched (0 for one launched just now)."""
+    launched = instance.get("LaunchTime")
+    if not isinstance(launched, datetime):
+        return 0.0
+    return max(0.0, (datetime.now(timezone.utc) - launched).total_seconds())

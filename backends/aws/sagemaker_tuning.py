@@ -3,7 +3,10 @@
 `SageMakerTuning.run` is the aws counterpart of backends/local/tuning.py. It describes the
 tuning job first and starts one (a `ModelTrainer` running training/train.py in the PyTorch
 training image, under a `HyperparameterTuner`) only when none of that name exists, so a
-re-run attaches to the job a previous run started. It then polls the tuning job and its
+retry attaches to the job a previous attempt started (a create whose answer was lost included:
+SageMaker answers the resend ResourceInUse). A new flow run (a new job name) with the same
+configuration attaches to the stage's tuning job tagged with the same configuration digest,
+running or completed, instead of paying for another. It then polls the tuning job and its
 training jobs, reports each trial once when it ends, and turns the result into a
 `TuningOutcome`. A trial that completed without reporting the objective metric counts as
 failed, as it does locally, so both backends choose the best trial the same way.
@@ -14,6 +17,8 @@ the polling below uses the client passed in.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 import os
@@ -23,16 +28,20 @@ import tempfile
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import asdict, replace
 from datetime import datetime
+from fnmatch import fnmatch
+from pathlib import Path
 
 import boto3
 from botocore.exceptions import ClientError
 
-from backends.aws.errors import error_code, or_none
+from backends.aws.errors import error_code, or_none, while_role_propagates
 from backends.errors import WaitTimedOutError
 from backends.types import TrialCallback, TrialProgressCallback, TrialSummary, TuningOutcome, TuningRequest
 from backends.waiting import SYSTEM_CLOCK, Clock, wait_for
 from core.metrics import METRIC_DEFINITIONS
+from core.names import PipelineNames, configuration_digest
 from core.uris import parse_s3_uri
 
 logger = logging.getLogger(__name__)
@@ -48,6 +57,8 @@ CODE_IGNORE_PATTERNS = ("__pycache__", "*.pyc", ".*")
 _TUNING_RUNTIME_BOUNDS = (120, 15_768_000)
 # The SDK's switch for its client-side role check (sagemaker.core.helper.iam_role_resolver).
 _VALIDATE_ROLE_ENV = "SAGEMAKER_VALIDATE_ROLE"
+# How many of the stage's newest tuning jobs, of each status, a re-run looks at for its configuration.
+_SAME_CONFIGURATION_CANDIDATES = 50
 
 
 # -- pure conversions -----------------------------------------------------------------------
@@ -73,6 +84,35 @@ def sdk_parameter_ranges(ranges: dict) -> dict:
     if not converted:
         raise ValueError("parameter ranges are empty: nothing to tune")
     return converted
+
+
+def tuning_digest(request: TuningRequest, code_digest: str) -> str:
+    """What a tuning job was asked to do, without its name (PipelineNames.DIGEST_TAG): every field of
+    the request (hyperparameters, ranges, strategy, objective, limits, data, output, weights,
+    instance type, seed) and the training code."""
+    settings = {k: v for k, v in asdict(request).items() if k != "job_name"}
+    return configuration_digest({**settings, "code": code_digest})
+
+
+def source_digest(source_dir: str) -> str:
+    """The training code as the tuner uploads it (caches and dotfiles left out): paths and bytes, hashed."""
+    root, sha = Path(source_dir), hashlib.sha256()
+    for path in sorted(root.rglob("*")):
+        relative = path.relative_to(root)
+        if path.is_dir() or any(fnmatch(part, p) for part in relative.parts for p in CODE_IGNORE_PATTERNS):
+            continue
+        sha.update(relative.as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return sha.hexdigest()[:16]
+
+
+def pretrained_manifest(pretrained_uri: str) -> list:
+    """The ManifestFile of the `pretrained` channel: exactly the weights file (an S3Prefix of its key
+    would also take `weights.pth.bak`; of its folder, every other file there), which train.py then
+    finds by --pretrained-file in the channel folder."""
+    folder, _, filename = pretrained_uri.rpartition("/")
+    if not filename:
+        raise ValueError(f"{pretrained_uri} is a prefix, not a weights file")
+    return [{"prefix": folder + "/"}, filename]
 
 
 def grid_size(ranges: dict) -> int:
@@ -160,44 +200,82 @@ def _sdk_role_check_skipped() -> Iterator[None]:
 class SageMakerTuning:
     """Starts (once) and follows a SageMaker hyperparameter tuning job."""
 
-    def __init__(self, boto_session: boto3.Session, sagemaker_client, poll_seconds: float = 30.0,
+    def __init__(self, boto_session: boto3.Session, sagemaker_client, s3_client, poll_seconds: float = 30.0,
                  clock: Clock = SYSTEM_CLOCK):
         self.boto_session = boto_session
         self.sagemaker_client = sagemaker_client
+        self.s3_client = s3_client
         self.poll_seconds = poll_seconds
         self.clock = clock
 
     def run(self, request: TuningRequest, *, role_arn: str, region: str, source_dir: str,
-            code_bucket_prefix: str | None = None, on_trial: TrialCallback | None = None,
-            on_trial_progress: TrialProgressCallback | None = None, timeout_s: float | None = None) -> TuningOutcome:
+            code_bucket_prefix: str | None = None, tags: dict[str, str] | None = None, name_prefix: str | None = None,
+            on_trial: TrialCallback | None = None, on_trial_progress: TrialProgressCallback | None = None,
+            timeout_s: float | None = None) -> TuningOutcome:
         """Run the tuning job `request.job_name` to its end (or attach to it if it exists) and return its trials.
 
         code_bucket_prefix: s3:// prefix the training code is uploaded under (default: `<output_uri>/code`);
-        the execution role must be able to read it. timeout_s: past it, the tuning job is stopped and the
+        the execution role must be able to read it. tags: the pipeline's, put on the job with its
+        configuration digest. name_prefix: the stage's tuning job names start with it; when the job does
+        not exist, one of them with the same tags and digest, in progress or completed, is followed
+        instead (the outcome then bears its name). timeout_s: past it, the tuning job is stopped and the
         outcome is Failed.
         """
         deadline = None if timeout_s is None else self.clock.now() + timeout_s
-        if self.describe(request.job_name) is None:
+        static = self.static_hyperparameters(request)
+        wanted_tags = {**(tags or {}), PipelineNames.DIGEST_TAG: tuning_digest(request, source_digest(source_dir))}
+        if self.describe(request.job_name) is not None:
+            logger.info("tuning job %s exists: attaching to it", request.job_name)
+        elif (same := self._same_configuration(name_prefix, wanted_tags)) is not None:
+            logger.info("tuning job %s: %s was asked the same and is not Failed: following it", request.job_name, same)
+            request = replace(request, job_name=same)
+        else:
             code_uri = code_bucket_prefix or parse_s3_uri(request.output_uri).join("code").uri
             try:
                 self.start(request, role_arn=role_arn, region=region, source_dir=source_dir, code_uri=code_uri,
-                           timeout_s=timeout_s)
-            except ClientError as exc:  # started meanwhile by someone else: follow that one
+                           timeout_s=timeout_s, tags=wanted_tags)
+            except ClientError as exc:  # started meanwhile, or a resend of a create whose answer was lost
                 if error_code(exc) not in ("ResourceInUse", "ResourceInUseException"):
                     raise
                 logger.info("tuning job %s already exists: attaching to it", request.job_name)
-        else:
-            logger.info("tuning job %s exists: attaching to it", request.job_name)
         try:
-            return self._follow(request, deadline, timeout_s, on_trial, on_trial_progress)
+            return self._follow(request, static, deadline, timeout_s, on_trial, on_trial_progress)
         except BaseException as exc:
             if not isinstance(exc, Exception):  # cancelled (Ctrl-C, flow cancellation): leave nothing running
                 self.stop(request.job_name)
             raise
 
+    @staticmethod
+    def static_hyperparameters(request: TuningRequest) -> dict[str, str]:
+        """What every trial gets besides its tuned values: the request's, and the weights file's name."""
+        hyperparameters = {str(k): str(v) for k, v in request.static_hyperparameters.items()}
+        if request.pretrained_uri and not request.pretrained_uri.endswith("/"):
+            hyperparameters["pretrained-file"] = request.pretrained_uri.rpartition("/")[2]
+        return hyperparameters
+
     # -- AWS calls ------------------------------------------------------------------------
     def describe(self, job_name: str) -> dict | None:
         return or_none(self.sagemaker_client.describe_hyper_parameter_tuning_job, HyperParameterTuningJobName=job_name)
+
+    def _same_configuration(self, name_prefix: str | None, wanted_tags: dict[str, str]) -> str | None:
+        """The newest of the stage's tuning jobs carrying all of `wanted_tags` (the pipeline's and the
+        digest) that completed with a trial that reported its objective, else that is still running."""
+        if not name_prefix:
+            return None
+        for status in ("Completed", "InProgress"):  # a finished one costs nothing more
+            summaries = self.sagemaker_client.list_hyper_parameter_tuning_jobs(
+                NameContains=name_prefix, StatusEquals=status, SortBy="CreationTime", SortOrder="Descending",
+                MaxResults=_SAME_CONFIGURATION_CANDIDATES)["HyperParameterTuningJobSummaries"]
+            for summary in summaries:
+                if status == "Completed" and not (summary.get("ObjectiveStatusCounters") or {}).get("Succeeded"):
+                    continue  # no trial to choose from: a re-run should tune again
+                # A tuning job carries at most 50 tags: one page.
+                listed = self.sagemaker_client.list_tags(ResourceArn=summary["HyperParameterTuningJobArn"],
+                                                         MaxResults=100)["Tags"]
+                tags = {t["Key"]: t["Value"] for t in listed}
+                if all(tags.get(k) == v for k, v in wanted_tags.items()):
+                    return summary["HyperParameterTuningJobName"]
+        return None
 
     def list_trials(self, job_name: str) -> list[dict]:
         """Every training job of the tuning job (all pages), oldest first."""
@@ -219,9 +297,11 @@ class SageMakerTuning:
             logger.info("tuning job %s not stopped: %s", job_name, exc)
 
     def start(self, request: TuningRequest, *, role_arn: str, region: str, source_dir: str, code_uri: str,
-              timeout_s: float | None = None) -> None:
-        """Create the tuning job with the SDK (ModelTrainer + HyperparameterTuner) and return without waiting."""
+              timeout_s: float | None = None, tags: dict[str, str] | None = None) -> None:
+        """Create the tuning job with the SDK (ModelTrainer + HyperparameterTuner) and return without waiting.
+        The job (and so each of its training jobs) carries `tags`."""
         from sagemaker.core.helper.session_helper import Session
+        from sagemaker.core.shapes import Channel, DataSource, S3DataSource
         from sagemaker.core.training.configs import (
             Compute, InputData, MetricDefinition, OutputDataConfig, SourceCode, StoppingCondition)
 
@@ -235,12 +315,16 @@ class SageMakerTuning:
         code = parse_s3_uri(code_uri)
         session = Session(boto_session=self._sdk_boto_session(region), sagemaker_client=self.sagemaker_client,
                           default_bucket=code.bucket)
-        hyperparameters = {k: str(v) for k, v in request.static_hyperparameters.items()}
-        inputs = [InputData(channel_name=TRAINING_CHANNEL, data_source=request.dataset_uri.rstrip("/") + "/")]
-        if request.pretrained_uri:
-            parent, _, filename = request.pretrained_uri.rstrip("/").rpartition("/")
-            inputs.append(InputData(channel_name=PRETRAINED_CHANNEL, data_source=parent + "/"))
-            hyperparameters["pretrained-file"] = filename
+        hyperparameters = self.static_hyperparameters(request)
+        inputs: list = [InputData(channel_name=TRAINING_CHANNEL, data_source=request.dataset_uri.rstrip("/") + "/")]
+        if request.pretrained_uri and request.pretrained_uri.endswith("/"):  # a folder: all of it
+            inputs.append(InputData(channel_name=PRETRAINED_CHANNEL, data_source=request.pretrained_uri))
+        elif request.pretrained_uri:  # one file: a manifest naming it alone (a Channel: InputData means S3Prefix)
+            manifest = code.join(request.job_name, "pretrained.manifest")
+            self.s3_client.put_object(Bucket=manifest.bucket, Key=manifest.key, ContentType="application/json",
+                                      Body=json.dumps(pretrained_manifest(request.pretrained_uri)).encode())
+            inputs.append(Channel(channel_name=PRETRAINED_CHANNEL, data_source=DataSource(s3_data_source=S3DataSource(
+                s3_data_type="ManifestFile", s3_uri=manifest.uri, s3_data_distribution_type="FullyReplicated"))))
         metric_definitions = [dict(d) for d in METRIC_DEFINITIONS]
 
         with tempfile.TemporaryDirectory(prefix="sagemaker-flows-code-") as tmp:
@@ -274,13 +358,16 @@ class SageMakerTuning:
                 max_parallel_jobs=request.max_parallel_jobs,
                 max_runtime_in_seconds=_tuning_runtime(timeout_s),
                 random_seed=request.seed or None,
+                tags=dict(tags or {}),
             )
-            tuner.tune(inputs=inputs, job_name=request.job_name, wait=False)
+            # tune() makes the CreateHyperParameterTuningJob call; a just-created role may not be
+            # assumable yet. A repeat uploads the code again (to a new tuning-<time> prefix): seconds.
+            while_role_propagates(tuner.tune, clock=self.clock, inputs=inputs, job_name=request.job_name, wait=False)
         logger.info("started tuning job %s (%s, %s trials, %s at a time)", request.job_name, request.strategy,
                     "all grid" if request.strategy == "Grid" else request.max_jobs, request.max_parallel_jobs)
 
     # -- following ------------------------------------------------------------------------
-    def _follow(self, request: TuningRequest, deadline: float | None, timeout_s: float | None,
+    def _follow(self, request: TuningRequest, static: dict[str, str], deadline: float | None, timeout_s: float | None,
                 on_trial: TrialCallback | None, on_trial_progress: TrialProgressCallback | None) -> TuningOutcome:
         name = request.job_name
         ended: dict[str, TrialSummary] = {}
@@ -325,14 +412,17 @@ class SageMakerTuning:
              or trial_from_summary(s, trial_index(s["TrainingJobName"], name, i), request.objective_metric)
              for i, s in enumerate(summaries)),
             key=lambda t: (t.index, t.job_name))
+        def outcome(status: str, reason: str | None = None) -> TuningOutcome:
+            return TuningOutcome(name, status, request.objective_metric, request.objective_type, trials, reason,
+                                 static_hyperparameters=dict(static))
+
         if timed_out:
-            return TuningOutcome(name, "Failed", request.objective_metric, request.objective_type, trials,
-                                 f"tuning job {name} did not finish within {timeout_s:g} s and was stopped")
+            return outcome("Failed", f"tuning job {name} did not finish within {timeout_s:g} s and was stopped")
         if any(t.status == "Completed" for t in trials):
-            return TuningOutcome(name, "Completed", request.objective_metric, request.objective_type, trials)
+            return outcome("Completed")
         reasons = "; ".join(f"{t.job_name}: {t.failure_reason or t.status}" for t in trials) or "no trials ran"
-        reason = description.get("FailureReason") or f"tuning job {name} {status}, no trial completed ({reasons})"
-        return TuningOutcome(name, "Failed", request.objective_metric, request.objective_type, trials, reason)
+        return outcome("Failed", description.get("FailureReason")
+                       or f"tuning job {name} {status}, no trial completed ({reasons})")
 
     def _trial(self, summary: dict, index: int, objective_metric: str) -> TrialSummary:
         description = None

@@ -39,19 +39,23 @@ class AwsTraining:
 
     def run_training_job(self, request: TrainingRequest, on_log: LogCallback | None = None,
                          on_epoch: EpochCallback | None = None) -> TrainingOutcome:
-        account = self.account
+        account, network = self.account, self.ec2_network
         runner = Ec2Training(account.client("ec2"), account.client("ssm"), account.client("s3"), self.poll_seconds)
-        return runner.run(request, instance_type=request.instance_type.removeprefix("ml."),
+        return runner.run(request, instance_type=request.ec2_instance_type or request.instance_type.removeprefix("ml."),
                           instance_profile_arn=self.roles.ec2_instance_profile_arn(), code_uri=self._code_uri(),
-                          region=account.region, tags=self.names.tags, on_log=on_log, on_epoch=on_epoch)
+                          region=account.region, subnet_id=network.subnet_id,
+                          security_group_ids=network.security_group_ids, tags=self.names.tags,
+                          on_log=on_log, on_epoch=on_epoch)
 
     def run_tuning_job(self, request: TuningRequest, on_trial: TrialCallback | None = None,
                        on_trial_progress: TrialProgressCallback | None = None) -> TuningOutcome:
         from backends.aws.sagemaker_tuning import SageMakerTuning  # imports the sagemaker SDK (~2 s)
 
-        tuning = SageMakerTuning(self.account.session, self.account.client("sagemaker"), self.poll_seconds)
-        return tuning.run(request, role_arn=self.roles.sagemaker_role_arn(), region=self.account.region,
+        account = self.account
+        tuning = SageMakerTuning(account.session, account.client("sagemaker"), account.client("s3"), self.poll_seconds)
+        return tuning.run(request, role_arn=self.roles.sagemaker_role_arn(), region=account.region,
                           source_dir=str(TRAINING_DIR), code_bucket_prefix=self.names.code_uri(self.storage.default_bucket()),
+                          tags=self.names.tags, name_prefix=self.names.tuning_job_prefix,
                           on_trial=on_trial, on_trial_progress=on_trial_progress)
 
     def _code_uri(self) -> str:

@@ -153,6 +153,41 @@ class FakeSageMakerService:
         return answer(200, {"TrainingJobSummaries": summaries})
 
 
+class FakeEc2ClientTokens:
+    """RunInstances' idempotency, which moto lacks (it launches again on a repeated ClientToken).
+    As EC2 does: the same token with the same parameters answers with the instance that token
+    launched (whatever its state now); with other parameters, IdempotentParameterMismatch.
+    A `before-call` handler, so it sees every call the caller makes (botocore's own resends of
+    one call go below it, straight to moto). `ec2` is a client to look instances up with."""
+
+    def __init__(self, events, ec2):
+        self.ec2 = ec2
+        self.first_requests: dict[str, dict] = {}  # token -> the parameters it was first sent with
+        self.repeats: list[str] = []  # tokens answered from an earlier launch
+        events.register("before-call.ec2.RunInstances", self._run_instances)
+
+    def _run_instances(self, params, **_):
+        body = dict(params["body"])
+        token = body.get("ClientToken")
+        if not token:
+            return None
+        first = self.first_requests.setdefault(token, body)
+        if first is body:
+            return None  # a new token: moto launches
+        if first != body:
+            return answer(400, {"Error": {"Code": "IdempotentParameterMismatch", "Message":
+                                          "Arguments on this idempotent request are inconsistent with arguments "
+                                          "used in previous request(s)."}})
+        for reservation in self.ec2.describe_instances()["Reservations"]:
+            for instance in reservation["Instances"]:
+                if instance.get("ClientToken") == token:
+                    self.repeats.append(token)
+                    return answer(200, {"ReservationId": reservation["ReservationId"],
+                                        "OwnerId": reservation["OwnerId"], "Groups": reservation.get("Groups", []),
+                                        "Instances": [instance]})
+        return None  # the first request launched nothing: this one does
+
+
 class FakeLambdaInvoke:
     """Lambda Invoke: moto runs function code in Docker, which this machine lacks. Answers as the
     real handler does for a good image, so the pipeline's smoke test can read it."""

@@ -1,7 +1,9 @@
 """backends/aws/ec2_training.py on moto: EC2, SSM and S3.
 
 moto runs no user data, so a background thread plays the instance: it waits for the launch,
-then writes what the script would (partial log, model.tar.gz, training.log, status.json)."""
+then writes what the script would (partial log, model.tar.gz, training.log, status.json).
+moto launches again on a repeated RunInstances ClientToken, where EC2 answers with the instance
+that token launched: tests/aws/fakes.py's FakeEc2ClientTokens plays EC2 there."""
 import base64
 import json
 import os
@@ -15,13 +17,19 @@ for _key, _value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "t
 
 import boto3  # noqa: E402
 import pytest  # noqa: E402
-from botocore.exceptions import ClientError  # noqa: E402
+from botocore.exceptions import ClientError, ConnectionClosedError, EndpointConnectionError  # noqa: E402
 from moto import mock_aws  # noqa: E402
 
-from backends.aws.ec2_training import JOB_TAG, MANAGED_TAG, Ec2Training  # noqa: E402
+from backends.aws.backend import AwsBackend  # noqa: E402
+from backends.aws.ec2_training import DIGEST_TAG, JOB_TAG, MANAGED_TAG, Ec2Training  # noqa: E402
+from backends.aws.errors import RoleNotUsableError  # noqa: E402
+from backends.aws.training import Ec2Network  # noqa: E402
+from backends.errors import WaitTimedOutError  # noqa: E402
 from backends.types import TrainingRequest  # noqa: E402
 from backends.waiting import Clock  # noqa: E402
 from core.ec2_user_data import DLAMI_SSM_PARAMETER  # noqa: E402
+from core.retry import is_transient  # noqa: E402
+from tests.aws.fakes import FakeEc2ClientTokens  # noqa: E402
 
 REGION = "us-east-1"
 BUCKET = "sagemaker-flows-ec2-test"
@@ -63,7 +71,9 @@ def aws():
                                                     "Principal": {"Service": "ec2.amazonaws.com"}}]}))
         profile = iam.create_instance_profile(InstanceProfileName="ec2-training")["InstanceProfile"]["Arn"]
         iam.add_role_to_instance_profile(InstanceProfileName="ec2-training", RoleName="ec2-training")
-        yield {"ec2": ec2, "ssm": ssm, "s3": s3, "ami": ami, "other_ami": other_ami, "profile": profile}
+        tokens = FakeEc2ClientTokens(ec2.meta.events, boto3.client("ec2", region_name=REGION))
+        yield {"ec2": ec2, "ssm": ssm, "s3": s3, "ami": ami, "other_ami": other_ami, "profile": profile,
+               "tokens": tokens}
 
 
 class SpyEc2:
@@ -101,10 +111,30 @@ def _run_kwargs(aws, **kwargs):
             "region": REGION, "tags": {"project": "sagemaker-flows", "stage": "test"}, **kwargs}
 
 
-def _instances(ec2, job_name, states=("pending", "running", "shutting-down", "terminated", "stopping", "stopped")):
-    pages = ec2.describe_instances(Filters=[{"Name": f"tag:{JOB_TAG}", "Values": [job_name]},
-                                            {"Name": "instance-state-name", "Values": list(states)}])
+def _instances(ec2, job_name=None, states=("pending", "running", "shutting-down", "terminated", "stopping", "stopped")):
+    """The job's instances (every one, with job_name None), whatever their state."""
+    filters = [{"Name": "instance-state-name", "Values": list(states)}]
+    if job_name:
+        filters.append({"Name": f"tag:{JOB_TAG}", "Values": [job_name]})
+    pages = ec2.describe_instances(Filters=filters)
     return [i for r in pages["Reservations"] for i in r["Instances"]]
+
+
+def _attempt(aws, job_name) -> dict:
+    return json.loads(aws["s3"].get_object(Bucket=BUCKET, Key=f"proj/jobs/{job_name}/attempt.json")["Body"].read())
+
+
+def _lose_answers(ec2, operation, error, times=1):
+    """The call goes through (moto does it), then the answer is lost on its way back, `times` times."""
+    lost = []
+
+    def lose(**_):
+        if len(lost) < times:
+            lost.append(operation)
+            raise error
+
+    ec2.meta.events.register(f"after-call.ec2.{operation}", lose)
+    return lost
 
 
 def _state(ec2, instance_id):
@@ -179,6 +209,8 @@ def test_completed_run_launches_as_specified_and_reads_the_metrics(aws):
     assert instance["InstanceId"] == player.instance_id
     assert instance["ImageId"] == aws["ami"] and instance["InstanceType"] == "g5.xlarge"
     [launch] = spy.launches
+    assert launch["ClientToken"] == f"{request.job_name}-a1"  # the job's first attempt, not a random token
+    assert _attempt(aws, request.job_name) == {"attempt": 1, "client_token": launch["ClientToken"]}
     assert launch["IamInstanceProfile"] == {"Arn": aws["profile"]}
     assert launch["MinCount"] == launch["MaxCount"] == 1
     assert launch["InstanceInitiatedShutdownBehavior"] == "terminate"
@@ -186,8 +218,10 @@ def test_completed_run_launches_as_specified_and_reads_the_metrics(aws):
     assert "SubnetId" not in launch and "SecurityGroupIds" not in launch
     assert instance["MetadataOptions"]["HttpTokens"] == "required"
     tags = {t["Key"]: t["Value"] for t in instance["Tags"]}
+    assert len(tags.pop(DIGEST_TAG)) == 16  # what it was asked to do, for a re-run to find it by
     assert tags == {"Name": request.job_name, JOB_TAG: request.job_name, MANAGED_TAG: "true",
                     "project": "sagemaker-flows", "stage": "test"}
+    tags[DIGEST_TAG] = instance_tags(instance)[DIGEST_TAG]
     specs = {spec["ResourceType"]: {t["Key"]: t["Value"] for t in spec["Tags"]} for spec in launch["TagSpecifications"]}
     assert specs == {"instance": tags, "volume": tags}
     behaviour = aws["ec2"].describe_instance_attribute(InstanceId=instance["InstanceId"],
@@ -267,6 +301,7 @@ def test_timeout_fails_and_terminates(aws):
     assert "the instance was terminated" in outcome.failure_reason
     [instance] = _instances(aws["ec2"], request.job_name)
     assert instance["State"]["Name"] == "terminated"
+    assert not is_transient(WaitTimedOutError("a training wait ran out"))  # a run out wait is not retried
 
 
 def test_instance_that_ends_without_a_marker_fails(aws):
@@ -351,8 +386,129 @@ def test_a_not_yet_usable_instance_profile_is_retried(aws):
     runner = Ec2Training(ec2, aws["ssm"], aws["s3"], poll_seconds=0.05, ami_parameter=AMI_PARAMETER,
                          clock=Clock(sleep=lambda s: naps.append(s) or time.sleep(min(s, 0.05))))
     outcome = runner.run(_request(), **_run_kwargs(aws, timeout_s=0.2))
-    assert ec2.failures == 0 and naps[:2] == [2.0, 4.0]
+    assert ec2.failures == 0 and naps[:2] == [1.0, 2.0]  # backoff.errors.while_role_propagates
     assert outcome.status == "Failed" and len(_instances(aws["ec2"], _request().job_name)) == 1
+
+    # A profile that never becomes usable: refused for good once IAM's propagation time has passed.
+    ec2.failures = 10**6
+    now = [0.0]
+    runner = Ec2Training(ec2, aws["ssm"], aws["s3"], poll_seconds=0.05, ami_parameter=AMI_PARAMETER,
+                         clock=Clock(now=lambda: now[0], sleep=lambda s: now.__setitem__(0, now[0] + s)))
+    with pytest.raises(RoleNotUsableError):
+        runner.run(_request("never-usable"), **_run_kwargs(aws))
+    assert _instances(aws["ec2"], "never-usable") == [] and now[0] == 120.0
+
+
+def test_throttling_is_left_to_botocore_and_the_task(aws):
+    class ThrottledEc2(SpyEc2):
+        def run_instances(self, **params):
+            self.launches.append(params)
+            raise ClientError({"Error": {"Code": "RequestLimitExceeded", "Message": "Request limit exceeded."}},
+                              "RunInstances")
+
+    ec2 = ThrottledEc2(aws["ec2"])
+    with pytest.raises(ClientError) as info:
+        _runner(aws, ec2).run(_request(), **_run_kwargs(aws))
+    assert is_transient(info.value)  # the task retries it, with the same token
+    assert len(ec2.launches) == 1  # no loop of ours on top of botocore's retries
+    assert _instances(aws["ec2"]) == []
+
+
+@pytest.mark.parametrize("lost", [ConnectionClosedError(endpoint_url="https://ec2.us-east-1.amazonaws.com/"),
+                                  EndpointConnectionError(endpoint_url="https://ec2.us-east-1.amazonaws.com/")],
+                         ids=["connection-closed", "endpoint-connection"])
+def test_a_lost_launch_answer_is_attached_to_on_retry(aws, lost):
+    request = _request()
+    spy = SpyEc2(aws["ec2"])
+    _lose_answers(aws["ec2"], "RunInstances", lost)
+    with pytest.raises(type(lost)):  # the instance started, but its answer never arrived
+        _runner(aws, spy).run(request, **_run_kwargs(aws))
+    [started] = _instances(aws["ec2"])
+    assert started["State"]["Name"] in ("pending", "running")  # left for the retry, not terminated
+
+    player = PlayedInstance(request.job_name)
+    player.start()
+    outcome = _runner(aws, spy).run(request, **_run_kwargs(aws))  # the task's retry
+    player.join(5)
+    assert outcome.status == "Completed" and player.instance_id == started["InstanceId"]
+    assert [i["InstanceId"] for i in _instances(aws["ec2"])] == [started["InstanceId"]]  # one, ever
+    assert [launch["ClientToken"] for launch in spy.launches] == [f"{request.job_name}-a1"] * 2
+    assert aws["tokens"].repeats == [f"{request.job_name}-a1"]  # EC2 answered with the first instance
+
+
+def test_a_failed_attempt_is_followed_by_a_new_one_under_the_next_token(aws):
+    request = _request()
+    spy = SpyEc2(aws["ec2"])
+    failing = PlayedInstance(request.job_name, status="Failed", failure_reason="AlgorithmError: CUDA out of memory")
+    failing.start()
+    first = _runner(aws, spy).run(request, **_run_kwargs(aws))
+    failing.join(5)
+    assert first.status == "Failed" and "CUDA" in first.failure_reason
+
+    # A retry of the failed job (a new task or flow-run attempt): token a1 still names the ended
+    # instance, so the job's second attempt is launched, under a2.
+    working = PlayedInstance(request.job_name)
+    working.start()
+    second = _runner(aws, spy).run(request, **_run_kwargs(aws))
+    working.join(5)
+    assert second.status == "Completed" and working.instance_id != failing.instance_id
+    assert [launch["ClientToken"] for launch in spy.launches] == [
+        f"{request.job_name}-a1", f"{request.job_name}-a1", f"{request.job_name}-a2"]
+    assert _attempt(aws, request.job_name)["attempt"] == 2
+    assert sorted(i["InstanceId"] for i in _instances(aws["ec2"])) == sorted(
+        [failing.instance_id, working.instance_id])
+    assert _state(aws["ec2"], failing.instance_id) == _state(aws["ec2"], working.instance_id) == "terminated"
+
+    third = _runner(aws, spy).run(request, **_run_kwargs(aws))  # completed: nothing launched again
+    assert third.status == "Completed" and len(spy.launches) == 3
+
+
+def test_a_rerun_with_a_new_job_name_attaches_to_a_running_job_of_the_same_configuration(aws):
+    crashed = _request("digits-260101-000000-aaaa")
+    _lose_answers(aws["ec2"], "RunInstances", ConnectionClosedError(endpoint_url="https://ec2"))
+    with pytest.raises(ConnectionClosedError):  # the first flow run's launch, then the run crashed
+        _runner(aws).run(crashed, **_run_kwargs(aws))
+    [running] = _instances(aws["ec2"])
+
+    rerun = _request("digits-260102-000000-bbbb")  # a new flow run: a new name, the same configuration
+    player = PlayedInstance(crashed.job_name)
+    player.start()
+    outcome = _runner(aws).run(rerun, **_run_kwargs(aws))
+    player.join(5)
+    assert player.instance_id == running["InstanceId"] and len(_instances(aws["ec2"])) == 1
+    assert outcome.status == "Completed" and outcome.job_name == crashed.job_name  # the job it followed
+    assert outcome.model_artifact == f"s3://{BUCKET}/proj/jobs/{crashed.job_name}/output/model.tar.gz"
+
+    changed = _request("digits-260103-000000-cccc", hyperparameters={**rerun.hyperparameters, "epochs": "3"})
+    player = PlayedInstance(changed.job_name)
+    player.start()
+    outcome = _runner(aws).run(changed, **_run_kwargs(aws))
+    player.join(5)
+    assert outcome.status == "Completed" and outcome.job_name == changed.job_name
+    assert len(_instances(aws["ec2"])) == 2  # another configuration: its own instance
+
+
+def test_the_backend_launches_the_configured_ec2_type_in_the_configured_network(aws, monkeypatch):
+    monkeypatch.setenv("SAGEMAKER_FLOWS_DLAMI_PARAMETER", AMI_PARAMETER)
+    vpc = aws["ec2"].create_vpc(CidrBlock="10.7.0.0/16")["Vpc"]["VpcId"]
+    subnet = aws["ec2"].create_subnet(VpcId=vpc, CidrBlock="10.7.1.0/24")["Subnet"]["SubnetId"]
+    group = aws["ec2"].create_security_group(GroupName="training", Description="egress only", VpcId=vpc)["GroupId"]
+    backend = AwsBackend(boto3.Session(region_name=REGION), "proj", "test", bucket=BUCKET, poll_seconds=0.05,
+                         role_propagation_s=0, ec2_network=Ec2Network(subnet, (group,)))
+    request = _request(instance_type="ml.m5.xlarge", ec2_instance_type="g5.2xlarge", max_runtime_seconds=60)
+    player = PlayedInstance(request.job_name)
+    player.start()
+    outcome = backend.training.run_training_job(request)
+    player.join(5)
+    assert outcome.status == "Completed"
+    [instance] = _instances(aws["ec2"], request.job_name)
+    assert instance["InstanceType"] == "g5.2xlarge"  # training.ec2_instance_type, not instance_type less "ml."
+    assert instance["SubnetId"] == subnet and [g["GroupId"] for g in instance["SecurityGroups"]] == [group]
+    assert instance_tags(instance)["sagemaker-flows:stage"] == "test"
+
+
+def instance_tags(instance) -> dict:
+    return {t["Key"]: t["Value"] for t in instance["Tags"]}
 
 
 def test_pretrained_file_is_named_for_train_py(aws):

@@ -13,6 +13,10 @@ is described back. What moto lacks is stood in for with botocore event handlers 
   DescribeHyperParameterTuningJob status to InProgress until the last scripted snapshot of trials
   is listed, so the polling runs.
 
+moto has ListHyperParameterTuningJobs and ListTags for tuning jobs, so a re-run's search for a job
+of the same configuration runs on moto itself. Faults are injected after moto did the work (an
+`after-call` or a late `before-send` handler raising a dropped connection: the answer is lost).
+
 A botocore Stubber is not used: it intercepts every call of a client, and the point is that
 moto answers the rest. The request the SDK sends is captured with a `before-parameter-build` handler.
 """
@@ -32,12 +36,16 @@ os.environ["AWS_DEFAULT_REGION"] = "us-east-1"
 import boto3  # noqa: E402
 import pytest  # noqa: E402
 from botocore.awsrequest import AWSResponse  # noqa: E402
+from botocore.exceptions import ConnectionClosedError  # noqa: E402
 from moto import mock_aws  # noqa: E402
+from moto.core import DEFAULT_ACCOUNT_ID  # noqa: E402
 
 from backends.aws import images  # noqa: E402
 from backends.aws.sagemaker_tuning import (  # noqa: E402
-    SageMakerTuning, grid_size, sdk_parameter_ranges, trial_from_summary, trial_index)
+    SageMakerTuning, grid_size, pretrained_manifest, sdk_parameter_ranges, trial_from_summary, trial_index)
 from backends.types import TuningRequest  # noqa: E402
+from backends.waiting import Clock  # noqa: E402
+from core.names import PipelineNames  # noqa: E402
 from core.config import (  # noqa: E402
     CategoricalParameterRange, ContinuousParameterRange, IntegerParameterRange, ParameterRanges)
 from core.metrics import METRIC_DEFINITIONS  # noqa: E402
@@ -49,6 +57,8 @@ TRAINING_DIR = Path(__file__).resolve().parents[2] / "training"
 OUTPUT = f"s3://{BUCKET}/proj/dev/jobs"
 CODE = f"s3://{BUCKET}/proj/dev/code"
 T0 = datetime(2025, 1, 1, tzinfo=timezone.utc)
+TAGS = {"sagemaker-flows:project": "proj", "sagemaker-flows:stage": "dev"}
+PREFIX = "dev-tune"  # PipelineNames("proj", "dev").tuning_job_prefix
 
 RANGES = ParameterRanges(
     continuous=[ContinuousParameterRange(name="learning-rate", min_value=0.0001, max_value=0.1,
@@ -143,8 +153,21 @@ class FakeSageMaker:
 
     def _on_describe(self, parsed, **_):
         # Describe comes before the list on each poll: the job ends with the last snapshot.
-        if "HyperParameterTuningJobStatus" in parsed and (self.never_ends or self.polls + 1 < len(self.snapshots)):
-            parsed["HyperParameterTuningJobStatus"] = "InProgress"
+        if "HyperParameterTuningJobStatus" in parsed:
+            running = self.never_ends or self.polls + 1 < len(self.snapshots)
+            parsed["HyperParameterTuningJobStatus"] = "InProgress" if running else "Completed"
+
+    def jobs(self) -> list[str]:
+        """Every tuning job SageMaker (moto) has."""
+        return [j["HyperParameterTuningJobName"] for j in
+                self.client.list_hyper_parameter_tuning_jobs()["HyperParameterTuningJobSummaries"]]
+
+    @staticmethod
+    def moto_job(name: str):
+        """moto's own record of a tuning job (what ListHyperParameterTuningJobs reports)."""
+        from moto.sagemaker.models import sagemaker_backends
+
+        return sagemaker_backends[DEFAULT_ACCOUNT_ID][REGION].hyper_parameter_tuning_jobs[name]
 
     def finished_training_job(self, name: str) -> None:
         """A completed training job in moto, as the tuning job would have run it."""
@@ -177,9 +200,12 @@ def source_dir(tmp_path) -> str:
     return str(folder)
 
 
-def _run(fake: FakeSageMaker, request: TuningRequest, source_dir: str, calls: list | None = None, **kwargs):
-    tuning = SageMakerTuning(fake.session, fake.client, poll_seconds=0)
+def _run(fake: FakeSageMaker, request: TuningRequest, source_dir: str, calls: list | None = None,
+         clock: Clock | None = None, **kwargs):
+    tuning = SageMakerTuning(fake.session, fake.client, fake.s3, poll_seconds=0, **({"clock": clock} if clock else {}))
     kwargs.setdefault("code_bucket_prefix", CODE)
+    kwargs.setdefault("tags", TAGS)
+    kwargs.setdefault("name_prefix", PREFIX)
     return tuning.run(request, role_arn=ROLE, region=REGION, source_dir=source_dir,
                       on_trial=(lambda t, done, total: calls.append((t.job_name, t.status, done, total)))
                       if calls is not None else None, **kwargs)
@@ -234,8 +260,16 @@ def test_run_sends_our_tuning_job_and_reports_each_trial_once(aws, source_dir):
     assert not {"learning-rate", "epochs", "batch-size"} & set(static)  # tuned, so not static
     channels = {c["ChannelName"]: c["DataSource"]["S3DataSource"] for c in definition["InputDataConfig"]}
     assert channels["training"]["S3Uri"] == f"s3://{BUCKET}/proj/dev/data/abc123/"
-    assert channels["pretrained"]["S3Uri"] == f"s3://{BUCKET}/proj/dev/weights/"
     assert channels["training"]["S3DataType"] == "S3Prefix"
+    # The weights file alone (train.py finds it by --pretrained-file), not every file beside it.
+    assert channels["pretrained"]["S3DataType"] == "ManifestFile"
+    assert channels["pretrained"]["S3Uri"] == f"{CODE}/{name}/pretrained.manifest"
+    manifest = aws.s3.get_object(Bucket=BUCKET, Key=f"proj/dev/code/{name}/pretrained.manifest")["Body"].read()
+    assert json.loads(manifest) == [{"prefix": f"s3://{BUCKET}/proj/dev/weights/"}, "resnet18.pth"]
+    # The pipeline's tags and what the job was asked to do, for a re-run to find it by.
+    tags = {t["Key"]: t["Value"] for t in sent["Tags"]}
+    assert tags == {**TAGS, PipelineNames.DIGEST_TAG: tags[PipelineNames.DIGEST_TAG]}
+    assert len(tags[PipelineNames.DIGEST_TAG]) == 16
 
     # The code went up under the code prefix, without caches.
     submit = static["sagemaker_submit_directory"]
@@ -246,6 +280,7 @@ def test_run_sends_our_tuning_job_and_reports_each_trial_once(aws, source_dir):
     assert {"train.py", "model.py", "data.py", "inference.py"} <= set(members)
     assert not [m for m in members if "__pycache__" in m or m.endswith(".pyc")]
     assert all(k.startswith(f"proj/dev/code/{name}/") for k in aws.keys("proj/dev/code/"))
+    assert set(aws.jobs()) == {name}
     assert aws.client.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName=name)[
         "HyperParameterTuningJobConfig"]["Strategy"] == "Bayesian"
 
@@ -258,6 +293,8 @@ def test_run_sends_our_tuning_job_and_reports_each_trial_once(aws, source_dir):
 
     assert outcome.status == "Completed" and outcome.failure_reason is None
     assert (outcome.job_name, outcome.objective_metric, outcome.objective_type) == (name, "valid_loss", "Minimize")
+    # What every trial was trained with besides its tuned values (SageMaker's own entries left out).
+    assert outcome.static_hyperparameters == {**request.static_hyperparameters, "pretrained-file": "resnet18.pth"}
     assert [t.index for t in outcome.trials] == [0, 1, 2]
     first, second, failed = outcome.trials
     assert first.objective == 0.52 and second.objective == 0.41
@@ -305,7 +342,7 @@ def test_a_cancelled_run_stops_its_job_and_an_error_does_not(aws, source_dir):
     request = _request()
     aws.snapshots = [[_summary(request.job_name, 1, "Failed", reason="x")]]
     aws.never_ends = True
-    tuning = SageMakerTuning(aws.session, aws.client, poll_seconds=0)
+    tuning = SageMakerTuning(aws.session, aws.client, aws.s3, poll_seconds=0)
 
     def interrupted(*_):
         raise KeyboardInterrupt
@@ -345,7 +382,137 @@ def test_grid_runs_every_combination_and_fails_when_no_trial_completes(aws, sour
     assert "ClientError: no images" in outcome.failure_reason and f"{name}-003-00000003: Stopped" in outcome.failure_reason
 
 
+# -- repeated runs ------------------------------------------------------------------------
+
+def test_a_lost_create_answer_is_attached_to_by_the_retry(aws, source_dir):
+    request = _request()
+    trial = _summary(request.job_name, 1, "Completed", 0.3)
+    aws.finished_training_job(trial["TrainingJobName"])
+    aws.snapshots = [[trial]]
+    lost = []
+
+    def lose(**_):  # SageMaker created the job; the answer never arrives
+        if not lost:
+            lost.append(1)
+            raise ConnectionClosedError(endpoint_url="https://api.sagemaker.us-east-1.amazonaws.com")
+
+    aws.session.events.register("after-call.sagemaker.CreateHyperParameterTuningJob", lose)
+    with pytest.raises(ConnectionClosedError):
+        _run(aws, request, source_dir)
+    outcome = _run(aws, request, source_dir)  # the task's retry
+
+    assert lost and aws.jobs() == [request.job_name] and len(aws.created) == 1
+    assert outcome.status == "Completed" and outcome.job_name == request.job_name
+
+
+def test_a_create_resent_by_botocore_after_a_lost_answer_attaches(aws, source_dir):
+    request = _request()
+    trial = _summary(request.job_name, 1, "Completed", 0.3)
+    aws.finished_training_job(trial["TrainingJobName"])
+    aws.snapshots = [[trial]]
+    sent = []
+
+    def drop_after_moto(event_name, request, **_):
+        # Registered after moto's own before-send handler: moto has created the job, then the
+        # connection drops. botocore resends the same request; SageMaker (moto) answers ResourceInUse.
+        if event_name.endswith(".CreateHyperParameterTuningJob"):
+            sent.append(1)
+            if len(sent) == 1:
+                raise ConnectionClosedError(endpoint_url=request.url)
+
+    aws.session.events.register("before-send", drop_after_moto)
+    outcome = _run(aws, request, source_dir)
+
+    assert len(sent) == 2 and aws.jobs() == [request.job_name]
+    assert outcome.status == "Completed" and outcome.job_name == request.job_name
+
+
+def test_a_rerun_with_the_same_configuration_follows_that_job(aws, source_dir):
+    first = _request("dev-tune-250101-1200-aaaa")
+    trial = _summary(first.job_name, 1, "Completed", 0.3)
+    aws.finished_training_job(trial["TrainingJobName"])
+    aws.snapshots = [[trial]]
+    done = _run(aws, first, source_dir)
+
+    # A new flow run after a crash: a new name, the same configuration. The completed job is the answer.
+    again = _run(aws, _request("dev-tune-250102-0900-bbbb"), source_dir)
+    assert aws.jobs() == [first.job_name] and len(aws.created) == 1
+    assert again.job_name == first.job_name and again.trials == done.trials and again.status == "Completed"
+
+    # A changed configuration (one more trial) is tuned anew.
+    changed = _run(aws, _request("dev-tune-250103-0900-cccc", max_jobs=4), source_dir)
+    assert changed.job_name == "dev-tune-250103-0900-cccc"
+    assert sorted(aws.jobs()) == [first.job_name, changed.job_name]
+    # So is the same configuration of another pipeline (its tags differ).
+    other = _run(aws, _request("dev-tune-250104-0900-dddd"), source_dir,
+                 tags={**TAGS, "sagemaker-flows:project": "other"})
+    assert other.job_name == "dev-tune-250104-0900-dddd" and len(aws.jobs()) == 3
+
+
+def test_a_rerun_waits_for_a_running_job_of_the_same_configuration(aws, source_dir):
+    first = _request("dev-tune-250101-1200-aaaa")
+    name = first.job_name
+    aws.snapshots = [[_summary(name, 1, "InProgress")]]
+    aws.never_ends = True
+    def process_killed(*_):
+        raise SystemExit(137)  # as good as a crash: nothing after this line of the first run happens
+
+    with pytest.raises(SystemExit):
+        _run(aws, first, source_dir, on_trial_progress=process_killed)
+    aws.stopped.clear()  # (an exit on the way out asks to stop it; a killed process would not have)
+    aws.moto_job(name).hyper_parameter_tuning_job_status = "InProgress"  # moto's record: it runs on
+
+    done = _summary(name, 1, "Completed", 0.2)
+    aws.finished_training_job(done["TrainingJobName"])
+    aws.never_ends = False
+    aws.list_requests.clear()
+    aws.snapshots = [[_summary(name, 1, "InProgress")], [done]]
+    calls: list = []
+    outcome = _run(aws, _request("dev-tune-250102-0900-bbbb"), source_dir, calls)
+
+    assert aws.jobs() == [name] and len(aws.created) == 1
+    assert outcome.job_name == name and outcome.status == "Completed" and calls == [(done["TrainingJobName"],
+                                                                                     "Completed", 1, 3)]
+
+
+def test_a_completed_job_with_no_usable_trial_is_not_reused(aws, source_dir):
+    first = _request("dev-tune-250101-1200-aaaa")
+    aws.snapshots = [[_summary(first.job_name, 1, "Failed", reason="boom")]]
+    assert _run(aws, first, source_dir).status == "Failed"
+    aws.moto_job(first.job_name).objective_status_counters = {"Succeeded": 0, "Pending": 0, "Failed": 1}
+    again = _run(aws, _request("dev-tune-250102-0900-bbbb"), source_dir)
+    assert again.job_name == "dev-tune-250102-0900-bbbb" and len(aws.jobs()) == 2
+
+
+def test_a_role_not_yet_assumable_is_waited_for(aws, source_dir):
+    request = _request()
+    trial = _summary(request.job_name, 1, "Completed", 0.3)
+    aws.finished_training_job(trial["TrainingJobName"])
+    aws.snapshots = [[trial]]
+    refusals = [3]
+
+    def not_yet(**_):
+        if refusals[0]:
+            refusals[0] -= 1
+            return AWSResponse("https://api.sagemaker", 400, {}, None), {"Error": {
+                "Code": "ValidationException", "Message": f"Could not assume role {ROLE}. Please ensure that the "
+                "role exists and allows principal 'sagemaker.amazonaws.com' to assume the role."}}
+
+    aws.session.events.register("before-call.sagemaker.CreateHyperParameterTuningJob", not_yet)
+    now, naps = [0.0], []
+    clock = Clock(now=lambda: now[0], sleep=lambda s: (naps.append(s), now.__setitem__(0, now[0] + s)))
+    outcome = _run(aws, request, source_dir, clock=clock)
+    assert naps == [1.0, 2.0, 4.0] and aws.jobs() == [request.job_name] and outcome.status == "Completed"
+    # (A role never assumable ends in RoleNotUsableError: test_ec2_training's profile test shows the budget.)
+
+
 # -- pure conversions ---------------------------------------------------------------------
+
+def test_the_pretrained_manifest_names_the_file_alone():
+    assert pretrained_manifest("s3://b/p/weights/resnet18.pth") == [{"prefix": "s3://b/p/weights/"}, "resnet18.pth"]
+    with pytest.raises(ValueError, match="prefix"):
+        pretrained_manifest("s3://b/p/weights/")
+
 
 def test_sdk_parameter_ranges_keep_kind_bounds_scaling_and_values():
     from sagemaker.core.parameter import CategoricalParameter, ContinuousParameter, IntegerParameter
@@ -405,7 +572,7 @@ def test_trial_from_summary_failed_and_objectiveless():
 
 def test_the_sdk_gets_a_session_in_the_jobs_region():
     session = boto3.Session(aws_access_key_id="AKIDEXAMPLE", aws_secret_access_key="secret", region_name="us-east-1")
-    tuning = SageMakerTuning(session, sagemaker_client=None)
+    tuning = SageMakerTuning(session, sagemaker_client=None, s3_client=None)
     assert tuning._sdk_boto_session("us-east-1") is session
     other = tuning._sdk_boto_session("eu-west-1")
     assert other.region_name == "eu-west-1"

@@ -48,3 +48,22 @@ def test_no_usable_trial_lists_every_reason():
 def test_objective_type_is_checked():
     with pytest.raises(ValueError, match="Minimize or Maximize"):
         choose_best_trial([trial(0, 1.0)], "Lowest")
+
+
+def test_the_chosen_model_carries_every_hyperparameter_it_was_trained_with(monkeypatch):
+    from backends.types import TrialSummary, TuningOutcome
+    from tasks import select_best_model as task_module
+
+    monkeypatch.setattr(task_module.artifacts, "markdown", lambda *args, **kwargs: None)  # no Prefect API here
+    static = {"architecture": "resnet18", "epochs": "10", "learning-rate": "0.001", "pretrained-file": "w.pth"}
+    trials = [TrialSummary(i, f"tune-00{i + 1}-0000000{i + 1}", "Completed", {"learning-rate": lr, "batch-size": "64"},
+                           objective, None, {"test_accuracy": 0.9}, f"s3://b/jobs/t{i}/output/model.tar.gz", 60.0)
+              for i, (lr, objective) in enumerate([("0.01", 0.5), ("0.003", 0.2)])]
+    tuning = TuningOutcome("tune", "Completed", "valid_loss", "Minimize", trials, static_hyperparameters=static)
+
+    candidate = task_module.select_best_model.fn(tuning)
+
+    assert candidate.job_name == "tune-002-00000002"
+    # The static set, with the trial's tuned values over it (learning-rate was tuned: 0.003, not 0.001).
+    assert candidate.hyperparameters == {"architecture": "resnet18", "epochs": "10", "learning-rate": "0.003",
+                                         "pretrained-file": "w.pth", "batch-size": "64"}

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from core.ec2_user_data import DLAMI_SSM_PARAMETER, USER_DATA_LIMIT_BYTES, render_user_data
+from core.ec2_user_data import (
+    CLIENT_TOKEN_MAX, DLAMI_SSM_PARAMETER, READ_RETRY_S, USER_DATA_LIMIT_BYTES, launch_token, render_user_data)
 
 HOSTILE = {
     "epochs": "3",
@@ -47,6 +48,7 @@ def test_script_has_the_contract():
     assert "JOB_URI=s3://bkt/proj/jobs/digits-260101-000000-abcd\n" in script  # no double slash
     assert "DATA_URI=s3://bkt/proj/datasets/digits/\n" in script  # a prefix for `aws s3 sync`
     assert "export AWS_DEFAULT_REGION=eu-west-1" in script
+    assert f"READ_RETRY_S={READ_RETRY_S}\n" in script and READ_RETRY_S == 120  # IAM's propagation, about 2 min
     assert "pip install" not in script and "dnf " not in script and "yum " not in script
     assert len(script.encode()) < USER_DATA_LIMIT_BYTES
 
@@ -73,6 +75,24 @@ def test_bash_syntax_check():
         script = render_user_data(**ARGS, pretrained_uri=pretrained)
         result = subprocess.run([BASH, "-n"], input=script, text=True, capture_output=True)
         assert result.returncode == 0, result.stderr
+
+
+def test_every_first_read_goes_through_the_retrying_fetch():
+    script = render_user_data(**ARGS, pretrained_uri="s3://bkt/proj/weights/resnet18.pth")
+    body = script[script.index("# -- inputs"):script.index("# -- the DLAMI")]
+    assert "aws s3" not in body  # no bare read that a credential delay would fail at once
+    assert body.count("fetch ") == 4  # code, data, and the weights (a file or a prefix)
+
+
+def test_launch_tokens_are_per_job_and_attempt_and_fit_ec2():
+    assert launch_token("digits-260101-000000-abcd", 1) == "digits-260101-000000-abcd-a1"
+    assert launch_token("digits-260101-000000-abcd", 2) == "digits-260101-000000-abcd-a2"
+    long_a, long_b = "x" * 63, "x" * 62 + "y"
+    assert len(launch_token(long_a, 100)) <= CLIENT_TOKEN_MAX
+    assert launch_token(long_a, 1) != launch_token(long_b, 1)  # cut, yet still one token per job
+    assert launch_token(long_a, 1) == launch_token(long_a, 1)
+    with pytest.raises(ValueError):
+        launch_token("job", 0)
 
 
 def test_bad_inputs_are_refused():
@@ -124,7 +144,13 @@ def local(uri):
 service, verb, src, dst = args
 assert service == "s3", args
 if os.environ.get("FAIL_ON") and os.environ["FAIL_ON"] in src + dst:
-    sys.exit(1)
+    # FAIL_TIMES: fail only the first so many matching calls (credentials that start working)
+    times = os.environ.get("FAIL_TIMES")
+    counter = os.environ["AWS_CALLS"] + ".failures"
+    failed = int(open(counter).read()) if os.path.exists(counter) else 0
+    if times is None or failed < int(times):
+        open(counter, "w").write(str(failed + 1))
+        sys.exit(1)
 src, dst = local(src), local(dst)
 if verb == "sync":
     shutil.copytree(src, dst, dirs_exist_ok=True)
@@ -232,10 +258,24 @@ def test_crash_and_timeout_and_setup_failure_reasons(sandbox):
     assert shutdowns[-1] == "-h now"
 
     sandbox["env"]["FAIL_ON"] = "datasets/digits"
-    _, job, status, _, _ = _run(sandbox, {"epochs": "1"})
+    _, job, status, calls, _ = _run(sandbox, {"epochs": "1"}, read_retry_s=2)
     assert status["status"] == "Failed"
     assert status["failure_reason"] == "ClientError: the job failed while downloading the training data (exit code 1)"
-    assert (job / "training.log").exists()
+    log = (job / "training.log").read_text()
+    assert "could not read s3://bkt/proj/datasets/digits/ within 2 s" in log  # gave up after its budget
+    assert sum(1 for c in calls if "datasets/digits" in c) >= 2
+
+
+def test_first_reads_are_retried_while_the_instance_profile_propagates(sandbox):
+    # The data read fails twice (credentials not usable yet), then works: the job goes on and completes.
+    sandbox["env"].update(FAIL_ON="datasets/digits", FAIL_TIMES="2")
+    result, job, status, calls, _ = _run(sandbox, {"epochs": "1"})
+    assert status["status"] == "Completed", (job / "training.log").read_text()
+    assert [c for c in calls if "datasets/digits" in c] == ["s3 sync s3://bkt/proj/datasets/digits/ "
+                                                             f"{sandbox['ml'] / 'input/data/training'}"] * 3
+    log = (job / "training.log").read_text()
+    assert "could not read s3://bkt/proj/datasets/digits/ yet; trying again in 1 s" in log
+    assert "could not read s3://bkt/proj/datasets/digits/ yet; trying again in 2 s" in log  # backing off
 
 
 def test_status_json_escapes_an_odd_failure_reason(sandbox):
