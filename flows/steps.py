@@ -8,6 +8,7 @@ from contextlib import contextmanager
 from backends.backend import Backend
 from backends.types import ModelCandidate, StagedDataset
 from core.config import PipelineConfig
+from tasks.check_function_concurrency import check_function_concurrency
 from tasks.select_best_model import select_best_model
 from tasks.stage_dataset import stage_dataset
 from tasks.stage_pretrained_weights import stage_pretrained_weights
@@ -40,7 +41,9 @@ def run_token() -> str:
 
 
 def train_candidate(config: PipelineConfig, backend: Backend, timer: StepTimer) -> tuple[StagedDataset, ModelCandidate]:
-    """Stage the data and train: one job (instance mode) or a tuning job and its best trial."""
+    """Check what can be checked before paying, stage the data and train: one job (instance mode)
+    or a tuning job and its best trial."""
+    check_function_concurrency(config, backend)
     with timer.step("stage_dataset"):
         dataset = stage_dataset(config, backend)
         pretrained = stage_pretrained_weights(config, backend)

@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from backends.errors import InvalidRequestError
 from backends.local.gateway.client import GatewayConnection
+from backends.local.gateway.environments import MAX_LOCAL_PROVISIONED
 from backends.types import FunctionState
 from core.config import FunctionConfig
 from core.functions import function_environment
@@ -18,6 +20,15 @@ class LocalFunctions:
     def __init__(self, gateway: GatewayConnection, source_dir: Path = LAMBDA_SOURCE_DIR):
         self.gateway = gateway
         self.source_dir = source_dir
+
+    def check_concurrency(self, name: str, config: FunctionConfig) -> None:
+        """Locally there is no account limit, but every provisioned environment is a process on this
+        machine: more than the gateway's cap is refused here, before anything is trained."""
+        if config.provisioned_concurrency > MAX_LOCAL_PROVISIONED:
+            raise InvalidRequestError(
+                f"function.provisioned_concurrency {config.provisioned_concurrency} is over the local backend's cap "
+                f"of {MAX_LOCAL_PROVISIONED} (each provisioned environment is a process on this machine); lower it "
+                "for local runs")
 
     def publish_function(self, name: str, endpoint_name: str, config: FunctionConfig,
                          model_version: str = "", s3_prefixes: Sequence[str] = ()) -> FunctionState:
