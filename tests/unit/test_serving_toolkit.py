@@ -151,7 +151,8 @@ GOOD_REQUESTS = [
 ]
 
 
-@pytest.mark.parametrize("content_type, body, accept", [r[1:] for r in GOOD_REQUESTS], ids=[r[0] for r in GOOD_REQUESTS])
+@pytest.mark.parametrize("content_type, body, accept", [r[1:] for r in GOOD_REQUESTS],
+                         ids=[r[0] for r in GOOD_REQUESTS])
 def test_images_are_served_through_the_toolkit_and_the_worker(served, worker, weights_hash, content_type, body,
                                                               accept):
     status, answer_type, answer = invoke_toolkit(served, body, content_type, accept)
@@ -167,7 +168,9 @@ def test_a_json_batch_through_the_toolkit_and_the_worker(served, worker):
     status, answer_type, answer = invoke_toolkit(served, body, JSON)
     assert (status, answer_type) == (200, JSON), answer
     predictions = json.loads(answer)["predictions"]
-    assert len(predictions) == 2 and all(assert_top_k(p) is None for p in predictions)
+    assert len(predictions) == 2
+    for ranked in predictions:
+        assert_top_k(ranked)
     assert invoke_worker(worker, body, JSON) == (200, JSON, answer)
 
 
