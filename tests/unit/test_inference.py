@@ -137,7 +137,7 @@ def test_matches_training_evaluation_preprocessing(model, tmp_path):
     batch = data_lib.normalize_batch(expected_input, model.config.mean, model.config.std, model.device, False)
     with torch.inference_mode():
         expected = torch.softmax(model.model(batch), dim=1)[0]
-    prediction = inference.predict_fn(inference.input_fn(path.read_bytes(), "image/jpeg"), model)
+    prediction = inference.predict(inference.parse_request(path.read_bytes(), "image/jpeg"), model)
     for p in prediction.results[0]:
         assert p["score"] == pytest.approx(expected[CLASSES.index(p["label"])].item(), abs=1e-6)
 
@@ -170,6 +170,8 @@ BAD_REQUESTS = [
     ("body-type", "image/png", 12345, None, 400, "InvalidRequest", "bytes or str"),
     ("payload", "image/png", b"\0" * (inference.MAX_REQUEST_BYTES + 1), None, 413, "PayloadTooLarge", "more than"),
     ("pixels", "image/png", png_declaring(7000, 7000), None, 413, "ImageTooLarge", "7000x7000"),
+    ("pixels-batch", JSON, json.dumps({"instances": [b64(png_declaring(5000, 5000))] * 4 + [b64(image_bytes())]}),
+     None, 413, "TooManyPixels", "instance 4 (40x30) come to 100,001,200 pixels, more than the 100,000,000"),
     ("bomb-warning", "image/png", png_declaring(10_000, 10_000), None, 413, "ImageTooLarge", "decompression bomb"),
     ("bomb-error", "image/png", png_declaring(20_000, 20_000), None, 413, "ImageTooLarge", "decompression bomb"),
     ("batch", JSON, json.dumps({"instances": ["x"] * 65}), None, 413, "BatchTooLarge", "at most 64"),
@@ -193,15 +195,15 @@ def test_bad_requests_raise_inference_error(model, content_type, body, accept, s
 
 def test_pil_bomb_limits_are_the_ones_tested():
     # The bomb cases above rely on PIL's defaults: 10_000^2 only warns, 20_000^2 is an error.
-    assert inference.MAX_PIXELS < Image.MAX_IMAGE_PIXELS < 10_000**2 < 2 * Image.MAX_IMAGE_PIXELS < 20_000**2
+    assert inference.MAX_IMAGE_PIXELS < Image.MAX_IMAGE_PIXELS < 10_000**2 < 2 * Image.MAX_IMAGE_PIXELS < 20_000**2
 
 
-def test_output_fn_accept(model):
-    prediction = inference.predict_fn(inference.input_fn(image_bytes(), "image/png"), model)
+def test_format_response_accept(model):
+    prediction = inference.predict(inference.parse_request(image_bytes(), "image/png"), model)
     for accept in (None, "", "*/*", "application/json; charset=utf-8", "text/html, application/json;q=0.9"):
-        assert_top_k(json.loads(inference.output_fn(prediction, accept))["predictions"])
+        assert_top_k(json.loads(inference.format_response(prediction, accept))["predictions"])
     with pytest.raises(InferenceError) as info:
-        inference.output_fn(prediction, "image/png")
+        inference.format_response(prediction, "image/png")
     assert info.value.status_code == 406
 
 

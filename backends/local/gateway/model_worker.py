@@ -6,8 +6,11 @@ Like the SageMaker PyTorch container, DIR/code goes first on sys.path and the ar
 own inference.py is imported from there (never training.inference); model_fn(DIR) runs once,
 then uvicorn serves GET /ping and POST /invocations on 127.0.0.1. Only once the model is
 loaded and the socket listens is {"port", "pid", "model_version"} written to the ready file.
-A bad request answers its InferenceError status; any other error answers 500 and is logged,
-and the process keeps serving. The worker exits by itself when the process that started it
+Each request goes through the artifact's transform_fn(model, body, content_type, accept, context)
+as the serving toolkit calls it, with a RequestContext on which a refused request sets its status,
+so a bad request answers here exactly as on SageMaker. A body over MAX_REQUEST_BYTES is refused 413
+(by its Content-Length before it is read). Any exception answers 500 and is logged, and the
+process keeps serving. The worker exits by itself when the process that started it
 (--parent-pid) goes away, so a killed gateway never leaves instances behind.
 """
 from __future__ import annotations
@@ -37,6 +40,32 @@ def _load(model_dir: str):
     return inference, inference.model_fn(model_dir)
 
 
+class RequestContext:
+    """What transform_fn gets as TorchServe's context: it records the status a refused request sets."""
+
+    def __init__(self) -> None:
+        self.status = 200
+        self.phrase = ""
+
+    def set_response_status(self, code: int = 200, phrase: str = "", idx: int = 0) -> None:
+        self.status, self.phrase = code, phrase
+
+
+def _transform_fn(inference):
+    """The artifact's transform_fn; for an artifact from before transform_fn, one around its handle()."""
+    if hasattr(inference, "transform_fn"):
+        return inference.transform_fn
+
+    def transform_fn(model, body, content_type, accept, context):
+        try:
+            return inference.handle(body, content_type, accept, model), _JSON
+        except inference.InferenceError as exc:
+            context.set_response_status(exc.status_code)
+            return exc.to_json(), _JSON
+
+    return transform_fn
+
+
 def build_app(inference, model, max_concurrency: int = 2):
     import anyio
     from starlette.applications import Starlette
@@ -45,11 +74,14 @@ def build_app(inference, model, max_concurrency: int = 2):
     from starlette.routing import Route
 
     max_bytes = getattr(inference, "MAX_REQUEST_BYTES", 6 * 1024 * 1024)
-    error_type = getattr(inference, "InferenceError", None)
+    transform_fn = _transform_fn(inference)
     limiter = anyio.CapacityLimiter(max_concurrency)
 
     def error(status: int, code: str, message: str) -> Response:
         return Response(json.dumps({"error": code, "message": message}), status, media_type=_JSON)
+
+    def too_large(size: str) -> Response:  # worded as inference.py words it
+        return error(413, "PayloadTooLarge", f"request body is {size} than the {max_bytes} allowed")
 
     async def ping(request: Request) -> Response:
         return Response(b"", 200)
@@ -57,22 +89,28 @@ def build_app(inference, model, max_concurrency: int = 2):
     async def invocations(request: Request) -> Response:
         content_type = request.headers.get("content-type")
         accept = request.headers.get("accept")
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > max_bytes:
+            return too_large(f"{declared} bytes, more")
         try:
             chunks, size = [], 0
-            async for chunk in request.stream():
+            async for chunk in request.stream():  # a chunked body has no Content-Length
                 size += len(chunk)
                 if size > max_bytes:
-                    return error(413, "PayloadTooLarge", f"request body is more than the {max_bytes} bytes allowed")
+                    return too_large("more")
                 chunks.append(chunk)
             body = b"".join(chunks)
-            answer = await anyio.to_thread.run_sync(inference.handle, body, content_type, accept, model,
+            del chunks
+            context = RequestContext()
+            answer = await anyio.to_thread.run_sync(transform_fn, model, body, content_type, accept, context,
                                                     limiter=limiter)
         except Exception as exc:
-            if error_type is not None and isinstance(exc, error_type):
-                return Response(exc.to_json(), exc.status_code, media_type=_JSON)
             log.error("invocation failed:\n%s", traceback.format_exc())
             return error(500, "InternalServerError", f"{type(exc).__name__}: {exc}"[:400])
-        return Response(answer, 200, media_type=_JSON)
+        if not isinstance(answer, tuple):  # as the toolkit takes it: the body alone, in the accepted type
+            answer = (answer, accept if accept not in (None, "", "*/*") else _JSON)
+        answer, media_type = answer
+        return Response(answer, context.status, media_type=media_type)
 
     return Starlette(routes=[Route("/ping", ping, methods=["GET"]),
                              Route("/invocations", invocations, methods=["POST"])])
