@@ -2,7 +2,7 @@
 
 Three paths serve the same model and the same JPEG photo, side by side in one run:
 
-  (a) in-process   output_fn(predict_fn(input_fn(body, "image/jpeg"), model), ...) in this process,
+  (a) in-process   format_response(predict(parse_request(body, "image/jpeg"), model), ...) in this process,
                    the model from training.inference.model_fn(model_dir); torch's default threads
   (b) endpoint     boto3 "sagemaker-runtime" invoke_endpoint against a local endpoint of the gateway
                    (--instances workers; each worker decides its own torch threads)
@@ -129,10 +129,10 @@ def _check_predictions(answer: dict) -> None:
 
 
 def in_process_caller(model, body: bytes):
-    from training.inference import input_fn, output_fn, predict_fn
+    from training.inference import format_response, parse_request, predict
 
     def call() -> None:
-        _check_predictions(json.loads(output_fn(predict_fn(input_fn(body, "image/jpeg"), model), "application/json")))
+        _check_predictions(json.loads(format_response(predict(parse_request(body, "image/jpeg"), model), "application/json")))
     return call
 
 

@@ -215,3 +215,17 @@ class _Stream:
 
     def read(self) -> bytes:
         return self.data
+
+
+class FakeAccountSettings:
+    """Lambda GetAccountSettings, which moto lacks (it answers 404 "Not yet implemented"): an
+    account with `limit` concurrent executions, none reserved by other functions."""
+
+    def __init__(self, events, limit: int = 1000):
+        self.limit = limit
+        events.register("before-call.lambda.GetAccountSettings", self._settings)
+
+    def _settings(self, **_):
+        return answer(200, {"AccountLimit": {"ConcurrentExecutions": self.limit,
+                                             "UnreservedConcurrentExecutions": self.limit},
+                            "AccountUsage": {"FunctionCount": 0}})

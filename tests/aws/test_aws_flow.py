@@ -17,7 +17,11 @@ import flows.train_and_deploy as pipeline
 from backends.aws.backend import AwsBackend
 from core.config import PipelineConfig
 from core.demo import demo_config
-from tests.aws.fakes import FakeLambdaInvoke, FakeProvisioned, FakeSageMakerService, answer
+from botocore.exceptions import ConnectionClosedError
+
+from tests.aws.fakes import (
+    FakeAccountSettings, FakeLambdaInvoke, FakeProvisioned, FakeSageMakerService, answer,
+)
 
 REGION = "us-east-1"
 
@@ -27,7 +31,7 @@ def aws_world(monkeypatch, prefect_api, tiny_dataset):
     with mock_aws():
         session = boto3.Session(region_name=REGION)
         fakes = {"sagemaker": FakeSageMakerService(session.events), "provisioned": FakeProvisioned(session.events),
-                 "invoke": FakeLambdaInvoke(session.events)}
+                 "invoke": FakeLambdaInvoke(session.events), "account": FakeAccountSettings(session.events)}
         values = demo_config(str(tiny_dataset)).model_dump(mode="json")
         values.update(backend="aws", aws={"region": REGION})
         values["training"]["tuning"].update(max_jobs=2, max_parallel_jobs=2)
@@ -99,8 +103,15 @@ def test_flow_on_aws_then_again_then_teardown(aws_world):
         [f"arn:aws:sagemaker:{REGION}:123456789012:endpoint/{names.endpoint}"],
         [[f"arn:aws:sagemaker:{REGION}:123456789012:endpoint/{names.endpoint}"]])
 
-    second = pipeline.train_and_deploy(config)
+    same = pipeline.train_and_deploy(config)  # a new flow run of the same configuration: nothing is tuned again
 
+    assert same.model_version == 1 and same.job_name == first.job_name
+    assert len(fakes["sagemaker"].tuning_jobs) == 1
+    values = config.model_dump(mode="json")
+    values["training"]["seed"] = config.training.seed + 1
+    second = pipeline.train_and_deploy(PipelineConfig.model_validate(values))
+
+    assert len(fakes["sagemaker"].tuning_jobs) == 2
     assert second.model_version == 2
     assert len(c["sagemaker"].list_endpoints()["Endpoints"]) == 1
     update = fakes["sagemaker"].updates[-1]
@@ -174,3 +185,56 @@ def test_transient_errors_in_every_kind_of_call_are_retried(aws_world):
 
     assert result.model_version == 1
     assert sorted(failed) == sorted(TRANSIENT)  # every kind of call failed once, and the flow still completed
+    assert_one_of_each(session, config)
+
+
+def assert_one_of_each(session, config):
+    """Exactly one of every resource the pipeline makes, however many times a call was retried."""
+    c, names = clients(session), config.names
+    sagemaker = c["sagemaker"]
+    assert len(sagemaker.list_hyper_parameter_tuning_jobs()["HyperParameterTuningJobSummaries"]) == 1
+    assert [e["EndpointName"] for e in sagemaker.list_endpoints()["Endpoints"]] == [names.endpoint]
+    assert len(sagemaker.list_endpoint_configs()["EndpointConfigs"]) == 1
+    assert len(sagemaker.list_models()["Models"]) == 1
+    assert len(sagemaker.list_model_packages(ModelPackageGroupName=names.model_group)["ModelPackageSummaryList"]) == 1
+    assert [f["FunctionName"] for f in c["lambda"].list_functions()["Functions"]] == [names.function]
+    versions = c["lambda"].list_versions_by_function(FunctionName=names.function)["Versions"]
+    assert [v["Version"] for v in versions] == ["$LATEST", "1"]
+    assert [a["Name"] for a in c["lambda"].list_aliases(FunctionName=names.function)["Aliases"]] == ["live"]
+    autoscaling = c["application-autoscaling"]
+    assert len(autoscaling.describe_scalable_targets(ServiceNamespace="sagemaker")["ScalableTargets"]) == 1
+    assert len(autoscaling.describe_scaling_policies(ServiceNamespace="sagemaker")["ScalingPolicies"]) == 1
+
+
+# Calls whose answer is lost after AWS acted (the connection drops on the way back): a retry must
+# find what the first attempt made, never make a second one. A lost answer costs its task one of
+# its four attempts, so no task loses more than three here (CreateAlias and provisioned concurrency
+# are covered the same way in tests/aws/test_functions.py).
+LOST_ANSWERS = (
+    "sagemaker.CreateHyperParameterTuningJob", "sagemaker.CreateModel", "sagemaker.CreateEndpointConfig",
+    "sagemaker.CreateEndpoint", "sagemaker.CreateModelPackage",
+    "application-auto-scaling.RegisterScalableTarget", "application-auto-scaling.PutScalingPolicy",
+    "lambda.CreateFunction", "lambda.PublishVersion", "lambda.PutFunctionConcurrency",
+)
+
+
+def test_answers_lost_after_every_create_leave_one_of_each(aws_world):
+    session, config, fakes = aws_world
+    lost: list[str] = []
+
+    def drop_answer(event_name, **_):
+        operation = event_name.split(".", 1)[1]
+        if operation not in lost:
+            lost.append(operation)
+            raise ConnectionClosedError(endpoint_url=f"https://{operation.split('.')[0]}.{REGION}.amazonaws.com/")
+
+    for operation in LOST_ANSWERS:
+        service, name = operation.split(".")
+        session.events.register(f"after-call.{service}.{name}", drop_answer)
+
+    result = pipeline.train_and_deploy(config)
+
+    assert result.model_version == 1
+    assert sorted(lost) == sorted(LOST_ANSWERS)  # every create acted, lost its answer, and was retried
+    assert_one_of_each(session, config)
+    assert len(fakes["sagemaker"].tuning_jobs) >= 1
