@@ -60,6 +60,19 @@ def _summary(model: ModelVersion, evaluation: Evaluation, status: str) -> ModelS
                         test_loss=evaluation.loss, status=status)
 
 
+def _nothing_new(champion: ModelVersion, timer: StepTimer) -> RetrainResult:
+    get_run_logger().info("nothing new to train: the data and the configuration are those of the champion %s",
+                          champion.label)
+    summary = ModelSummary(version=champion.version, label=champion.label,
+                           test_accuracy=champion.metrics.get("test_accuracy", float("nan")),
+                           test_loss=champion.metrics.get("test_loss", float("nan")), status=champion.status)
+    return RetrainResult(
+        promoted=False, reason=f"nothing new was trained: the data and the configuration are those of the champion "
+        f"{champion.label} (its job {champion.job_name} was found again instead of training twice)",
+        champion=summary, challenger=summary, p_value=None, test_images=0, serving=champion.label,
+        step_seconds=timer.seconds)
+
+
 def ask_for_approval(config: PipelineConfig, comparison, decision: PromotionDecision) -> tuple[bool, str]:
     """Pause until a reviewer answers in the Prefect UI (or resume_flow_run with run_input); a timeout rejects."""
     logger = get_run_logger()
@@ -88,8 +101,9 @@ def retrain(config: PipelineConfig) -> RetrainResult:
         with timer.step("register_model"):
             challenger = register_model(config, backend, candidate, dataset)
         if champion is not None and champion.version == challenger.version:
-            raise ValueError(f"the challenger is the champion ({champion.label}, job {champion.job_name}): "
-                             "nothing new was trained")
+            # The same data and configuration as the champion's: its finished job was found again
+            # (by configuration digest) instead of paying for the same training twice.
+            return _nothing_new(champion, timer)
         with timer.step("evaluate_models"):
             comparison = evaluate_models(backend, champion, challenger, dataset)
         decision = decide_promotion(config, comparison)
