@@ -307,7 +307,9 @@ class LocalTrainingJobs:
         return process_running(record.pid, record.pid_started_at)
 
     def _runner_failed(self, record: TrainingJobResult, proc: subprocess.Popen) -> TrainingJobResult:
-        """Our runner ended without recording the job's end (killed from outside): the job failed."""
+        """Our runner ended without recording the job's end (killed from outside): the job failed, and
+        nothing of it may keep running."""
+        self._kill_leftovers(record)
         log_text = Path(record.log_path).read_text(errors="replace") if Path(record.log_path).is_file() else ""
         record.status = "Failed"
         record.failure_reason = training_failure_reason(Path(record.job_dir), log_text, proc.returncode)
