@@ -2,10 +2,11 @@
 
     python -m backends.local.job_runner JOB_DIR --parent-pid PID
 
-It starts the unchanged training/train.py (JOB_DIR/runner.json says the command) in its own process
-group, with both their output appended to JOB_DIR/training.log, stops it at MaxRuntimeInSeconds,
-and records the job's end in JOB_DIR/job.json: Completed with model.tar.gz in the local store, or
-Failed with the reason. Anyone can follow the job through those two files (training_jobs.py).
+It is started in a session of its own and starts the unchanged training/train.py (JOB_DIR/runner.json
+says the command) in its process group, their output appended to JOB_DIR/training.log; it stops
+train.py at MaxRuntimeInSeconds, and records the job's end in JOB_DIR/job.json: Completed with
+model.tar.gz in the local store, or Failed with the reason. Anyone can follow the job through those
+two files (training_jobs.py).
 
 It never outlives the process that started it: when that process is gone (checked twice a second,
 as the model workers do) or on SIGTERM, it kills its process group (itself, train.py and train.py's
@@ -24,7 +25,7 @@ from pathlib import Path
 
 from backends.files import write_atomic
 from backends.local.store import LocalStore
-from backends.local.training_jobs import TrainingJobResult, job_lock, read_job, training_failure_reason
+from backends.local.training_jobs import job_lock, read_job, training_failure_reason
 from backends.model_artifact import pack_model_artifact
 from core.metrics import parse_metric_line
 from core.uris import parse_s3_uri
@@ -69,27 +70,28 @@ def _kill_tree(pid: int) -> None:
             pass
 
 
-def _finish(job: Path, config: dict, returncode: int, timed_out: bool, result: TrainingJobResult) -> None:
+def _end(job: Path, config: dict, returncode: int, timed_out: bool) -> dict:
+    """The job's end, as the fields of its record: metrics from the log, and the model stored when
+    train.py succeeded (before the record says Completed, so a Completed job always has its model)."""
     log_text = (job / "training.log").read_text(errors="replace")
     series: dict[str, list[float]] = {}
+    epochs = []
     for line in log_text.splitlines():
         values = parse_metric_line(line, config["metric_definitions"])
         for name, value in values.items():
             series.setdefault(name, []).append(value)
         if "epoch" in values:
-            result.epochs.append(values)
-    result.final_metrics = {name: values[-1] for name, values in series.items()}
-    if returncode == 0 and not timed_out:
-        archive = pack_model_artifact(job / "model", job / "output" / "model.tar.gz", job / "code")
-        uri = parse_s3_uri(config["output_uri"]).join(result.name, "output", "model.tar.gz").uri
-        LocalStore(config["store"]).put_file(archive, uri)
-        result.status, result.model_artifact = "Completed", uri
-    elif timed_out:
-        result.status = "Failed"
-        result.failure_reason = (f"MaxRuntimeExceeded: the job ran past {config['max_runtime_seconds']} s "
-                                 "and was stopped")
-    else:
-        result.status, result.failure_reason = "Failed", training_failure_reason(job, log_text, returncode)
+            epochs.append(values)
+    end = {"epochs": epochs, "final_metrics": {name: values[-1] for name, values in series.items()}}
+    if timed_out:
+        return {**end, "status": "Failed", "failure_reason": f"MaxRuntimeExceeded: the job ran past "
+                                                             f"{config['max_runtime_seconds']} s and was stopped"}
+    if returncode != 0:
+        return {**end, "status": "Failed", "failure_reason": training_failure_reason(job, log_text, returncode)}
+    archive = pack_model_artifact(job / "model", job / "output" / "model.tar.gz", job / "code")
+    uri = parse_s3_uri(config["output_uri"]).join(job.name, "output", "model.tar.gz").uri
+    LocalStore(config["store"]).put_file(archive, uri)
+    return {**end, "status": "Completed", "model_artifact": uri}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -103,22 +105,15 @@ def main(argv: list[str] | None = None) -> int:
     job = args.job_dir
     config = json.loads((job / "runner.json").read_text())
     try:
-        returncode, timed_out = _run_training(job, config, args.parent_pid)
-        error = None
-    except Exception as exc:  # train.py could not be started
-        returncode, timed_out, error = 1, False, f"InternalServerError: {type(exc).__name__}: {exc}"
+        end = _end(job, config, *_run_training(job, config, args.parent_pid))
+    except Exception as exc:  # train.py could not be started, or its model not stored
+        end = {"status": "Failed", "failure_reason": f"InternalServerError: {type(exc).__name__}: {exc}"}
     with job_lock(Path(config["lock"])):
         result = read_job(job)
         if result is None or result.status != "InProgress" or result.pid != os.getpid():
             return 0  # stopped or restarted meanwhile: that decision stands
-        try:
-            if error is None:
-                _finish(job, config, returncode, timed_out, result)
-            else:
-                result.status, result.failure_reason = "Failed", error
-        except Exception as exc:  # the model could not be packed or stored
-            result.status = "Failed"
-            result.failure_reason = f"InternalServerError: storing the model failed: {type(exc).__name__}: {exc}"
+        for name, value in end.items():
+            setattr(result, name, value)
         result.ended_at = time.time()
         write_atomic(job / "job.json", result.to_json())
     return 0

@@ -15,7 +15,6 @@ from pathlib import Path
 import psutil
 import pytest
 
-from backends.local.state import LocalState
 from backends.local.store import LocalStore
 from backends.local.training import LocalTraining
 from backends.local.training_jobs import LocalTrainingJobs, TrainingJobSpec
@@ -41,7 +40,6 @@ runpy.run_path(os.environ["REAL_TRAIN_PY"], run_name="__main__")
 # A flow's stand-in for the tests of the backend: runs one job or one tuning job, until it is killed.
 STARTER = '''
 import json, sys
-from backends.local.state import LocalState
 from backends.local.training_jobs import LocalTrainingJobs, TrainingJobSpec
 from backends.local.tuning import LocalTuning, TuningJobSpec
 
