@@ -40,6 +40,7 @@ runpy.run_path(os.environ["REAL_TRAIN_PY"], run_name="__main__")
 # A flow's stand-in for the tests of the backend: runs one job or one tuning job, until it is killed.
 STARTER = '''
 import json, sys
+from backends.local.state import LocalState
 from backends.local.training_jobs import LocalTrainingJobs, TrainingJobSpec
 from backends.local.tuning import LocalTuning, TuningJobSpec
 
@@ -68,12 +69,14 @@ def gate(tmp_path, monkeypatch):
     return source, release
 
 
-def wait_until(condition, what: str, timeout_s: float = 120.0):
+def wait_until(condition, what: str, timeout_s: float = 120.0, running: subprocess.Popen | None = None):
+    """condition()'s first true value; fails after timeout_s, or as soon as the `running` process exits."""
     deadline = time.monotonic() + timeout_s
     while True:
         value = condition()
         if value:
             return value
+        assert running is None or running.poll() is None, f"the process exited ({running.returncode}) before {what}"
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.1)
 
@@ -169,7 +172,7 @@ def test_a_killed_starter_leaves_no_training_and_a_rerun_restarts_the_job(gate, 
 
     # The process that started the job is SIGKILLed: its training stops with it.
     starter = start_starter(local_state.home, source, "job", spec)
-    crashed = wait_until(lambda: held(job), "the job to start")
+    crashed = wait_until(lambda: held(job), "the job to start", running=starter)
     starter.kill()
     starter.wait()
     wait_until(lambda: not training_processes(job), "the job's training to stop", timeout_s=15)
@@ -178,7 +181,8 @@ def test_a_killed_starter_leaves_no_training_and_a_rerun_restarts_the_job(gate, 
     # A re-run restarts it; this time its runner is frozen and killed with the starter, so train.py
     # is left running with nothing watching it.
     starter = start_starter(local_state.home, source, "job", spec)
-    restarted = wait_until(lambda: (r := held(job)) and r["pid"] != crashed["pid"] and r, "the job to restart")
+    restarted = wait_until(lambda: (r := held(job)) and r["pid"] != crashed["pid"] and r, "the job to restart",
+                           running=starter)
     [orphan] = training_processes(job)
     os.kill(restarted["pid"], signal.SIGSTOP)
     starter.kill()
@@ -219,7 +223,8 @@ def test_a_tuning_job_resumes_with_its_finished_trials_kept(gate, local_state, t
 
     # The first trial trains for real; the second is held.
     starter = start_starter(local_state.home, source, "tuning", spec, hold="-002-")
-    before, second_job = wait_until(held_second_trial, "the first trial to finish and the second to start", 300)
+    before, second_job = wait_until(held_second_trial, "the first trial to finish and the second to start", 300,
+                                    running=starter)
     [first_trial] = before.trials
     assert first_trial.status == "Completed"
     first_started = job_record(local_state.jobs / first_trial.job_name)["started_at"]
@@ -290,7 +295,7 @@ def test_a_pipeline_killed_during_tuning_converges_when_run_again(prefect_api, t
     try:
         flow = subprocess.Popen(command, cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT,
                                 start_new_session=True)
-        record, second = wait_until(second_trial_running, "the second trial to run", timeout_s=400)
+        record, second = wait_until(second_trial_running, "the second trial to run", timeout_s=400, running=flow)
         [first_trial] = record["trials"]
         first_job = home / "jobs" / first_trial["job_name"]
         first_started = job_record(first_job)["started_at"]
