@@ -1,7 +1,9 @@
 """Hosting on the local backend: endpoints in the local gateway (each instance a model_worker process
 running the artifact's own code/inference.py), autoscaled by the gateway's target tracking. Updates
 shift traffic in hosting.traffic_shift's steps and roll back on the gateway's own counters of the
-new model's 5xx errors and latency; the last step switches at once (locally there is no bake after it)."""
+new model's 5xx errors and latency; the last step switches at once (locally there is no bake after it).
+hosting.initial_instance_count sizes a new endpoint; an update keeps the count the endpoint has (as
+RetainAllVariantProperties does), so a release never undoes what autoscaling did."""
 from __future__ import annotations
 
 from backends.local.gateway.client import GatewayConnection

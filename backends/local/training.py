@@ -1,6 +1,12 @@
 """Training on the local backend: training/train.py in subprocesses, one job at a time
-(training_jobs.py) or as a tuning job of parallel trials (tuning.py)."""
+(training_jobs.py) or as a tuning job of parallel trials (tuning.py).
+
+Each job records the configuration digest of its request (everything but the job's name), so a new
+flow run with the same configuration (a new job name) attaches to the job of that configuration that
+still runs, or returns the one that completed, instead of training again; a changed request trains."""
 from __future__ import annotations
+
+from dataclasses import asdict
 
 from backends.local.state import LocalState
 from backends.local.store import LocalStore
@@ -11,6 +17,12 @@ from backends.types import (
     TuningRequest,
 )
 from core.metrics import METRIC_DEFINITIONS, parse_metric_line
+from core.names import configuration_digest
+
+
+def request_digest(request: TrainingRequest | TuningRequest) -> str:
+    """What a job was asked to do, whatever its name."""
+    return configuration_digest({k: v for k, v in asdict(request).items() if k != "job_name"})
 
 
 class LocalTraining:
@@ -37,9 +49,11 @@ class LocalTraining:
                          on_epoch: EpochCallback | None = None) -> TrainingOutcome:
         hyperparameters = dict(request.hyperparameters)
         inputs = self._channels(request.dataset_uri, request.pretrained_uri, hyperparameters)
-        spec = TrainingJobSpec(request.job_name, hyperparameters, inputs, request.output_uri, cpus=self.cpus,
-                               max_runtime_seconds=request.max_runtime_seconds,
-                               metric_definitions=list(METRIC_DEFINITIONS))
+        digest = request_digest(request)
+        found = self.jobs.find(digest)
+        spec = TrainingJobSpec(found.name if found else request.job_name, hyperparameters, inputs, request.output_uri,
+                               cpus=self.cpus, max_runtime_seconds=request.max_runtime_seconds,
+                               metric_definitions=list(METRIC_DEFINITIONS), digest=digest)
         on_metrics = (lambda values: on_epoch(values) if "epoch" in values else None) if on_epoch else None
         return self.jobs.run(spec, on_log=on_log, on_metrics=on_metrics).outcome()
 
@@ -52,7 +66,7 @@ class LocalTraining:
             inputs=inputs, output_uri=request.output_uri, objective_metric=request.objective_metric,
             objective_type=request.objective_type, strategy=request.strategy, max_jobs=request.max_jobs,
             max_parallel_jobs=request.max_parallel_jobs, cpus=self.cpus,
-            max_runtime_seconds=request.max_runtime_seconds, seed=request.seed)
+            max_runtime_seconds=request.max_runtime_seconds, seed=request.seed, digest=request_digest(request))
         on_log = None
         if on_trial_progress:
             def on_log(trial: str, line: str) -> None:

@@ -4,6 +4,16 @@ Random and Bayesian draw from Optuna (RandomSampler, TPESampler with a constant 
 parallel trials spread out); Grid walks every combination. Up to max_parallel_jobs trials
 run at once and split the CPU cores. A failed trial is recorded with its reason; the
 tuning job fails only when every trial fails.
+
+The tuning record (<home>/tuning/<name>.json) keeps every trial's hyperparameters from the moment
+it starts and every finished trial, and the trials' job folders keep their state. A run of a name
+that is InProgress with nobody running it (the flow crashed) resumes it: the finished trials are
+kept (the study is told their results) and only the others run, with the hyperparameters they had;
+a trial that completed meanwhile is found Completed in its folder and not trained again. The
+process running a tuning job holds its lock (<home>/locks/tuning), so a second one follows the
+record until the first ends, then returns its end or, if the first died, resumes it. With the
+request's configuration digest, a new name finds the tuning job of the same configuration that
+runs or completed, and attaches to it instead of training again.
 """
 from __future__ import annotations
 
@@ -16,16 +26,20 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-from dataclasses import asdict, dataclass, field
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, replace
+
+from filelock import Timeout
 
 from backends.files import write_atomic
 from backends.local.state import LocalState
-from backends.local.training_jobs import LocalTrainingJobs, TrainingJobResult, TrainingJobSpec
+from backends.local.training_jobs import LocalTrainingJobs, TrainingJobResult, TrainingJobSpec, job_lock
 from backends.types import TrialCallback, TrialSummary
 from core.best_trial import NoSuccessfulTrialError, choose_best_trial
 from core.names import trial_job_name
 
 STRATEGIES = ("Bayesian", "Random", "Grid")
+_FINISHED = ("Completed", "Failed")  # a trial that ended by itself; a Stopped one runs again
 
 
 @dataclass
@@ -43,6 +57,7 @@ class TuningJobSpec:
     cpus: int | None = None
     max_runtime_seconds: int = 86400
     seed: int = 0
+    digest: str | None = None  # core.names.configuration_digest of what was asked: a re-run finds the job by it
 
 
 @dataclass
@@ -57,6 +72,9 @@ class TuningJobResult:
     failure_reason: str | None = None
     started_at: float = 0.0
     ended_at: float = 0.0
+    digest: str | None = None
+    # Every trial started: its index (as text) -> {"hyperparameters": as train.py gets them, "values": Optuna's}
+    proposals: dict[str, dict] = field(default_factory=dict)
 
     @property
     def best(self) -> TrialSummary | None:
@@ -73,12 +91,14 @@ class TuningJobResult:
 
 
 class _Proposer:
-    """Hands out hyperparameter sets and learns from results (thread-safe)."""
+    """Hands out hyperparameter sets and learns from results (thread-safe). `proposals` (the tuning
+    record's) holds every set handed out; an index proposed before gets its set again."""
 
     def __init__(self, ranges: dict, strategy: str, objective_type: str, max_jobs: int, seed: int):
         if strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
         self.lock = threading.Lock()
+        self.proposals: dict[str, dict] = {}
         self.strategy = strategy
         if strategy == "Grid":
             self.grid = _grid(ranges)
@@ -96,13 +116,36 @@ class _Proposer:
         self.pending: dict[int, object] = {}
         self.total = max_jobs
 
+    def restore(self, finished: list[TrialSummary]) -> None:
+        """Tell the study the results of the trials a resumed tuning job keeps."""
+        if self.strategy == "Grid":
+            return
+        import optuna
+
+        for trial in finished:
+            proposal = self.proposals.get(str(trial.index))
+            if proposal is None:
+                continue
+            usable = trial.status == "Completed" and trial.objective is not None and math.isfinite(trial.objective)
+            self.study.add_trial(optuna.trial.create_trial(
+                params=proposal["values"], distributions=self.distributions,
+                value=trial.objective if usable else None,
+                state=optuna.trial.TrialState.COMPLETE if usable else optuna.trial.TrialState.FAIL))
+
     def propose(self, index: int) -> dict[str, str]:
         with self.lock:
+            known = self.proposals.get(str(index))
             if self.strategy == "Grid":
-                return dict(self.grid[index])
-            trial = self.study.ask(self.distributions)
-            self.pending[index] = trial
-            return {name: _as_string(name, value, self.reverse_log) for name, value in trial.params.items()}
+                tuned = values = dict(self.grid[index])
+            else:
+                if known is not None:  # a trial that started before a crash: the same set again
+                    self.study.enqueue_trial(known["values"])
+                trial = self.study.ask(self.distributions)
+                self.pending[index] = trial
+                values = trial.params
+                tuned = {name: _as_string(name, value, self.reverse_log) for name, value in values.items()}
+            self.proposals[str(index)] = {"hyperparameters": tuned, "values": values}
+            return tuned
 
     def report(self, index: int, objective: float | None) -> None:
         if self.strategy == "Grid":
@@ -170,22 +213,77 @@ class LocalTuning:
         path = self._record_path(name)
         return TuningJobResult.from_json(path.read_text()) if path.is_file() else None
 
+    def find(self, digest: str) -> TuningJobResult | None:
+        """The tuning job asked with this configuration digest that runs or completed (a completed one
+        first, then the newest), else None."""
+        found = []
+        for path in self.state.tuning.glob("*.json"):
+            try:
+                record = TuningJobResult.from_json(path.read_text())
+            except (OSError, ValueError, TypeError, KeyError):
+                continue
+            if record.digest == digest and record.status in ("InProgress", "Completed"):
+                found.append(record)
+        return max(found, key=lambda r: (r.status == "Completed", r.started_at), default=None)
+
     def run(self, spec: TuningJobSpec, on_trial: TrialCallback | None = None,
             on_log: Callable[[str, str], None] | None = None,
             on_start: Callable[[str], None] | None = None) -> TuningJobResult:
-        """Run the tuning job to its end; a Completed one of the same name is returned as it is."""
-        previous = self.describe(spec.name)
-        if previous is not None and previous.status == "Completed":
-            return previous
+        """Run the tuning job to its end (see the module's docstring for what a re-run finds)."""
+        if spec.digest:
+            found = self.find(spec.digest)
+            if found is not None:
+                spec = replace(spec, name=found.name)
         proposer = _Proposer(spec.parameter_ranges, spec.strategy, spec.objective_type, spec.max_jobs, spec.seed)
-        total, parallel = proposer.total, max(1, min(spec.max_parallel_jobs, proposer.total))
-        cpus_per_trial = max(1, (spec.cpus or os.cpu_count() or 1) // parallel)
+        with self._owning(spec.name, on_trial, proposer.total):
+            previous = self.describe(spec.name)
+            if previous is not None and previous.status == "Completed":
+                return previous
+            resumed = previous if previous is not None and previous.status == "InProgress" else None
+            return self._run(spec, proposer, resumed, on_trial, on_log, on_start)
+
+    @contextmanager
+    def _owning(self, name: str, on_trial: TrialCallback | None, total: int):
+        """Hold the tuning job's lock; while another live process holds it, report the trials it
+        records, as they finish."""
+        lock = job_lock(self.state.home / "locks" / "tuning" / f"{name}.lock")
+        reported, wait_s = 0, 0.0
+        while True:
+            try:
+                lock.acquire(timeout=wait_s)
+                break
+            except Timeout:
+                record = self.describe(name)
+                for trial in (record.trials if record else [])[reported:]:
+                    reported += 1
+                    if on_trial:
+                        on_trial(trial, reported, total)
+                wait_s = 1.0
+        try:
+            yield
+        finally:
+            lock.release()
+
+    def _run(self, spec: TuningJobSpec, proposer: _Proposer, resumed: TuningJobResult | None,
+             on_trial: TrialCallback | None, on_log: Callable[[str, str], None] | None,
+             on_start: Callable[[str], None] | None) -> TuningJobResult:
+        kept = [t for t in resumed.trials if t.status in _FINISHED] if resumed else []
         result = TuningJobResult(spec.name, "InProgress", spec.objective_metric, spec.objective_type, spec.strategy,
-                                 started_at=time.time())
-        self._save(result)
+                                 trials=kept, started_at=resumed.started_at if resumed else time.time(),
+                                 digest=spec.digest, proposals=dict(resumed.proposals) if resumed else {})
+        proposer.proposals = result.proposals
+        proposer.restore(kept)
+        total = proposer.total
+        pending = iter([i for i in range(total) if i not in {t.index for t in kept}])
+        parallel = max(1, min(spec.max_parallel_jobs, total))
+        cpus_per_trial = max(1, (spec.cpus or os.cpu_count() or 1) // parallel)
+        guard = threading.Lock()  # the record changes in the trials' threads and this one
+        self._save(result, guard)
 
         def run_trial(index: int) -> TrialSummary:
-            tuned = proposer.propose(index)
+            with guard:
+                tuned = proposer.propose(index)
+            self._save(result, guard)  # its hyperparameters, before it starts
             token = hashlib.sha256(json.dumps(tuned, sort_keys=True).encode()).hexdigest()
             name = trial_job_name(spec.name, index + 1, token)
             job = TrainingJobSpec(
@@ -205,10 +303,18 @@ class LocalTuning:
             return record
 
         with ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="trial") as pool:
-            running = {pool.submit(run_trial, i) for i in range(min(parallel, total))}
-            started = len(running)
+            running = {pool.submit(run_trial, i) for i in itertools.islice(pending, parallel)}
             try:
-                self._collect(result, running, pool, run_trial, started, total, on_trial)
+                while running:
+                    done, running = wait(running, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        record = future.result()
+                        with guard:
+                            result.trials.append(record)
+                        self._save(result, guard)
+                        if on_trial:
+                            on_trial(record, len(result.trials), total)
+                        running.update(pool.submit(run_trial, i) for i in itertools.islice(pending, 1))
             except BaseException:
                 self.jobs.stop_all()  # cancelled: stop the trials in flight before leaving
                 raise
@@ -219,24 +325,12 @@ class LocalTuning:
         except NoSuccessfulTrialError as exc:
             result.status, result.failure_reason = "Failed", str(exc)
         result.ended_at = time.time()
-        self._save(result)
+        self._save(result, guard)
         return result
 
-    def _collect(self, result, running, pool, run_trial, started, total, on_trial) -> None:
-        while running:
-            done, running = wait(running, return_when=FIRST_COMPLETED)
-            for future in done:
-                record = future.result()
-                result.trials.append(record)
-                self._save(result)
-                if on_trial:
-                    on_trial(record, len(result.trials), total)
-                if started < total:
-                    running.add(pool.submit(run_trial, started))
-                    started += 1
-
-    def _save(self, result: TuningJobResult) -> None:
-        write_atomic(self._record_path(result.name), result.to_json())
+    def _save(self, result: TuningJobResult, guard: threading.Lock) -> None:
+        with guard:  # one writer at a time: an older snapshot never replaces a newer one
+            write_atomic(self._record_path(result.name), result.to_json())
 
 
 def _trial_record(index: int, tuned: dict[str, str], outcome: TrainingJobResult, metric: str) -> TrialSummary:

@@ -273,3 +273,45 @@ def test_canary_update_rolls_back_on_5xx_and_completes_when_healthy(artifacts, t
             await manager.close()
 
     asyncio.run(scenario())
+
+
+def test_redeploys_keep_the_endpoint_capacity(tmp_path):
+    """As SageMaker's UpdateEndpoint with RetainAllVariantProperties: an endpoint scaled to 2 stays at 2
+    when the model it serves is deployed again (the same instances) and when a new model is deployed
+    (2 instances of the new model), whatever hosting.initial_instance_count says."""
+    from backends.local.backend import LocalBackend
+    from backends.local.gateway.server import stop_gateway
+    from backends.types import ModelVersion
+    from core.config import HostingConfig
+    from tests.helpers import make_model_artifact
+
+    backend = LocalBackend(home=str(tmp_path / "home"))
+    bucket = backend.storage.default_bucket()
+    artifact = backend.storage.upload_file(make_model_artifact(tmp_path / "model"), f"s3://{bucket}/m/model.tar.gz")
+
+    def version(number: int) -> ModelVersion:
+        return ModelVersion("pets", number, artifact, {}, {}, "ab" * 32, f"job-{number}", 1.7e9)
+
+    hosting, config = backend.hosting, HostingConfig(instance_type="ml.m5.large", initial_instance_count=1)
+
+    def instances() -> tuple[str, list[int]]:
+        [info] = backend.gateway.client().status()["endpoints"]
+        assert info["status"] == "InService" and info["current_instance_count"] == info["instance_count"]
+        return info["model_version"], sorted(i["pid"] for i in info["instances"])
+
+    try:
+        assert hosting.deploy_endpoint("pets", version(1), config).instance_count == 1
+        backend.gateway.client().scale_endpoint("pets", 2)  # as the autoscaler would
+        served, pids = instances()
+        assert served == "pets/1" and len(pids) == 2
+
+        assert hosting.deploy_endpoint("pets", version(1), config).instance_count == 2
+        assert instances() == ("pets/1", pids)  # nothing changed
+
+        updated = hosting.deploy_endpoint("pets", version(2), config)
+        assert (updated.model_version, updated.instance_count) == ("pets/2", 2)
+        served, new_pids = instances()
+        assert served == "pets/2" and len(new_pids) == 2 and not set(new_pids) & set(pids)
+    finally:
+        backend.close()
+        stop_gateway(backend.state)

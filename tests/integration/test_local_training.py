@@ -2,11 +2,14 @@
 import json
 import shutil
 import tarfile
+from dataclasses import replace
 
 import pytest
 
 from backends.local.store import LocalStore
+from backends.local.training import LocalTraining
 from backends.local.training_jobs import LocalTrainingJobs, TrainingJobSpec
+from backends.types import TrainingRequest
 from core.metrics import METRIC_DEFINITIONS
 
 pytestmark = pytest.mark.integration
@@ -88,3 +91,22 @@ def test_missing_channel_is_refused_before_running(local_state):
     spec = TrainingJobSpec("no-data", FAST, {"training": "s3://sagemaker-flows/datasets/none"}, "s3://sagemaker-flows/jobs")
     with pytest.raises(FileNotFoundError, match="input channel 'training'"):
         jobs.run(spec)
+
+
+def test_the_same_request_under_a_new_name_returns_the_finished_job(local_state, tiny_dataset):
+    """A new flow run (a new job name) with the same configuration finds the job by its digest."""
+    store = LocalStore(local_state.store)
+    training = LocalTraining(local_state, store, cpus=2)
+    request = TrainingRequest("train-run-1", FAST, stage(store, tiny_dataset), "s3://sagemaker-flows/jobs")
+    first = training.run_training_job(request)
+    assert first.status == "Completed", first.failure_reason
+
+    epochs = []
+    again = training.run_training_job(replace(request, job_name="train-run-2"), on_epoch=epochs.append)
+    assert again == first and again.job_name == "train-run-1" and epochs == []  # not trained again
+    assert [p.name for p in local_state.jobs.iterdir()] == ["train-run-1"]
+
+    # A changed request is another job (this one fails fast: its batch size is refused).
+    changed = training.run_training_job(replace(request, job_name="train-run-3",
+                                                hyperparameters={**FAST, "batch-size": "0"}))
+    assert changed.job_name == "train-run-3" and changed.status == "Failed" and "batch-size" in changed.failure_reason

@@ -1,11 +1,14 @@
 """A real tuning job: three trials, two at a time, one made to fail."""
 import time
+from dataclasses import replace
 
 import pytest
 
 from backends.local.store import LocalStore
+from backends.local.training import LocalTraining
 from backends.local.training_jobs import LocalTrainingJobs
 from backends.local.tuning import LocalTuning, TuningJobSpec
+from backends.types import TuningRequest
 
 pytestmark = pytest.mark.integration
 
@@ -64,3 +67,32 @@ def test_every_trial_failing_fails_the_tuning(local_state, tiny_dataset):
     result = LocalTuning(local_state).run(spec)
     assert result.status == "Failed" and result.best_trial is None
     assert "unknown architecture 'nope1'" in result.failure_reason and "nope2" in result.failure_reason
+
+
+def test_the_same_request_under_a_new_name_returns_the_finished_tuning_job(local_state, tiny_dataset):
+    """A new flow run (a new tuning job name) with the same configuration finds the tuning job by its digest."""
+    store = LocalStore(local_state.store)
+    training = LocalTraining(local_state, store, cpus=2)
+    static = {"image-size": "32", "epochs": "1", "batch-size": "16", "learning-rate": "0.001",
+              "freeze-backbone": "false", "augmentation": "none", "workers": "0"}
+    request = TuningRequest(
+        "tune-run-1", static, {"CategoricalParameterRanges": [{"Name": "architecture", "Values": ["resnet18"]}]},
+        "Grid", "valid_loss", "Minimize", max_jobs=1, max_parallel_jobs=1,
+        dataset_uri=store.sync_folder(tiny_dataset, "s3://sagemaker-flows/datasets/digits").uri,
+        output_uri="s3://sagemaker-flows/jobs")
+    first = training.run_tuning_job(request)
+    assert first.status == "Completed" and first.trials[0].status == "Completed"
+    trained = sorted(p.name for p in local_state.jobs.iterdir())
+
+    calls = []
+    again = training.run_tuning_job(replace(request, job_name="tune-run-2"), on_trial=lambda *a: calls.append(a),
+                                    on_trial_progress=lambda *a: calls.append(a))
+    assert again == first and again.job_name == "tune-run-1" and calls == []  # nothing trained again
+    assert sorted(p.name for p in local_state.jobs.iterdir()) == trained
+    assert [p.stem for p in local_state.tuning.glob("*.json")] == ["tune-run-1"]
+
+    # A changed request is another tuning job (this one fails fast: its batch size is refused).
+    changed = training.run_tuning_job(replace(request, job_name="tune-run-3",
+                                              static_hyperparameters={**static, "batch-size": "0"}))
+    assert changed.job_name == "tune-run-3" and changed.status == "Failed"
+    assert changed.trials[0].job_name.startswith("tune-run-3-001-") and "batch-size" in changed.trials[0].failure_reason

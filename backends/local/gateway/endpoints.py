@@ -4,9 +4,12 @@ One EndpointManager lives in the gateway process and owns every worker it starts
 blue/green: new instances pass /ping before traffic moves; it moves in the update's traffic-shift
 steps (canary, linear), rolled back by itself when the new instances' 5xx errors or latency in a
 step's bake cross the thresholds, as SageMaker does on its alarms; the old instances are drained,
-then stopped, and a failed update leaves them serving. Requests go to the instance with the fewest
-outstanding, a monitor replaces instances whose process died, and an autoscaler (autoscaler.py)
-follows the registered target-tracking policies.
+then stopped, and a failed update leaves them serving. An update keeps the endpoint's capacity, as
+SageMaker's UpdateEndpoint with RetainAllVariantProperties: the new model gets as many instances as
+the endpoint has now (what autoscaling or a scale call made of it), and deploying the model it
+serves again changes nothing; the requested count sizes a new endpoint only. Requests go to the
+instance with the fewest outstanding, a monitor replaces instances whose process died, and an
+autoscaler (autoscaler.py) follows the registered target-tracking policies.
 """
 from __future__ import annotations
 
@@ -106,7 +109,8 @@ class EndpointManager:
     async def create_or_update(self, name: str, model_artifact: str, instance_count: int = 1,
                                model_version: str = "", environment: dict[str, str] | None = None,
                                traffic_shift: dict | None = None) -> EndpointInfo:
-        """traffic_shift: {"steps": [10, 100], "wait_seconds", "max_5xx_errors", "max_model_latency_ms"}
+        """instance_count: the instances of a new endpoint (one that serves keeps its count).
+        traffic_shift: {"steps": [10, 100], "wait_seconds", "max_5xx_errors", "max_model_latency_ms"}
         (core.traffic.gateway_shift); without it, or for a new endpoint, the switch is at once."""
         check_arguments(name, instance_count)
         environment = {str(k): str(v) for k, v in (environment or {}).items()}
@@ -121,8 +125,10 @@ class EndpointManager:
                 sha256 = await asyncio.to_thread(sha256_file, model_artifact)
             except OSError as exc:
                 self._fail(ep, f"cannot read the model artifact {model_artifact}: {exc}")
-            if ep.deployment is not None and ep.deployment.same_as(sha256, model_version, environment):
-                return await self._scale(ep, instance_count)
+            if ep.deployment is not None:
+                if ep.deployment.same_as(sha256, model_version, environment):
+                    return self._info(ep)  # what it serves already: nothing changes
+                instance_count = ep.desired  # the capacity it has now, for the new model too
             ep.status, ep.updated_at = ("Updating" if ep.deployment else "Creating"), time.time()
             dep_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
             model_dir = self._folder(name) / "deployments" / dep_id
