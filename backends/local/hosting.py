@@ -6,12 +6,17 @@ hosting.initial_instance_count sizes a new endpoint; an update keeps the count t
 RetainAllVariantProperties does), so a release never undoes what autoscaling did."""
 from __future__ import annotations
 
+import logging
+
 from backends.local.gateway.client import GatewayConnection
+from backends.local.gateway.instances import MAX_LOCAL_INSTANCES
 from backends.local.store import LocalStore
 from backends.types import EndpointState, ModelVersion, ScalingState
 from core.config import AutoscalingConfig, HostingConfig
 from core.scaling import resource_id, scalable_target, target_tracking_policy
 from core.traffic import gateway_shift
+
+log = logging.getLogger(__name__)
 
 
 class LocalHosting:
@@ -35,9 +40,16 @@ class LocalHosting:
     def register_autoscaling(self, endpoint_name: str, variant_name: str, config: AutoscalingConfig) -> ScalingState:
         target = scalable_target(endpoint_name, variant_name, config)
         policy = target_tracking_policy(endpoint_name, variant_name, config)
-        self.gateway.client().set_autoscaling(endpoint_name, {
-            "min_capacity": target["MinCapacity"], "max_capacity": target["MaxCapacity"], "policy": policy})
-        return ScalingState(resource_id(endpoint_name, variant_name), config.min_capacity, config.max_capacity, policy)
+        # Each local instance is a process on this machine: the configuration's range (made for AWS,
+        # up to 1000) is followed up to the gateway's cap, and the log says so.
+        low, high = (min(target[key], MAX_LOCAL_INSTANCES) for key in ("MinCapacity", "MaxCapacity"))
+        if (low, high) != (target["MinCapacity"], target["MaxCapacity"]):
+            log.warning("endpoint %s: autoscaling %d..%d is capped locally to %d..%d instances (MAX_LOCAL_INSTANCES; "
+                        "AWS gets the configured range)", endpoint_name, target["MinCapacity"],
+                        target["MaxCapacity"], low, high)
+        self.gateway.client().set_autoscaling(endpoint_name, {"min_capacity": low, "max_capacity": high,
+                                                              "policy": policy})
+        return ScalingState(resource_id(endpoint_name, variant_name), low, high, policy)
 
     def deregister_autoscaling(self, endpoint_name: str, variant_name: str) -> bool:
         info = self._hosted(endpoint_name)

@@ -67,8 +67,15 @@ def test_pipeline_end_to_end_then_again(prefect_api, tiny_dataset, tmp_path):
         assert first.endpoint_invoke_url in found["demo-endpoint"][1]  # link artifacts are stored as markdown
         assert first.function_invoke_url in found["demo-function"][1]
 
-        second = train_and_deploy(config)
-        assert second.model_version == 2
+        # Run again with nothing changed: the finished tuning job is found again, nothing is trained
+        # or deployed twice, and version 1 still serves.
+        again = train_and_deploy(config)
+        assert again.model_version == 1 and again.job_name == first.job_name
+        assert 0 < again.smoke_test_p50_ms < 5000 and again.step_seconds["tune_hyperparameters"] < 30
+
+        changed = config.model_copy(update={"training": config.training.model_copy(update={"seed": 1})})
+        second = train_and_deploy(changed)
+        assert second.model_version == 2 and second.job_name != first.job_name
         backend = LocalBackend(home=config.local.home)
         status = backend.gateway.client().status()
         assert [e["name"] for e in status["endpoints"]] == [first.endpoint_name]

@@ -103,8 +103,13 @@ def test_champion_challengers_approval_and_rollback(prefect_api, digits, tmp_pat
         from flows.cli import main
         from prefect.settings import PREFECT_API_URL
 
+        # The champion's own data and configuration: its job is found again, nothing is trained.
+        same = retrain(good.model_copy(update={"training": good.training.model_copy(update={"seed": 1})}))
+        assert not same.promoted and same.reason.startswith("nothing new was trained")
+        assert same.challenger.version == 3 and same.serving == f"{group}/3"
+
         crippled_file = tmp_path / "crippled.json"
-        crippled_file.write_text(crippled.model_dump_json())
+        crippled_file.write_text(config_for(home, digits, crippled=True, seed=2).model_dump_json())
         monkeypatch.setenv("PREFECT_API_URL", PREFECT_API_URL.value())
         capsys.readouterr()
         assert main(["retrain", "--config", str(crippled_file), "--json"]) == 0
