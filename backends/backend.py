@@ -1,10 +1,11 @@
-"""A backend: the five services a pipeline's tasks call, and what a flow needs to reach it.
+"""A backend: the services a pipeline's tasks call, and what a flow needs to reach it.
 
     backend.storage    Storage   (S3 | the local store)
     backend.training   Training  (EC2 instance jobs and SageMaker tuning | subprocesses)
     backend.registry   Registry  (SageMaker model registry | a folder)
     backend.hosting    Hosting   (SageMaker endpoints + Application Auto Scaling | the local gateway)
     backend.functions  Functions (Lambda | the local gateway)
+    backend.planning   Planning  (what a run will do and cost, its pre-flight checks)
 
 `get_backend` (backends/__init__.py) builds one; flows never ask which.
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 
-from backends.services import Functions, Hosting, Registry, Storage, Training
+from backends.services import Functions, Hosting, Planning, Registry, Storage, Training
 
 
 class Backend(ABC):
@@ -22,6 +23,7 @@ class Backend(ABC):
     registry: Registry
     hosting: Hosting
     functions: Functions
+    planning: Planning
 
     @property
     @abstractmethod

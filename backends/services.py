@@ -16,7 +16,8 @@ from backends.types import (
     EndpointState, EpochCallback, FunctionState, LogCallback, ModelVersion, Progress, ScalingState, StagedDataset,
     TrainingOutcome, TrainingRequest, TrialCallback, TrialProgressCallback, TuningOutcome, TuningRequest,
 )
-from core.config import AutoscalingConfig, FunctionConfig, HostingConfig
+from core.config import AutoscalingConfig, FunctionConfig, HostingConfig, PipelineConfig
+from core.plan import Plan
 
 
 class Storage(Protocol):
@@ -162,3 +163,15 @@ class Functions(Protocol):
 
     def delete_function(self, name: str) -> bool:
         """Delete the function with its versions and aliases; False when there was none."""
+
+
+class Planning(Protocol):
+    """What a run of a configuration will do, before it does anything: `sagemaker-flows plan`, and the
+    first step of every training flow."""
+
+    def plan(self, config: PipelineConfig) -> Plan:
+        """Each resource the run will create, update, keep or delete (found by the names and tags the
+        tasks use), its costs (config.preflight's price table and estimates; 0 locally), and the
+        pre-flight checks, each failure saying what to change. Only reads: nothing is made, not even
+        the bucket. A check that cannot be made (an API refused or missing) is a warn saying so.
+        """

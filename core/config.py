@@ -353,6 +353,20 @@ class LocalConfig(Section):
     cpus: int | None = Field(default=None, ge=1, le=1024, json_schema_extra=_plain_input, description="CPU cores training may use (empty: all).")
 
 
+class PreflightConfig(Section):
+    """What `sagemaker-flows plan` (the first step of every training run) checks and estimates."""
+
+    enforce: bool = Field(default=True, description="Refuse to start a paid step when a pre-flight check fails "
+                          "(false: failed checks are logged as warnings and the run goes on).")
+    expected_training_hours: float = Field(default=1.0, gt=0, le=120, description="Expected hours per training job, "
+                                           "for the training cost estimate.")
+    request_duration_ms: float = Field(default=100.0, gt=0, le=900_000, description="Expected duration of one "
+                                       "function request, for the cost of a million requests.")
+    prices_file: str | None = Field(
+        default=None, json_schema_extra=_plain_input, description="A price table (JSON, the shape of "
+        "core/data/prices.json) to estimate costs from instead of the shipped one.")
+
+
 class PipelineConfig(Section):
     """Everything a pipeline run needs, validated before any side effect."""
 
@@ -368,6 +382,8 @@ class PipelineConfig(Section):
     schedule: ScheduleConfig = Field(title="Schedule", default_factory=ScheduleConfig, description="When retraining runs, once served as a deployment.")
     aws: AwsConfig = Field(title="AWS", default_factory=AwsConfig, description="AWS account settings (aws backend).")
     local: LocalConfig = Field(title="Local backend", default_factory=LocalConfig, description="Local backend settings.")
+    preflight: PreflightConfig = Field(title="Pre-flight", default_factory=PreflightConfig,
+                                       description="The plan and checks every training run starts with.")
 
     @property
     def names(self) -> PipelineNames:

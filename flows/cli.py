@@ -181,6 +181,31 @@ def _teardown(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plan(args: argparse.Namespace) -> int:
+    """What a run would create, update or keep, its costs and its pre-flight checks; exit 1 when a check
+    fails. --caller-policy: the least-privilege policy of whoever runs the pipeline on aws."""
+    from backends import get_backend
+
+    config = _config(args)
+    if args.prices:
+        config.preflight.prices_file = args.prices
+    if args.caller_policy and config.backend != "aws":
+        raise ValueError("--caller-policy is the policy of an AWS caller: it needs backend: aws")
+    backend = get_backend(config.backend, config)
+    try:
+        if args.caller_policy:
+            print(json.dumps(backend.planning.caller_policy(config), indent=2))
+            return 0
+        plan = backend.planning.plan(config)
+    finally:
+        backend.close()
+    if args.json:
+        print(json.dumps(plan.to_dict(), indent=2))
+    else:
+        output.print_plan(plan, f"plan of {config.project}-{config.stage}")
+    return 1 if plan.failed else 0
+
+
 def _local(args: argparse.Namespace) -> int:
     """local up | down | status: the gateway, the local Prefect server and the deployments runner."""
     from backends.local.gateway.client import GatewayClient
@@ -262,6 +287,15 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("--json", action="store_true", help="one JSON document, for scripts")
         sub.set_defaults(handler=handler)
 
+    plan = commands.add_parser("plan", help="what a run would create, update or keep, what it costs, and its "
+                                            "pre-flight checks (exit 1 when one fails)")
+    _pipeline_arguments(plan)
+    plan.add_argument("--prices", metavar="FILE", help="a price table (JSON) instead of the shipped one")
+    plan.add_argument("--json", action="store_true", help="the plan as one JSON document, for scripts")
+    plan.add_argument("--caller-policy", action="store_true",
+                      help="print the least-privilege IAM policy of whoever runs the pipeline (aws), and exit")
+    plan.set_defaults(handler=_plan)
+
     back = commands.add_parser("rollback", help="serve an earlier model version again")
     _pipeline_arguments(back)
     back.add_argument("--to", type=int, required=True, metavar="N", help="the model version to serve")
@@ -289,8 +323,8 @@ def main(argv: list[str] | None = None) -> int:
     # Offline first: no telemetry from Prefect's server (there may be no network to send it to).
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     args = build_parser().parse_args(argv)
-    if getattr(args, "command", None) == "run" and not (args.config or args.demo):
-        print("error: run needs --config FILE (or --demo)", file=sys.stderr)
+    if getattr(args, "command", None) in ("run", "plan") and not (args.config or args.demo):
+        print(f"error: {args.command} needs --config FILE (or --demo)", file=sys.stderr)
         return 2
     try:
         return args.handler(args)

@@ -115,3 +115,38 @@ def print_status(status: dict) -> None:
                           str(f.get("environments", "")), str(f.get("invocations", "")), str(f.get("cold_starts", "")),
                           str(f.get("throttles", "")), f["invoke_url"])
     console.print(functions)
+
+
+def print_plan(plan, title: str) -> None:
+    """`sagemaker-flows plan`: the changes terraform-style, the costs, the pre-flight checks."""
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    from core.costs import monthly_total
+    from core.plan import change_lines
+
+    print(f"{title} ({plan.backend}, {plan.region}):")
+    print("\n".join(change_lines(plan)))  # plain: names are not rich markup
+    console = Console()
+    dated = f", on-demand prices as of {plan.prices_as_of}" if plan.prices_as_of else ""
+    costs = Table(title=f"costs ({plan.currency}{dated})")
+    for column, options in (("item", {}), ("amount", {"justify": "right"}), ("per", {}), ("basis", {"ratio": 1})):
+        costs.add_column(column, **options)
+    for line in plan.costs:
+        costs.add_row(line.item, line.shown, line.period, Text(line.basis))  # Text: no rich markup
+    console.print(costs)
+    total = monthly_total(plan.costs)
+    console.print(f"a month at minimum capacity: {'unknown' if total is None else f'${total:,.2f}'}", markup=False)
+    if plan.prices_source:
+        console.print(f"prices: {plan.prices_source}", markup=False, style="dim")
+    checks = Table(title="pre-flight checks")
+    for column, options in (("check", {}), ("status", {}), ("what was found, and what to change", {"ratio": 1})):
+        checks.add_column(column, **options)
+    colour = {"pass": "green", "warn": "yellow", "fail": "bold red"}
+    for check in plan.checks:
+        checks.add_row(check.name, Text(check.status, style=colour[check.status]), Text(check.message))
+    console.print(checks)
+    if plan.failed:
+        console.print(f"{len(plan.failed)} check(s) failed: a run stops before anything is paid for "
+                      "(preflight.enforce=false makes them warnings)", markup=False, style="bold red")

@@ -1,6 +1,7 @@
 """retrain: train a challenger and replace the champion only with a better model.
 
-stage_dataset -> train challenger (instance | tuning) -> register_model
+plan_run (pre-flight: a failed check stops here) -> stage_dataset -> train challenger (instance | tuning)
+  -> register_model
   -> evaluate_models (champion and challenger on the same images, each by its own code/inference.py)
   -> decide_promotion (core: minimum improvement + exact McNemar test)
   -> [promotion.require_approval: pause for a reviewer in the Prefect UI; a timeout rejects]

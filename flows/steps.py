@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from backends.backend import Backend
 from backends.types import ModelCandidate, StagedDataset
 from core.config import PipelineConfig
-from tasks.check_function_concurrency import check_function_concurrency
+from tasks.plan_run import plan_run
 from tasks.select_best_model import select_best_model
 from tasks.stage_dataset import stage_dataset
 from tasks.stage_pretrained_weights import stage_pretrained_weights
@@ -41,9 +41,10 @@ def run_token() -> str:
 
 
 def train_candidate(config: PipelineConfig, backend: Backend, timer: StepTimer) -> tuple[StagedDataset, ModelCandidate]:
-    """Check what can be checked before paying, stage the data and train: one job (instance mode)
-    or a tuning job and its best trial."""
-    check_function_concurrency(config, backend)
+    """Plan and check what can be checked before paying (a failed check stops the run here), stage
+    the data and train: one job (instance mode) or a tuning job and its best trial."""
+    with timer.step("plan_run"):
+        plan_run(config, backend)
     with timer.step("stage_dataset"):
         dataset = stage_dataset(config, backend)
         pretrained = stage_pretrained_weights(config, backend)

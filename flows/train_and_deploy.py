@@ -1,6 +1,7 @@
 """train_and_deploy: from a folder of images to a smoke-tested prediction API.
 
-stage_dataset -> train_model | tune_hyperparameters + select_best_model -> register_model
+plan_run (pre-flight: a failed check stops here) -> stage_dataset
+  -> train_model | tune_hyperparameters + select_best_model -> register_model
   -> deploy_endpoint -> register_autoscaling -> publish_lambda -> smoke_test -> promote_model
   (a failed smoke test: endpoint and function back to the champion before, the new model rejected)
 """

@@ -1,6 +1,7 @@
 """The aws backend: S3, EC2, SageMaker (tuning, registry, endpoints), Application Auto Scaling,
-Lambda and IAM. Every client comes from one AwsAccount (one boto3 session, backends/session.py)
-and is handed to the service that uses it."""
+Lambda and IAM, and planning a run over them (Service Quotas, IAM's policy simulator). Every client
+comes from one AwsAccount (one boto3 session, backends/session.py) and is handed to the service that
+uses it."""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -11,6 +12,7 @@ from backends.aws.functions import LambdaFunctions
 from backends.aws.hosting import SageMakerHosting
 from backends.aws.iam import PipelineRoles
 from backends.aws.images import inference_image_uri
+from backends.aws.planning import AwsPlanning
 from backends.aws.registry import ModelRegistry
 from backends.aws.storage import S3Storage
 from backends.aws.training import AwsTraining, Ec2Network
@@ -49,6 +51,8 @@ class AwsBackend(Backend):
         self.functions = LambdaFunctions(account.client("lambda"), poll_seconds=min(poll_seconds, 2.0),
                                          role_arn=self.roles.lambda_role_arn, tags=names.tags,
                                          role_budget_s=role_propagation_s)
+        self.planning = AwsPlanning(account, self.storage, self.registry, self.hosting.autoscaling, self.functions,
+                                    (lambda: bucket) if bucket else account.default_bucket_name, readable_s3_uris)
 
     @classmethod
     def from_config(cls, config: PipelineConfig) -> "AwsBackend":

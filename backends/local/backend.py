@@ -11,6 +11,7 @@ from backends.backend import Backend
 from backends.local.functions import LocalFunctions
 from backends.local.gateway.client import GatewayConnection
 from backends.local.hosting import LocalHosting
+from backends.local.planning import LocalPlanning
 from backends.local.registry import LocalRegistry
 from backends.local.state import LocalState
 from backends.local.storage import LocalStorage
@@ -31,6 +32,8 @@ class LocalBackend(Backend):
         self.registry = LocalRegistry(self.state.registry)
         self.hosting = LocalHosting(self.gateway, store)
         self.functions = LocalFunctions(self.gateway)
+        self.planning = LocalPlanning(self.state, self.storage, self.registry, self.hosting, self.functions,
+                                      self.gateway, cpus)
 
     @property
     def endpoint_url(self) -> str:

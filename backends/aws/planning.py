@@ -1,0 +1,484 @@
+"""The Planning service on AWS: what a run will create, update or keep, found by the names, tags and
+configuration digests the tasks use; its costs from the price table; and the pre-flight checks that
+refuse a run which would fail half-way: the data, SageMaker's per-instance-type quotas (training at
+max_parallel_jobs, the endpoint at max capacity) or EC2's vCPU quota and offerings, Lambda's 100
+unreserved executions, the caller's own permissions (iam:SimulatePrincipalPolicy), and an endpoint
+that serves now being updated.
+
+Only reads: the bucket is not made, no role is converged. Each decision that compares what exists with
+what the run wants is a function of core/plan.py.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+
+from botocore.exceptions import ClientError
+
+from backends.aws.account import AwsAccount
+from backends.aws.autoscaling import EndpointAutoscaling
+from backends.aws.errors import error_code, http_status, is_not_found, or_none
+from backends.aws.functions import ALIAS, LAMBDA_SOURCE_DIR, LambdaFunctions, code_sha256, zip_source
+from backends.aws.iam import MANAGED_TAG, _canonical
+from backends.aws.images import inference_image_uri, training_image_uri
+from backends.aws.registry import ModelRegistry
+from backends.aws.sagemaker_tuning import (
+    SageMakerTuning, grid_size, source_digest, trial_from_summary, trial_index, tuning_digest,
+)
+from backends.aws.storage import S3Storage
+from backends.aws.training import TRAINING_DIR
+from backends.planning import attempted, concurrency_check, plan_dataset, plan_weights
+from backends.types import TrialSummary, TuningRequest
+from core import iam as policies
+from core.best_trial import NoSuccessfulTrialError, choose_best_trial
+from core.config import PipelineConfig
+from core.costs import estimate
+from core.functions import function_environment, readable_s3_prefixes
+from core.hyperparameters import static_hyperparameters
+from core.names import PipelineNames
+from core.plan import (
+    Check, Plan, PlannedChange, ServedModel, WantedModel, change, denied_pairs, differences, ec2_vcpu_quota,
+    endpoint_changes, endpoint_update_check, instance_quota_check, permissions_check, sagemaker_quota_name,
+    setting_change, tuning_job_change, vcpu_quota_check, without_training,
+)
+from core.pricing import load_prices
+from core.scaling import policy_name, resource_id, scalable_target, target_tracking_policy
+from core.traffic import rollback_alarms
+
+log = logging.getLogger(__name__)
+
+# The inline policy of each role (PipelineRoles) and what LambdaFunctions.publish deploys the handler as.
+POLICY_NAMES = {"sagemaker": "sagemaker-flows-execution", "lambda": "sagemaker-flows-invoke-endpoint",
+                "ec2": "sagemaker-flows-ec2-training"}
+LAMBDA_RUNTIME, LAMBDA_HANDLER = "python3.12", "handler.lambda_handler"
+
+
+class AwsPlanning:
+    """bucket_name(): the pipeline's bucket as the backend names it (never made here). readable_uris:
+    the s3:// data and weights outside the prefix that the training roles read."""
+
+    def __init__(self, account: AwsAccount, storage: S3Storage, registry: ModelRegistry,
+                 autoscaling: EndpointAutoscaling, functions: LambdaFunctions, bucket_name: Callable[[], str],
+                 readable_uris: Sequence[str] = ()):
+        self.account, self.storage, self.registry = account, storage, registry
+        self.autoscaling, self.functions = autoscaling, functions
+        self.bucket_name, self.readable_uris = bucket_name, tuple(readable_uris)
+        self._keys: dict[str, str | None] = {}
+
+    def plan(self, config: PipelineConfig) -> Plan:
+        prices = load_prices(config.preflight.prices_file)  # a bad file is the user's to fix: raised
+        account, names, region = self.account, config.names, self.account.region
+        self._keys.clear()
+        checks: list[Check] = []
+        bucket = self.bucket_name()
+        bucket_exists = self._bucket(bucket, checks)
+        changes = [change("S3 bucket", f"s3://{bucket}", bucket_exists,
+                          detail="" if bucket_exists else "public access blocked, SSE-S3")]
+        dataset = plan_dataset(config, self.storage, bucket, bucket_exists)
+        changes.append(dataset.change)
+        checks.append(dataset.check)
+        weights, weight_changes = plan_weights(config, self.storage, bucket, self.storage.exists, checks)
+        changes += weight_changes
+        keys = attempted(checks, "bucket encryption keys",
+                         lambda: self._key_arns([f"s3://{bucket}/", *self.readable_uris]), [])
+        role_arns: dict[str, str] = {}
+        changes += attempted(checks, "IAM roles", lambda: self._roles(config, bucket, role_arns), [])
+
+        followed = attempted(checks, "tuning jobs",
+                             lambda: self._followed_tuning_job(config, bucket, dataset.uri, weights), None)
+        changes.append(self._training_change(config, followed))
+        best = attempted(checks, "best training job", lambda: self._best_trial(config, followed), None)
+        label, artifact, registry_changes = attempted(checks, "model registry", lambda: self._registry(config, best),
+                                                      (None, None, []))
+        changes += registry_changes
+
+        served = attempted(checks, "endpoint", lambda: self._served(names.endpoint), None)
+        image = self._image(config, checks)
+        role = role_arns.get("sagemaker") or policies.role_arn(account.account_id, names.role("sagemaker"))
+        wanted = WantedModel(label, artifact, image, role,
+                             config.hosting.instance_type, config.hosting.variant_name,
+                             served.instance_count if served else config.hosting.initial_instance_count,
+                             {"TOP_K": str(config.hosting.top_k)})
+        hosting = endpoint_changes(names.endpoint, served, wanted)
+        changes += hosting
+        changes += attempted(checks, "rollback alarms", lambda: self._alarms(config), [])
+        changes += attempted(checks, "autoscaling", lambda: self._autoscaling(config), [])
+        changes += attempted(checks, "Lambda function", lambda: self._function(config, bucket, label, role_arns), [])
+
+        checks.append(endpoint_update_check(names.endpoint, served, hosting))
+        for name, run_checks in (
+                ("function concurrency", lambda: [concurrency_check(self.functions, config)]),
+                ("EC2 instance", lambda: self._ec2_checks(config) if config.training.mode == "instance" else []),
+                ("SageMaker quotas", lambda: self._quota_checks(config, served, hosting)),
+                ("caller permissions", lambda: [self._permissions(config, bucket, keys)])):
+            checks += attempted(checks, name, run_checks, [])
+
+        costs = estimate(config, prices, region, expected_hours_per_job=config.preflight.expected_training_hours,
+                         request_duration_ms=config.preflight.request_duration_ms)
+        if followed is not None:
+            costs = without_training(costs, f"follows tuning job {followed[0]} ({followed[1]}) of the same "
+                                            "configuration: nothing new is trained")
+        return Plan("aws", region, changes, costs, checks, prices.currency, prices.as_of, prices.source)
+
+    def _image(self, config: PipelineConfig, checks: list[Check]) -> str:
+        """The inference image the model will run in (and, for tuning, that a training image exists)."""
+        region, training, hosting = self.account.region, config.training, config.hosting
+        try:
+            if training.mode == "tuning":
+                training_image_uri(region, training.instance_type)
+            return inference_image_uri(region, hosting.instance_type)
+        except ValueError as exc:  # the SDK knows no PyTorch image for that type or region
+            checks.append(Check("container images", "fail", f"no SageMaker PyTorch image for "
+                                f"{training.instance_type} / {hosting.instance_type} in {region}: {exc}"))
+            return ""
+
+    # -- storage ----------------------------------------------------------------------------------
+    def _bucket(self, bucket: str, checks: list[Check]) -> bool:
+        """Whether the bucket exists and these credentials may use it (a fail check when it is another's)."""
+        try:
+            self.storage.client.head_bucket(Bucket=bucket)
+            return True
+        except ClientError as exc:
+            if http_status(exc) == 403 or error_code(exc) in ("403", "Forbidden", "AccessDenied"):
+                checks.append(Check("S3 bucket", "fail", f"S3 bucket {bucket!r} exists but these credentials cannot "
+                                    "use it (bucket names are global; it may belong to another account): set "
+                                    "aws.bucket to a bucket of yours"))
+                return False
+            if is_not_found(exc):
+                return False
+            raise
+
+    def _key_arns(self, uris: Sequence[str]) -> list[str]:
+        """The SSE-KMS keys of the buckets of `uris` (each bucket asked once)."""
+        arns = []
+        for uri in uris:
+            bucket = uri[5:].split("/", 1)[0]
+            if bucket not in self._keys:
+                self._keys[bucket] = self.storage.bucket_key_arn(bucket)
+            if self._keys[bucket] and self._keys[bucket] not in arns:
+                arns.append(self._keys[bucket])
+        return arns
+
+    # -- roles --------------------------------------------------------------------------------------
+    def _documents(self, config: PipelineConfig, bucket: str) -> dict[str, dict]:
+        """The roles' inline policies as PipelineRoles makes them (from the bucket's name: nothing is made)."""
+        names, account_id, region = config.names, self.account.account_id, self.account.region
+        extra = policies.locations_outside(names.prefix_uri(bucket), self.readable_uris)
+        access = {"readable_uris": extra, "write_key_arns": self._key_arns([f"s3://{bucket}/"]),
+                  "read_key_arns": self._key_arns(extra)}
+        readable = readable_s3_prefixes(names.prefix_uri(bucket), config.function)
+        documents = {
+            "sagemaker": policies.sagemaker_execution_policy(bucket, names.prefix, account_id, region, **access),
+            "lambda": policies.lambda_policy(policies.endpoint_arn(region, account_id, names.endpoint), readable,
+                                             account_id, region, names.function,
+                                             read_key_arns=self._key_arns(readable)),
+        }
+        if config.training.mode == "instance":
+            documents["ec2"] = policies.ec2_training_policy(bucket, names.prefix, account_id, region, **access)
+        return documents
+
+    def _roles(self, config: PipelineConfig, bucket: str, arns: dict[str, str]) -> list[PlannedChange]:
+        iam, names = self.account.client("iam"), config.names
+        changes = []
+        for kind, document in self._documents(config, bucket).items():
+            name, service = names.role(kind), policies.SERVICE_FOR_ROLE[kind]
+            found = or_none(iam.get_role, RoleName=name)
+            if found is None:
+                changes.append(PlannedChange("IAM role", name, "create",
+                                             f"trusted by {service}, inline policy {POLICY_NAMES[kind]}"))
+                continue
+            role = found["Role"]
+            arns[kind] = role["Arn"]
+            changed = []
+            if _canonical(role["AssumeRolePolicyDocument"]) != _canonical(policies.assume_role_policy(service)):
+                changed.append("its trust policy")
+            current = or_none(iam.get_role_policy, RoleName=name, PolicyName=POLICY_NAMES[kind])
+            if current is None or _canonical(current["PolicyDocument"]) != _canonical(document):
+                changed.append(f"inline policy {POLICY_NAMES[kind]}")
+            tags = {t["Key"]: t["Value"] for t in iam.list_role_tags(RoleName=name)["Tags"]}
+            if any(tags.get(k) != v for k, v in {**names.tags, MANAGED_TAG: "true"}.items()):
+                changed.append("its tags")
+            changes.append(change("IAM role", name, True, changed))
+        if config.training.mode == "instance":
+            profile = or_none(iam.get_instance_profile, InstanceProfileName=names.role("ec2"))
+            held = [r["RoleName"] for r in (profile or {}).get("InstanceProfile", {}).get("Roles", [])]
+            changes.append(change("instance profile", names.role("ec2"), profile is not None,
+                                  [] if held == [names.role("ec2")] else ["its role"]))
+        return changes
+
+    # -- training -------------------------------------------------------------------------------------
+    def _tuning(self) -> SageMakerTuning:
+        account = self.account
+        return SageMakerTuning(account.session, account.client("sagemaker"), account.client("s3"))
+
+    def _followed_tuning_job(self, config: PipelineConfig, bucket: str, dataset_uri: str | None,
+                             weights: str | None) -> tuple[str, str] | None:
+        """The stage's tuning job of the same configuration digest that tune_hyperparameters would follow
+        (its name and status), or None: a new one is started."""
+        if config.training.mode != "tuning" or dataset_uri is None:
+            return None
+        training, tuning, names = config.training, config.training.tuning, config.names
+        # The request tasks/tune_hyperparameters.py makes, less the job name (not part of the digest).
+        request = TuningRequest(
+            "", static_hyperparameters(training, tuning.parameter_ranges.names), tuning.parameter_ranges.to_sagemaker(),
+            tuning.strategy, tuning.objective.metric, tuning.objective.type, tuning.max_jobs, tuning.max_parallel_jobs,
+            dataset_uri, names.jobs_uri(bucket), weights, training.instance_type, training.max_runtime_seconds,
+            training.seed)
+        wanted_tags = {**names.tags, PipelineNames.DIGEST_TAG: tuning_digest(request, source_digest(str(TRAINING_DIR)))}
+        runner = self._tuning()
+        name = runner._same_configuration(names.tuning_job_prefix, wanted_tags)
+        if name is None:
+            return None
+        described = runner.describe(name) or {}
+        return name, described.get("HyperParameterTuningJobStatus", "InProgress")
+
+    @staticmethod
+    def _training_change(config: PipelineConfig, followed: tuple[str, str] | None) -> PlannedChange:
+        training, names = config.training, config.names
+        if training.mode == "instance":
+            return PlannedChange("training job", f"{names.training_job_prefix}-<run>", "create",
+                                 f"one EC2 {training.ec2_instance_type} instance, at most "
+                                 f"{training.max_runtime_seconds / 3600:g} h")
+        tuning = training.tuning
+        trials = (grid_size(tuning.parameter_ranges.to_sagemaker()) if tuning.strategy == "Grid"
+                  else tuning.max_jobs)
+        return tuning_job_change(names.tuning_job_prefix, followed, trials, tuning.max_parallel_jobs,
+                                 training.instance_type)
+
+    def _best_trial(self, config: PipelineConfig, followed: tuple[str, str] | None) -> TrialSummary | None:
+        """The trial select_best_model will pick from a completed tuning job, with its model artifact."""
+        if followed is None or followed[1] != "Completed":
+            return None
+        name, objective = followed[0], config.training.tuning.objective
+        runner = self._tuning()
+        summaries = runner.list_trials(name)
+        trials = [trial_from_summary(s, trial_index(s["TrainingJobName"], name, i), objective.metric)
+                  for i, s in enumerate(summaries)]
+        try:
+            best = choose_best_trial(trials, objective.type)
+        except NoSuccessfulTrialError:
+            return None
+        description = or_none(self.account.client("sagemaker").describe_training_job, TrainingJobName=best.job_name)
+        summary = next(s for s in summaries if s["TrainingJobName"] == best.job_name)
+        return trial_from_summary(summary, best.index, objective.metric, description)
+
+    # -- registry -------------------------------------------------------------------------------------
+    def _registry(self, config: PipelineConfig,
+                  best: TrialSummary | None) -> tuple[str | None, str | None, list[PlannedChange]]:
+        """(label, artifact) of the version the run registers and serves, and the registry's changes."""
+        group = config.names.model_group
+        exists = or_none(self.account.client("sagemaker").describe_model_package_group,
+                         ModelPackageGroupName=group) is not None
+        versions = self.registry.list_model_versions(group) if exists else []
+        changes = [change("model package group", group, exists)]
+        registered = next((v for v in versions if best is not None and v.job_name == best.job_name), None)
+        if registered is not None:
+            action = "keep" if registered.champion else "update"
+            detail = (f"registered from {registered.job_name}; " +
+                      ("the champion" if registered.champion else "approved after its smoke test"))
+            changes.append(PlannedChange("model version", registered.label, action, detail))
+            return registered.label, registered.model_artifact, changes
+        label = f"{group}/{max((v.version for v in versions), default=0) + 1}"
+        source = best.job_name if best is not None else "the best training job"
+        changes.append(PlannedChange("model version", label, "create",
+                                     f"from {source}; approved after its smoke test"))
+        return label, best.model_artifact if best is not None else None, changes
+
+    # -- hosting --------------------------------------------------------------------------------------
+    def _served(self, endpoint: str) -> ServedModel | None:
+        sm = self.account.client("sagemaker")
+        described = or_none(sm.describe_endpoint, EndpointName=endpoint)
+        if described is None:
+            return None
+        config_name = described.get("EndpointConfigName", "")
+        config = (or_none(sm.describe_endpoint_config, EndpointConfigName=config_name) if config_name else None) or {}
+        variant = (config.get("ProductionVariants") or [{}])[0]
+        model_name = variant.get("ModelName", "")
+        model = (or_none(sm.describe_model, ModelName=model_name) if model_name else None) or {}
+        container = model.get("PrimaryContainer") or {}
+        environment = dict(container.get("Environment") or {})
+        live = next((v for v in described.get("ProductionVariants") or []
+                     if v.get("VariantName") == variant.get("VariantName")), {})
+        count = live.get("CurrentInstanceCount",
+                         live.get("DesiredInstanceCount", variant.get("InitialInstanceCount", 0)))
+        return ServedModel(described["EndpointStatus"], config_name, variant.get("VariantName", ""),
+                           variant.get("InstanceType", ""), int(count or 0), model_name,
+                           container.get("ModelDataUrl", ""), environment.get("MODEL_VERSION", ""),
+                           container.get("Image", ""), model.get("ExecutionRoleArn", ""), environment)
+
+    def _alarms(self, config: PipelineConfig) -> list[PlannedChange]:
+        cloudwatch = self.account.client("cloudwatch")
+        changes = []
+        for document in rollback_alarms(config.names.endpoint, config.hosting.variant_name,
+                                        config.hosting.traffic_shift):
+            name = document["AlarmName"]
+            found = cloudwatch.describe_alarms(AlarmNames=[name]).get("MetricAlarms") or []
+            desired = {k: v for k, v in document.items() if k != "AlarmName"}
+            changes.append(change("CloudWatch alarm", name, bool(found),
+                                  differences(found[0], desired) if found else [],
+                                  detail="" if found else f"{document['MetricName']} > {document['Threshold']:,.0f}: "
+                                                          "an update rolls back on it"))
+        return changes
+
+    def _autoscaling(self, config: PipelineConfig) -> list[PlannedChange]:
+        endpoint, variant, scaling = config.names.endpoint, config.hosting.variant_name, config.autoscaling
+        state = self.autoscaling.describe(endpoint, variant)
+        rid = resource_id(endpoint, variant)
+        if not scaling.enabled:
+            return [] if state is None else [
+                PlannedChange("scalable target", rid, "delete", "autoscaling.enabled is off"),
+                PlannedChange("scaling policy", policy_name(endpoint), "delete")]
+        target = scalable_target(endpoint, variant, scaling)
+        policy = target_tracking_policy(endpoint, variant, scaling)
+        observed = {} if state is None else {"MinCapacity": state.min_capacity, "MaxCapacity": state.max_capacity}
+        return [
+            change("scalable target", rid, state is not None,
+                   differences(observed, {k: target[k] for k in ("MinCapacity", "MaxCapacity")}),
+                   detail=f"{scaling.min_capacity}..{scaling.max_capacity} instances"),
+            change("scaling policy", policy_name(endpoint), bool(state and state.policy),
+                   differences(state.policy, policy) if state and state.policy else [],
+                   detail=f"target {scaling.target_invocations_per_instance:g} invocations per instance a minute"),
+        ]
+
+    def _function(self, config: PipelineConfig, bucket: str, label: str | None,
+                  role_arns: dict[str, str]) -> list[PlannedChange]:
+        lam, names, function = self.account.client("lambda"), config.names, config.function
+        name = names.function
+        prefixes = readable_s3_prefixes(names.prefix_uri(bucket), function)
+        desired = {"Role": role_arns.get("lambda") or policies.role_arn(self.account.account_id, names.role("lambda")),
+                   "Handler": LAMBDA_HANDLER, "Runtime": LAMBDA_RUNTIME, "MemorySize": function.memory_mb,
+                   "Timeout": function.timeout_seconds,
+                   "Environment": function_environment(names.endpoint, function, label or "", prefixes)}
+        sha = code_sha256(zip_source(str(LAMBDA_SOURCE_DIR)))
+
+        def changed(configuration: dict) -> list[str]:
+            observed = {**configuration, "Environment": (configuration.get("Environment") or {}).get("Variables") or {}}
+            return (["code"] if configuration.get("CodeSha256") != sha else []) + differences(
+                observed, desired, exact=("Environment",))
+
+        configuration = or_none(lam.get_function_configuration, FunctionName=name)
+        changes = [change("Lambda function", name, configuration is not None,
+                          changed(configuration) if configuration else [],
+                          detail="" if configuration else f"{function.memory_mb} MB, {function.timeout_seconds} s")]
+        version = None
+        if configuration is not None:
+            for page in lam.get_paginator("list_versions_by_function").paginate(FunctionName=name):
+                for published in page.get("Versions", []):
+                    if published.get("Version", "").isdigit() and not changed(published) and (
+                            version is None or int(published["Version"]) > int(version)):
+                        version = published["Version"]
+        changes.append(PlannedChange("function version", f"{name}:{version}", "keep",
+                                     "published with this code and configuration") if version else
+                       PlannedChange("function version", f"{name}:<next>", "create", f"for {label or 'the new model'}"))
+        alias = or_none(lam.get_alias, FunctionName=name, Name=ALIAS) if configuration else None
+        if alias is None:
+            changes.append(PlannedChange("function alias", f"{name}:{ALIAS}", "create"))
+        elif alias["FunctionVersion"] == version:
+            changes.append(PlannedChange("function alias", f"{name}:{ALIAS}", "keep", f"-> {version}"))
+        else:
+            changes.append(PlannedChange("function alias", f"{name}:{ALIAS}", "update",
+                                         f"{alias['FunctionVersion']} -> {version or 'the new version'}"))
+        reserved = (lam.get_function_concurrency(FunctionName=name).get("ReservedConcurrentExecutions")
+                    if configuration else None)
+        provisioned = ((or_none(lam.get_provisioned_concurrency_config, FunctionName=name, Qualifier=ALIAS) or {})
+                       .get("RequestedProvisionedConcurrentExecutions") if alias else None)
+        changes += [c for c in (
+            setting_change("reserved concurrency", name, reserved, function.reserved_concurrency),
+            setting_change("provisioned concurrency", f"{name}:{ALIAS}", provisioned,
+                           function.provisioned_concurrency or None)) if c is not None]
+        return changes
+
+    # -- checks -----------------------------------------------------------------------------------------
+    def _quota_checks(self, config: PipelineConfig, served: ServedModel | None,
+                      hosting: list[PlannedChange]) -> list[Check]:
+        """SageMaker's per-type instance quotas: training at max_parallel_jobs at once, the endpoint at its
+        maximum capacity (and, while a blue/green update runs, the new fleet beside the old one). A type
+        with no quota in the region is not offered there."""
+        region = self.account.region
+        quotas = {q["QuotaName"]: q for page in self.account.client("service-quotas").get_paginator(
+            "list_service_quotas").paginate(ServiceCode="sagemaker") for q in page.get("Quotas", [])}
+        checks = []
+        training, scaling, endpoint = config.training, config.autoscaling, config.hosting
+        if training.mode == "tuning":
+            checks.append(instance_quota_check(
+                "training instances", training.instance_type, "training job", training.tuning.max_parallel_jobs,
+                quotas.get(sagemaker_quota_name(training.instance_type, "training job")), region,
+                "training.instance_type", "training.tuning.max_parallel_jobs"))
+        need = scaling.max_capacity if scaling.enabled else endpoint.initial_instance_count
+        updating = any(c.kind == "endpoint" and c.action == "update" for c in hosting)
+        if updating and served is not None and served.instance_type == endpoint.instance_type:
+            need = max(need, 2 * served.instance_count)
+        checks.append(instance_quota_check(
+            "endpoint instances", endpoint.instance_type, "endpoint", need,
+            quotas.get(sagemaker_quota_name(endpoint.instance_type, "endpoint")), region, "hosting.instance_type",
+            "autoscaling.max_capacity" if scaling.enabled else "hosting.initial_instance_count"))
+        return checks
+
+    def _ec2_checks(self, config: PipelineConfig) -> list[Check]:
+        """Instance mode: the EC2 type is offered in the region and one instance fits its vCPU quota."""
+        ec2, region = self.account.client("ec2"), self.account.region
+        instance_type = config.training.ec2_instance_type
+        offered = ec2.describe_instance_type_offerings(
+            LocationType="region", Filters=[{"Name": "instance-type", "Values": [instance_type]}])
+        if not offered.get("InstanceTypeOfferings"):
+            return [Check("EC2 instance type", "fail", f"training.ec2_instance_type {instance_type} is not offered in "
+                                                       f"{region}: choose another")]
+        described = ec2.describe_instance_types(InstanceTypes=[instance_type])["InstanceTypes"][0]
+        vcpus = described["VCpuInfo"]["DefaultVCpus"]
+        quota = ec2_vcpu_quota(instance_type)
+        value = None
+        if quota is not None:
+            found = or_none(self.account.client("service-quotas").get_service_quota, ServiceCode="ec2",
+                            QuotaCode=quota[0])
+            value = float(found["Quota"]["Value"]) if found else None
+        return [Check("EC2 instance type", "pass", f"{instance_type} is offered in {region}"),
+                vcpu_quota_check(instance_type, int(vcpus), value, region)]
+
+    def caller_policy(self, config: PipelineConfig) -> dict:
+        """The least-privilege identity policy of whoever runs `config` (core.iam.caller_policy), for the
+        bucket and SSE-KMS keys as they are now, the caller allowed to simulate its own policy."""
+        self._keys.clear()
+        bucket = self.bucket_name()
+        keys = self._key_arns([f"s3://{bucket}/", *self.readable_uris])
+        caller = self.account.client("sts").get_caller_identity()["Arn"]
+        return policies.caller_policy(config.names, self.account.account_id, self.account.region, bucket,
+                                      mode=config.training.mode, readable_uris=self.readable_uris, key_arns=keys,
+                                      caller_arn=self._principal(caller))
+
+    def _principal(self, caller: str) -> str | None:
+        """The caller's principal; for a role, its own ARN (the session's lacks the role's path) when the
+        caller may read it."""
+        principal = policies.caller_principal_arn(caller)
+        if principal is None or ":role/" not in principal:
+            return principal
+        try:
+            found = or_none(self.account.client("iam").get_role, RoleName=principal.rsplit("/", 1)[1])
+        except ClientError as exc:
+            log.info("plan: cannot read the caller's role (%s); using %s", error_code(exc), principal)
+            return principal
+        return found["Role"]["Arn"] if found else principal
+
+    def _permissions(self, config: PipelineConfig, bucket: str, keys: list[str]) -> Check:
+        """SimulatePrincipalPolicy of the caller's principal on everything the run does (core.iam.caller_actions)."""
+        iam = self.account.client("iam")
+        caller = self.account.client("sts").get_caller_identity()["Arn"]
+        principal = self._principal(caller)
+        if principal is None:
+            return Check("caller permissions", "warn", f"{caller} cannot be simulated (the root user or a federated "
+                                                       "user): compare its permissions with `sagemaker-flows plan "
+                                                       "--caller-policy`")
+        actions = [a for a in policies.caller_actions(
+            config.names, self.account.account_id, self.account.region, bucket, mode=config.training.mode,
+            readable_uris=self.readable_uris, key_arns=keys, caller_arn=principal) if not a.teardown]
+        denied: list[tuple[str, str, str]] = []
+        for action in actions:
+            params: dict = {"PolicySourceArn": principal, "ActionNames": list(action.actions)}
+            if action.resources != ("*",):
+                params["ResourceArns"] = list(action.resources)
+            if action.context:
+                params["ContextEntries"] = [{"ContextKeyName": key, "ContextKeyValues": list(values),
+                                             "ContextKeyType": "string" if len(values) == 1 else "stringList"}
+                                            for key, values in action.context]
+            for page in iam.get_paginator("simulate_principal_policy").paginate(**params):
+                denied += denied_pairs(page.get("EvaluationResults", []))
+        return permissions_check(principal, denied, sum(len(a.actions) for a in actions))

@@ -1,0 +1,60 @@
+"""`sagemaker-flows plan` on the aws backend, against moto: the seed's configuration, a price table
+of one's own, and the caller's least-privilege policy."""
+import json
+from pathlib import Path
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from core import iam
+from flows.cli import main
+
+SEED = Path(__file__).resolve().parents[2] / "examples" / "pipeline.aws.yaml"
+
+
+@pytest.fixture
+def account(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    with mock_aws():
+        yield boto3.Session(region_name="us-east-1")
+
+
+def test_the_seed_configuration_prices_its_run_and_fails_on_data_that_is_not_there(account, capsys):
+    assert main(["plan", "--config", str(SEED)]) == 1
+    out = capsys.readouterr().out
+    assert out.startswith("plan of dog-breeds-dev (aws, us-east-1):\n  + create  S3 bucket ")
+    assert "+ create  tuning job " in out and "dev-tune-<run>  (4 training jobs, 2 at a time, on ml.m5.xlarge)" in out
+    assert "on-demand prices as of 2025-01" in out
+    assert "$8,395.00" in out  # the endpoint at its maximum: 100 x ml.m5.large x 730 h x $0.115
+    assert "data.source s3://my-ml-data/dogImages: " in out and "check(s) failed" in out
+
+
+def test_a_price_file_replaces_the_table_and_unknown_prices_say_so(account, tmp_path, capsys):
+    prices = tmp_path / "prices.json"
+    prices.write_text(json.dumps({"as_of": "2026-11-30", "source": "our negotiated rates",
+                                  "regions": {"us-east-1": {"sagemaker_hosting": {"ml.m5.large": 0.1}}}}))
+    assert main(["plan", "--config", str(SEED), "--prices", str(prices), "--json"]) == 1
+    plan = json.loads(capsys.readouterr().out)
+    shown = {c["item"]: c["shown"] for c in plan["costs"]}
+    assert shown["endpoint at max capacity"] == "$7,300.00"
+    assert shown["training (expected)"] == shown["function provisioned concurrency"] == "unknown"
+    assert (plan["prices_as_of"], plan["prices_source"], plan["monthly_at_min_capacity"]) == (
+        "2026-11-30", "our negotiated rates", None)
+
+    prices.write_text("{not json")
+    assert main(["plan", "--config", str(SEED), "--prices", str(prices)]) == 2
+    assert "is not JSON" in capsys.readouterr().err
+
+
+def test_caller_policy_is_the_least_privilege_policy_of_the_seed_run(account, capsys):
+    assert main(["plan", "--config", str(SEED), "--caller-policy"]) == 0
+    policy = json.loads(capsys.readouterr().out)
+    assert policy["Version"] == "2012-10-17"
+    assert set(iam.wildcard_resources(policy)) <= iam.CALLER_WILDCARD_SIDS
+    sids = {s["Sid"]: s for s in policy["Statement"]}
+    assert sids["PipelineObjects"]["Resource"] == "arn:aws:s3:::sagemaker-flows-123456789012-us-east-1/dog-breeds/dev/*"
+    assert sids["ReadGivenLocations"]["Resource"] == ["arn:aws:s3:::my-ml-data/dogImages/*",
+                                                      "arn:aws:s3:::my-ml-data/weights/resnet50-11ad3fa6.pth"]
+    assert sids["PassSagemakerRoleToItsService"]["Condition"] == {
+        "StringEquals": {"iam:PassedToService": "sagemaker.amazonaws.com"}}

@@ -1,0 +1,82 @@
+"""The local backend's plan of the demo pipeline: what it makes on this machine, at no cost, and the
+checks this machine can fail (disk, cores, the gateway's caps). No gateway is started."""
+from collections import namedtuple
+
+import pytest
+
+from backends.local.backend import LocalBackend
+from backends.local.gateway.instances import MAX_LOCAL_INSTANCES
+from backends.local.gateway.server import running_gateway
+from core.datasets import folder_checksum
+from core.demo import demo_config
+
+Usage = namedtuple("Usage", "total used free")
+
+
+@pytest.fixture
+def local(tmp_path, tiny_dataset):
+    backend = LocalBackend(str(tmp_path / "home"), cpus=2)
+    yield backend, demo_config(str(tiny_dataset), local={"home": str(tmp_path / "home"), "cpus": 2})
+    backend.close()
+
+
+def check(plan, name):
+    return next(c for c in plan.checks if c.name == name)
+
+
+def test_the_demo_plan_creates_everything_at_no_cost_and_passes(local):
+    backend, config = local
+    plan = backend.planning.plan(config)
+
+    assert [(c.kind, c.action) for c in plan.changes] == [
+        ("dataset", "create"), ("tuning job", "create"), ("model version", "create"), ("local gateway", "create"),
+        ("endpoint", "create"), ("autoscaling", "create"), ("function", "create")]
+    assert plan.changes[0].name.startswith("s3://sagemaker-flows/sagemaker-flows/demo/datasets/")
+    assert plan.changes[2].name == "sagemaker-flows-demo-models/1"
+    assert [c.amount for c in plan.costs] == [0.0]
+    assert {c.name: c.status for c in plan.checks} == {
+        "data": "pass", "function concurrency": "pass", "free disk": "pass", "CPU cores": "pass",
+        "local instances": "pass"}
+    assert running_gateway(backend.state) is None  # planning never starts the gateway
+
+
+def test_a_disk_too_small_for_the_dataset_fails(local):
+    backend, config = local
+    backend.planning.disk_usage = lambda path: Usage(10**9, 10**9 - 10**6, 10**6)  # 1 MB free
+
+    disk = check(backend.planning.plan(config), "free disk")
+
+    assert disk.status == "fail"
+    assert disk.message.startswith(f"1 MiB free under {backend.state.home}, the run needs about")
+    assert disk.message.endswith("free space there or set local.home to a bigger disk")
+
+
+def test_a_staged_dataset_is_kept(local, tiny_dataset):
+    backend, config = local
+    uri = config.names.dataset_uri(backend.storage.default_bucket(), folder_checksum(tiny_dataset))
+    backend.storage.upload_folder(str(tiny_dataset), uri)
+    plan = backend.planning.plan(config)
+    assert (plan.changes[0].name, plan.changes[0].action, plan.changes[0].detail) == (uri, "keep", "staged: 100 files")
+
+
+def test_more_trials_than_cores_is_a_warning(local):
+    backend, config = local
+    values = config.model_dump(mode="json")
+    values["training"]["tuning"]["max_parallel_jobs"] = 4
+    cores = check(backend.planning.plan(type(config).model_validate(values)), "CPU cores")
+    assert cores.status == "warn" and cores.message.endswith("lower training.tuning.max_parallel_jobs to 2")
+
+
+def test_the_gateways_caps(local):
+    backend, config = local
+    values = config.model_dump(mode="json")
+    values["autoscaling"]["max_capacity"] = 100
+    values["function"].update(reserved_concurrency=100, provisioned_concurrency=50)
+    plan = backend.planning.plan(type(config).model_validate(values))
+
+    instances = check(plan, "local instances")
+    assert instances.status == "warn"  # registered at the cap, not refused
+    assert f"the local endpoint scales to {MAX_LOCAL_INSTANCES} at most" in instances.message
+    assert next(c for c in plan.changes if c.kind == "autoscaling").detail == f"1..{MAX_LOCAL_INSTANCES} instances"
+    concurrency = check(plan, "function concurrency")
+    assert concurrency.status == "fail" and "over the local backend's cap" in concurrency.message
