@@ -4,9 +4,9 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 
 from backends.backend import Backend
-from backends.types import ModelCandidate, StagedDataset, TrainingRequest
+from backends.requests import training_request
+from backends.types import ModelCandidate, StagedDataset
 from core.config import PipelineConfig
-from core.hyperparameters import static_hyperparameters
 from core.names import timestamped_name
 from core.metrics import model_metrics
 from backends.errors import JobFailedError
@@ -33,9 +33,7 @@ def train_model(config: PipelineConfig, backend: Backend, dataset: StagedDataset
         logger.info("epoch %d: %s", int(values["epoch"]),
                     " ".join(f"{k}={v:.4f}" for k, v in values.items() if k != "epoch"))
 
-    request = TrainingRequest(name, static_hyperparameters(training), dataset.uri, output_uri(config, backend),
-                              pretrained_uri, training.instance_type, training.max_runtime_seconds,
-                              ec2_instance_type=training.ec2_instance_type)
+    request = training_request(config, name, dataset.uri, output_uri(config, backend), pretrained_uri)
     outcome = backend.training.run_training_job(request, on_epoch=on_epoch)
     if outcome.job_name != name:  # a job of the same configuration, started by an earlier run, was followed
         logger.info("training job %s: followed %s, which was asked the same", name, outcome.job_name)

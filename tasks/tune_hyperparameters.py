@@ -7,9 +7,9 @@ from dataclasses import replace
 from prefect import get_run_logger, task
 
 from backends.backend import Backend
-from backends.types import StagedDataset, TuningOutcome, TuningRequest
+from backends.requests import tuning_request
+from backends.types import StagedDataset, TuningOutcome
 from core.config import PipelineConfig
-from core.hyperparameters import static_hyperparameters
 from core.names import TUNING_JOB_MAX, timestamped_name
 from backends.errors import JobFailedError
 from tasks import artifacts
@@ -50,11 +50,7 @@ def tune_hyperparameters(config: PipelineConfig, backend: Backend, dataset: Stag
         artifacts.report(f"trial {trial}", values["epoch"] / training.epochs,
                          f"epoch {int(values['epoch'])}/{training.epochs} valid_loss={values.get('valid_loss', float('nan')):.4f}")
 
-    request = TuningRequest(
-        name, static_hyperparameters(training, tuning.parameter_ranges.names), tuning.parameter_ranges.to_sagemaker(),
-        tuning.strategy, tuning.objective.metric, tuning.objective.type, tuning.max_jobs, tuning.max_parallel_jobs,
-        dataset.uri, output_uri(config, backend), pretrained_uri, training.instance_type, training.max_runtime_seconds,
-        training.seed)
+    request = tuning_request(config, name, dataset.uri, output_uri(config, backend), pretrained_uri)
     outcome = backend.training.run_tuning_job(request, on_trial=on_trial, on_trial_progress=on_trial_progress)
     # Every trial got the requested static values (a backend may add its own, e.g. the weights file's name).
     outcome = replace(outcome, static_hyperparameters={**request.static_hyperparameters,

@@ -52,7 +52,7 @@ class AwsBackend(Backend):
                                          role_arn=self.roles.lambda_role_arn, tags=names.tags,
                                          role_budget_s=role_propagation_s)
         self.planning = AwsPlanning(account, self.storage, self.registry, self.hosting.autoscaling, self.functions,
-                                    (lambda: bucket) if bucket else account.default_bucket_name, readable_s3_uris)
+                                    (lambda: bucket) if bucket else account.default_bucket_name, self.roles)
 
     @classmethod
     def from_config(cls, config: PipelineConfig) -> "AwsBackend":

@@ -34,6 +34,7 @@ _EXCLUDED_SUFFIXES = (".pyc", ".pyo")
 _MANAGED = ("Role", "Handler", "Runtime", "MemorySize", "Timeout", "Environment")
 LAMBDA_SOURCE_DIR = Path(__file__).resolve().parents[2] / "lambda_src"
 ALIAS = "live"
+RUNTIME, HANDLER = "python3.12", "handler.lambda_handler"  # how the handler is deployed
 
 
 def zip_source(folder: str) -> bytes:
@@ -222,7 +223,7 @@ class LambdaFunctions:
 
     # -- public -----------------------------------------------------------------------
     def publish(self, name: str, role_arn: str, code_zip: bytes, environment: dict[str, str], config: FunctionConfig,
-                alias: str = ALIAS, runtime: str = "python3.12", handler: str = "handler.lambda_handler",
+                alias: str = ALIAS, runtime: str = RUNTIME, handler: str = HANDLER,
                 tags: dict[str, str] | None = None) -> FunctionState:
         """Create or update the function, publish a version unless one with this code and configuration
         exists, and serve it from `alias`."""

@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 MANAGED_TAG = "sagemaker-flows:managed"
 
 
-def _canonical(document) -> str:
+def canonical_policy(document) -> str:
     """Compare documents by meaning: boto3 may hand them back as dicts or JSON strings, and
     AWS treats ["x"] like "x" and ignores the order of action/resource lists."""
     def norm(value):
@@ -79,14 +79,14 @@ def ensure_role(iam, name: str, trusted_service: str, policy_name: str, policy_d
                 raise
             role = _get_role(iam, name)
     if not created:
-        if _canonical(role["AssumeRolePolicyDocument"]) != _canonical(trust):
+        if canonical_policy(role["AssumeRolePolicyDocument"]) != canonical_policy(trust):
             iam.update_assume_role_policy(RoleName=name, PolicyDocument=json.dumps(trust))
         current_tags = {t["Key"]: t["Value"] for t in _paginate(iam, "list_role_tags", "Tags", RoleName=name)}
         stale = {k: v for k, v in wanted_tags.items() if current_tags.get(k) != v}
         if stale:
             iam.tag_role(RoleName=name, Tags=[{"Key": k, "Value": v} for k, v in stale.items()])
     current_policy = _inline_policy(iam, name, policy_name)
-    if current_policy is None or _canonical(current_policy) != _canonical(policy_document):
+    if current_policy is None or canonical_policy(current_policy) != canonical_policy(policy_document):
         iam.put_role_policy(RoleName=name, PolicyName=policy_name, PolicyDocument=json.dumps(policy_document))
     return role["Arn"]
 
@@ -135,6 +135,11 @@ def delete_instance_profile(iam, name: str) -> bool:
     return True
 
 
+# The inline policy each role of a pipeline carries.
+POLICY_NAMES = {"sagemaker": "sagemaker-flows-execution", "ec2": "sagemaker-flows-ec2-training",
+                "lambda": "sagemaker-flows-invoke-endpoint"}
+
+
 class PipelineRoles:
     """The roles one pipeline's AWS resources run as: SageMaker jobs and endpoints, the EC2 training
     instance (through its instance profile), and the Lambda function.
@@ -154,10 +159,11 @@ class PipelineRoles:
         self._bucket_key = bucket_key
         self._keys: dict[str, str | None] = {}
 
-    def _ensure(self, kind: str, service: str, policy_name: str, document: dict) -> str:
-        return ensure_role(self.iam, self.names.role(kind), service, policy_name, document, self.names.tags)
+    def _ensure(self, kind: str, document: dict) -> str:
+        return ensure_role(self.iam, self.names.role(kind), policies.SERVICE_FOR_ROLE[kind], POLICY_NAMES[kind],
+                           document, self.names.tags)
 
-    def _key_arns(self, uris: Sequence[str]) -> list[str]:
+    def key_arns(self, uris: Sequence[str]) -> list[str]:
         """The SSE-KMS keys of the buckets of `uris`, each bucket asked once per pipeline run."""
         arns = []
         for uri in uris:
@@ -168,34 +174,42 @@ class PipelineRoles:
                 arns.append(self._keys[bucket])
         return arns
 
-    def _training_access(self) -> dict:
+    # -- the documents (from the bucket's name: nothing is made; planning compares them too) --------
+    def _training_access(self, bucket: str) -> dict:
         """The keyword arguments of the training roles' documents: what they read outside the
         prefix, and the KMS keys of what they write (the pipeline's bucket) and read."""
-        bucket = self._bucket()
         extra = policies.locations_outside(self.names.prefix_uri(bucket), self.readable_uris)
-        return {"readable_uris": extra, "write_key_arns": self._key_arns([f"s3://{bucket}/"]),
-                "read_key_arns": self._key_arns(extra)}
+        return {"readable_uris": extra, "write_key_arns": self.key_arns([f"s3://{bucket}/"]),
+                "read_key_arns": self.key_arns(extra)}
 
+    def sagemaker_document(self, bucket: str) -> dict:
+        return policies.sagemaker_execution_policy(bucket, self.names.prefix, self._account_id(), self.region,
+                                                   **self._training_access(bucket))
+
+    def ec2_document(self, bucket: str) -> dict:
+        return policies.ec2_training_policy(bucket, self.names.prefix, self._account_id(), self.region,
+                                            **self._training_access(bucket))
+
+    def lambda_document(self, bucket: str, function_name: str, endpoint_name: str,
+                        s3_prefixes: Sequence[str] = ()) -> dict:
+        """It invokes the endpoint and reads exactly `s3_prefixes` (by default the pipeline's own
+        prefix), with their buckets' SSE-KMS keys."""
+        endpoint_arn = policies.endpoint_arn(self.region, self._account_id(), endpoint_name)
+        readable = list(s3_prefixes) or [self.names.prefix_uri(bucket)]
+        return policies.lambda_policy(endpoint_arn, readable, self._account_id(), self.region, function_name,
+                                      read_key_arns=self.key_arns(readable))
+
+    # -- the roles ------------------------------------------------------------------------------
     def sagemaker_role_arn(self) -> str:
-        document = policies.sagemaker_execution_policy(self._bucket(), self.names.prefix, self._account_id(),
-                                                       self.region, **self._training_access())
-        return self._ensure("sagemaker", "sagemaker.amazonaws.com", "sagemaker-flows-execution", document)
+        return self._ensure("sagemaker", self.sagemaker_document(self._bucket()))
 
     def ec2_instance_profile_arn(self) -> str:
-        document = policies.ec2_training_policy(self._bucket(), self.names.prefix, self._account_id(), self.region,
-                                                **self._training_access())
-        self._ensure("ec2", "ec2.amazonaws.com", "sagemaker-flows-ec2-training", document)
+        self._ensure("ec2", self.ec2_document(self._bucket()))
         name = self.names.role("ec2")
         return ensure_instance_profile(self.iam, name, name)
 
     def lambda_role_arn(self, function_name: str, endpoint_name: str, s3_prefixes: Sequence[str] = ()) -> str:
-        """The function's role: it invokes the endpoint and reads exactly `s3_prefixes` (by default the
-        pipeline's own prefix), with their buckets' SSE-KMS keys."""
-        endpoint_arn = policies.endpoint_arn(self.region, self._account_id(), endpoint_name)
-        readable = list(s3_prefixes) or [self.names.prefix_uri(self._bucket())]
-        document = policies.lambda_policy(endpoint_arn, readable, self._account_id(), self.region, function_name,
-                                          read_key_arns=self._key_arns(readable))
-        return self._ensure("lambda", "lambda.amazonaws.com", "sagemaker-flows-invoke-endpoint", document)
+        return self._ensure("lambda", self.lambda_document(self._bucket(), function_name, endpoint_name, s3_prefixes))
 
     def delete_all(self) -> list[str]:
         """Remove the roles and the instance profile; what was removed."""

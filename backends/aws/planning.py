@@ -11,15 +11,15 @@ what the run wants is a function of core/plan.py.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 from botocore.exceptions import ClientError
 
 from backends.aws.account import AwsAccount
 from backends.aws.autoscaling import EndpointAutoscaling
 from backends.aws.errors import error_code, http_status, is_not_found, or_none
-from backends.aws.functions import ALIAS, LAMBDA_SOURCE_DIR, LambdaFunctions, code_sha256, zip_source
-from backends.aws.iam import MANAGED_TAG, _canonical
+from backends.aws.functions import ALIAS, HANDLER, LAMBDA_SOURCE_DIR, RUNTIME, LambdaFunctions, code_sha256, zip_source
+from backends.aws.iam import MANAGED_TAG, POLICY_NAMES, PipelineRoles, canonical_policy
 from backends.aws.images import inference_image_uri, training_image_uri
 from backends.aws.registry import ModelRegistry
 from backends.aws.sagemaker_tuning import (
@@ -28,13 +28,13 @@ from backends.aws.sagemaker_tuning import (
 from backends.aws.storage import S3Storage
 from backends.aws.training import TRAINING_DIR
 from backends.planning import attempted, concurrency_check, plan_dataset, plan_weights
-from backends.types import TrialSummary, TuningRequest
+from backends.requests import tuning_request
+from backends.types import TrialSummary
 from core import iam as policies
 from core.best_trial import NoSuccessfulTrialError, choose_best_trial
 from core.config import PipelineConfig
 from core.costs import estimate
 from core.functions import function_environment, readable_s3_prefixes
-from core.hyperparameters import static_hyperparameters
 from core.names import PipelineNames
 from core.plan import (
     Check, Plan, PlannedChange, ServedModel, WantedModel, change, denied_pairs, differences, ec2_vcpu_quota,
@@ -47,28 +47,22 @@ from core.traffic import rollback_alarms
 
 log = logging.getLogger(__name__)
 
-# The inline policy of each role (PipelineRoles) and what LambdaFunctions.publish deploys the handler as.
-POLICY_NAMES = {"sagemaker": "sagemaker-flows-execution", "lambda": "sagemaker-flows-invoke-endpoint",
-                "ec2": "sagemaker-flows-ec2-training"}
-LAMBDA_RUNTIME, LAMBDA_HANDLER = "python3.12", "handler.lambda_handler"
 
 
 class AwsPlanning:
-    """bucket_name(): the pipeline's bucket as the backend names it (never made here). readable_uris:
-    the s3:// data and weights outside the prefix that the training roles read."""
+    """bucket_name(): the pipeline's bucket as the backend names it (never made here). roles: the
+    pipeline's PipelineRoles, whose documents (and s3:// data and weights they read) are compared."""
 
     def __init__(self, account: AwsAccount, storage: S3Storage, registry: ModelRegistry,
                  autoscaling: EndpointAutoscaling, functions: LambdaFunctions, bucket_name: Callable[[], str],
-                 readable_uris: Sequence[str] = ()):
+                 roles: PipelineRoles):
         self.account, self.storage, self.registry = account, storage, registry
         self.autoscaling, self.functions = autoscaling, functions
-        self.bucket_name, self.readable_uris = bucket_name, tuple(readable_uris)
-        self._keys: dict[str, str | None] = {}
+        self.bucket_name, self.roles = bucket_name, roles
 
     def plan(self, config: PipelineConfig) -> Plan:
         prices = load_prices(config.preflight.prices_file)  # a bad file is the user's to fix: raised
         account, names, region = self.account, config.names, self.account.region
-        self._keys.clear()
         checks: list[Check] = []
         bucket = self.bucket_name()
         bucket_exists = self._bucket(bucket, checks)
@@ -80,7 +74,7 @@ class AwsPlanning:
         weights, weight_changes = plan_weights(config, self.storage, bucket, self.storage.exists, checks)
         changes += weight_changes
         keys = attempted(checks, "bucket encryption keys",
-                         lambda: self._key_arns([f"s3://{bucket}/", *self.readable_uris]), [])
+                         lambda: self.roles.key_arns([f"s3://{bucket}/", *self.roles.readable_uris]), [])
         role_arns: dict[str, str] = {}
         changes += attempted(checks, "IAM roles", lambda: self._roles(config, bucket, role_arns), [])
 
@@ -148,33 +142,15 @@ class AwsPlanning:
                 return False
             raise
 
-    def _key_arns(self, uris: Sequence[str]) -> list[str]:
-        """The SSE-KMS keys of the buckets of `uris` (each bucket asked once)."""
-        arns = []
-        for uri in uris:
-            bucket = uri[5:].split("/", 1)[0]
-            if bucket not in self._keys:
-                self._keys[bucket] = self.storage.bucket_key_arn(bucket)
-            if self._keys[bucket] and self._keys[bucket] not in arns:
-                arns.append(self._keys[bucket])
-        return arns
-
     # -- roles --------------------------------------------------------------------------------------
     def _documents(self, config: PipelineConfig, bucket: str) -> dict[str, dict]:
         """The roles' inline policies as PipelineRoles makes them (from the bucket's name: nothing is made)."""
-        names, account_id, region = config.names, self.account.account_id, self.account.region
-        extra = policies.locations_outside(names.prefix_uri(bucket), self.readable_uris)
-        access = {"readable_uris": extra, "write_key_arns": self._key_arns([f"s3://{bucket}/"]),
-                  "read_key_arns": self._key_arns(extra)}
-        readable = readable_s3_prefixes(names.prefix_uri(bucket), config.function)
-        documents = {
-            "sagemaker": policies.sagemaker_execution_policy(bucket, names.prefix, account_id, region, **access),
-            "lambda": policies.lambda_policy(policies.endpoint_arn(region, account_id, names.endpoint), readable,
-                                             account_id, region, names.function,
-                                             read_key_arns=self._key_arns(readable)),
-        }
+        names = config.names
+        documents = {"sagemaker": self.roles.sagemaker_document(bucket),
+                     "lambda": self.roles.lambda_document(bucket, names.function, names.endpoint,
+                                                          readable_s3_prefixes(names.prefix_uri(bucket), config.function))}
         if config.training.mode == "instance":
-            documents["ec2"] = policies.ec2_training_policy(bucket, names.prefix, account_id, region, **access)
+            documents["ec2"] = self.roles.ec2_document(bucket)
         return documents
 
     def _roles(self, config: PipelineConfig, bucket: str, arns: dict[str, str]) -> list[PlannedChange]:
@@ -190,10 +166,10 @@ class AwsPlanning:
             role = found["Role"]
             arns[kind] = role["Arn"]
             changed = []
-            if _canonical(role["AssumeRolePolicyDocument"]) != _canonical(policies.assume_role_policy(service)):
+            if canonical_policy(role["AssumeRolePolicyDocument"]) != canonical_policy(policies.assume_role_policy(service)):
                 changed.append("its trust policy")
             current = or_none(iam.get_role_policy, RoleName=name, PolicyName=POLICY_NAMES[kind])
-            if current is None or _canonical(current["PolicyDocument"]) != _canonical(document):
+            if current is None or canonical_policy(current["PolicyDocument"]) != canonical_policy(document):
                 changed.append(f"inline policy {POLICY_NAMES[kind]}")
             tags = {t["Key"]: t["Value"] for t in iam.list_role_tags(RoleName=name)["Tags"]}
             if any(tags.get(k) != v for k, v in {**names.tags, MANAGED_TAG: "true"}.items()):
@@ -217,16 +193,12 @@ class AwsPlanning:
         (its name and status), or None: a new one is started."""
         if config.training.mode != "tuning" or dataset_uri is None:
             return None
-        training, tuning, names = config.training, config.training.tuning, config.names
-        # The request tasks/tune_hyperparameters.py makes, less the job name (not part of the digest).
-        request = TuningRequest(
-            "", static_hyperparameters(training, tuning.parameter_ranges.names), tuning.parameter_ranges.to_sagemaker(),
-            tuning.strategy, tuning.objective.metric, tuning.objective.type, tuning.max_jobs, tuning.max_parallel_jobs,
-            dataset_uri, names.jobs_uri(bucket), weights, training.instance_type, training.max_runtime_seconds,
-            training.seed)
+        names = config.names
+        # The request tasks/tune_hyperparameters.py sends (the job name is not part of the digest).
+        request = tuning_request(config, "", dataset_uri, names.jobs_uri(bucket), weights)
         wanted_tags = {**names.tags, PipelineNames.DIGEST_TAG: tuning_digest(request, source_digest(str(TRAINING_DIR)))}
         runner = self._tuning()
-        name = runner._same_configuration(names.tuning_job_prefix, wanted_tags)
+        name = runner.same_configuration(names.tuning_job_prefix, wanted_tags)
         if name is None:
             return None
         described = runner.describe(name) or {}
@@ -346,7 +318,7 @@ class AwsPlanning:
         name = names.function
         prefixes = readable_s3_prefixes(names.prefix_uri(bucket), function)
         desired = {"Role": role_arns.get("lambda") or policies.role_arn(self.account.account_id, names.role("lambda")),
-                   "Handler": LAMBDA_HANDLER, "Runtime": LAMBDA_RUNTIME, "MemorySize": function.memory_mb,
+                   "Handler": HANDLER, "Runtime": RUNTIME, "MemorySize": function.memory_mb,
                    "Timeout": function.timeout_seconds,
                    "Environment": function_environment(names.endpoint, function, label or "", prefixes)}
         sha = code_sha256(zip_source(str(LAMBDA_SOURCE_DIR)))
@@ -437,12 +409,11 @@ class AwsPlanning:
     def caller_policy(self, config: PipelineConfig) -> dict:
         """The least-privilege identity policy of whoever runs `config` (core.iam.caller_policy), for the
         bucket and SSE-KMS keys as they are now, the caller allowed to simulate its own policy."""
-        self._keys.clear()
         bucket = self.bucket_name()
-        keys = self._key_arns([f"s3://{bucket}/", *self.readable_uris])
+        keys = self.roles.key_arns([f"s3://{bucket}/", *self.roles.readable_uris])
         caller = self.account.client("sts").get_caller_identity()["Arn"]
         return policies.caller_policy(config.names, self.account.account_id, self.account.region, bucket,
-                                      mode=config.training.mode, readable_uris=self.readable_uris, key_arns=keys,
+                                      mode=config.training.mode, readable_uris=self.roles.readable_uris, key_arns=keys,
                                       caller_arn=self._principal(caller))
 
     def _principal(self, caller: str) -> str | None:
@@ -469,7 +440,7 @@ class AwsPlanning:
                                                        "--caller-policy`")
         actions = [a for a in policies.caller_actions(
             config.names, self.account.account_id, self.account.region, bucket, mode=config.training.mode,
-            readable_uris=self.readable_uris, key_arns=keys, caller_arn=principal) if not a.teardown]
+            readable_uris=self.roles.readable_uris, key_arns=keys, caller_arn=principal) if not a.teardown]
         denied: list[tuple[str, str, str]] = []
         for action in actions:
             params: dict = {"PolicySourceArn": principal, "ActionNames": list(action.actions)}

@@ -226,7 +226,7 @@ class SageMakerTuning:
         wanted_tags = {**(tags or {}), PipelineNames.DIGEST_TAG: tuning_digest(request, source_digest(source_dir))}
         if self.describe(request.job_name) is not None:
             logger.info("tuning job %s exists: attaching to it", request.job_name)
-        elif (same := self._same_configuration(name_prefix, wanted_tags)) is not None:
+        elif (same := self.same_configuration(name_prefix, wanted_tags)) is not None:
             logger.info("tuning job %s: %s was asked the same and is not Failed: following it", request.job_name, same)
             request = replace(request, job_name=same)
         else:
@@ -257,7 +257,7 @@ class SageMakerTuning:
     def describe(self, job_name: str) -> dict | None:
         return or_none(self.sagemaker_client.describe_hyper_parameter_tuning_job, HyperParameterTuningJobName=job_name)
 
-    def _same_configuration(self, name_prefix: str | None, wanted_tags: dict[str, str]) -> str | None:
+    def same_configuration(self, name_prefix: str | None, wanted_tags: dict[str, str]) -> str | None:
         """The newest of the stage's tuning jobs carrying all of `wanted_tags` (the pipeline's and the
         digest) that completed with a trial that reported its objective, else that is still running."""
         if not name_prefix:
