@@ -33,7 +33,7 @@ class LocalBackend(Backend):
         self.hosting = LocalHosting(self.gateway, store)
         self.functions = LocalFunctions(self.gateway)
         self.planning = LocalPlanning(self.state, self.storage, self.registry, self.hosting, self.functions,
-                                      self.gateway, cpus)
+                                      self.gateway, cpus, training=self.training)
 
     @property
     def endpoint_url(self) -> str:

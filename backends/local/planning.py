@@ -17,7 +17,9 @@ from backends.local.hosting import LocalHosting
 from backends.local.registry import LocalRegistry
 from backends.local.state import LocalState
 from backends.local.storage import LocalStorage
+from backends.local.training import LocalTraining, request_digest
 from backends.planning import attempted, concurrency_check, plan_dataset, plan_weights
+from backends.requests import training_request, tuning_request
 from core.config import PipelineConfig
 from core.costs import CostLine
 from core.plan import Check, Plan, PlannedChange, change, differences
@@ -36,8 +38,9 @@ class LocalPlanning:
 
     def __init__(self, state: LocalState, storage: LocalStorage, registry: LocalRegistry, hosting: LocalHosting,
                  functions: LocalFunctions, gateway: GatewayConnection, cpus: int | None = None,
-                 disk_usage: Callable = shutil.disk_usage):
+                 disk_usage: Callable = shutil.disk_usage, training: LocalTraining | None = None):
         self.state, self.storage, self.registry, self.hosting = state, storage, registry, hosting
+        self.training = training
         self.functions, self.gateway = functions, gateway
         self.cpus, self.disk_usage = cpus, disk_usage
 
@@ -46,10 +49,17 @@ class LocalPlanning:
         bucket = self.storage.default_bucket()
         dataset = plan_dataset(config, self.storage, bucket, bucket_exists=True)
         checks.append(dataset.check)
-        _, weight_changes = plan_weights(config, self.storage, bucket, self.storage.store.exists, checks)
+        weights, weight_changes = plan_weights(config, self.storage, bucket, self.storage.store.exists, checks)
         running = self.gateway.running()
         changes = [dataset.change, *weight_changes]
-        if training.mode == "tuning":
+        followed = attempted(checks, "training jobs", lambda: self._followed_job(config, bucket, dataset.uri, weights),
+                             None)
+        if followed is not None:
+            kind, name, status, _ = followed
+            changes.append(PlannedChange(kind, name, "keep", "completed with the same configuration: nothing new is "
+                                         "trained" if status == "Completed" else "runs with the same configuration: "
+                                         "the run attaches to it"))
+        elif training.mode == "tuning":
             tuning = training.tuning
             changes.append(PlannedChange("tuning job", f"{names.tuning_job_prefix}-<run>", "create",
                                          f"{tuning.max_jobs} trials as subprocesses, {tuning.max_parallel_jobs} at a "
@@ -58,17 +68,27 @@ class LocalPlanning:
             changes.append(PlannedChange("training job", f"{names.training_job_prefix}-<run>", "create",
                                          f"a subprocess on {self._cores()} cores"))
         versions = self.registry.list_model_versions(names.model_group)
-        label = f"{names.model_group}/{max((v.version for v in versions), default=0) + 1}"
-        changes.append(PlannedChange("model version", label, "create", f"in {self.state.registry}; approved after "
-                                                                       "its smoke test"))
+        trained_by = followed[3] if followed else None
+        registered = next((v for v in versions if trained_by and v.job_name == trained_by), None)
+        if registered is not None:
+            label = registered.label
+            changes.append(PlannedChange("model version", label, "keep", f"registered from {trained_by}"))
+        else:
+            label = f"{names.model_group}/{max((v.version for v in versions), default=0) + 1}"
+            changes.append(PlannedChange("model version", label, "create", f"in {self.state.registry}; approved "
+                                                                           "after its smoke test"))
         changes.append(change("local gateway", "127.0.0.1", running, detail="" if running else
                               "started on a free port, left running after the run"))
         served = attempted(checks, "local endpoint", lambda: self._hosted("endpoints", names.endpoint, running), None)
         instances = min(config.hosting.initial_instance_count, MAX_LOCAL_INSTANCES)
-        changes.append(PlannedChange("endpoint", names.endpoint, "create",
-                                     f"{instances} worker process(es) serving {label}") if served is None else
-                       PlannedChange("endpoint", names.endpoint, "update", f"{served.get('model_version')} -> {label}, "
-                                                                            "traffic shifted in steps"))
+        if served is None:
+            changes.append(PlannedChange("endpoint", names.endpoint, "create",
+                                         f"{instances} worker process(es) serving {label}"))
+        elif served.get("model_version") == label:
+            changes.append(PlannedChange("endpoint", names.endpoint, "keep", f"serves {label}"))
+        else:
+            changes.append(PlannedChange("endpoint", names.endpoint, "update",
+                                         f"{served.get('model_version')} -> {label}, traffic shifted in steps"))
         scaling = config.autoscaling
         if scaling.enabled:
             top = min(scaling.max_capacity, MAX_LOCAL_INSTANCES)
@@ -85,6 +105,22 @@ class LocalPlanning:
         checks += [self._disk_check(dataset.bytes_to_stage), self._cores_check(config), self._instances_check(config)]
         costs = [CostLine("everything", "the local backend runs on this machine", 0.0, "once")]
         return Plan("local", REGION, changes, costs, checks)
+
+    def _followed_job(self, config: PipelineConfig, bucket: str, dataset_uri: str | None,
+                      weights: str | None) -> tuple[str, str, str, str | None] | None:
+        """The job of the same configuration digest a run would follow instead of training: (kind, name,
+        status, the job whose model it registers), else None."""
+        if self.training is None or dataset_uri is None:
+            return None
+        output = config.names.jobs_uri(bucket)
+        if config.training.mode == "tuning":
+            found = self.training.tuning.find(request_digest(tuning_request(config, "", dataset_uri, output, weights)))
+            if found is None:
+                return None
+            best = found.best.job_name if found.best else None
+            return "tuning job", found.name, found.status, best
+        job = self.training.jobs.find(request_digest(training_request(config, "", dataset_uri, output, weights)))
+        return None if job is None else ("training job", job.name, job.status, job.name)
 
     def _hosted(self, kind: str, name: str, running: bool) -> dict | None:
         """The gateway's record of an endpoint or function ("endpoints", "functions"); None when it does not

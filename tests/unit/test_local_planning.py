@@ -80,3 +80,34 @@ def test_the_gateways_caps(local):
     assert next(c for c in plan.changes if c.kind == "autoscaling").detail == f"1..{MAX_LOCAL_INSTANCES} instances"
     concurrency = check(plan, "function concurrency")
     assert concurrency.status == "fail" and "over the local backend's cap" in concurrency.message
+
+
+def test_a_finished_tuning_job_of_the_same_configuration_is_followed_and_its_model_kept(local, tiny_dataset):
+    from backends.local.training import request_digest
+    from backends.local.tuning import TuningJobResult
+    from backends.requests import tuning_request
+    from backends.types import TrialSummary
+
+    backend, config = local
+    bucket = backend.storage.default_bucket()
+    uri = config.names.dataset_uri(bucket, folder_checksum(tiny_dataset))
+    backend.storage.upload_folder(str(tiny_dataset), uri)
+    digest = request_digest(tuning_request(config, "", uri, config.names.jobs_uri(bucket), None))
+    best = TrialSummary(1, "demo-tune-x-001-aaaa", "Completed", {"learning-rate": "0.001"}, 0.3, None,
+                        {"test_accuracy": 0.9}, f"s3://{bucket}/m.tar.gz", 1.0)
+    record = TuningJobResult("demo-tune-x", "Completed", "valid_loss", "Minimize", "Bayesian", trials=[best],
+                             best_trial=best.job_name, digest=digest)
+    backend.state.tuning.mkdir(parents=True, exist_ok=True)
+    (backend.state.tuning / "demo-tune-x.json").write_text(record.to_json())
+    backend.registry.register_model_version(config.names.model_group, best.model_artifact, best.final_metrics, {},
+                                            "checksum", best.job_name)
+
+    plan = backend.planning.plan(config)
+
+    actions = {c.kind: (c.name, c.action) for c in plan.changes}
+    assert actions["tuning job"] == ("demo-tune-x", "keep")
+    assert actions["model version"] == ("sagemaker-flows-demo-models/1", "keep")
+    # A changed configuration trains again and registers a new version.
+    changed = config.model_copy(update={"training": config.training.model_copy(update={"seed": 7})})
+    actions = {c.kind: (c.name, c.action) for c in backend.planning.plan(changed).changes}
+    assert actions["tuning job"][1] == "create" and actions["model version"] == ("sagemaker-flows-demo-models/2", "create")
