@@ -20,6 +20,20 @@ def alive(pid: int) -> bool:
     return True
 
 
+class FakeClock:
+    """A backends.waiting.Clock that sleeps by moving its own time, and remembers each sleep."""
+
+    def __init__(self):
+        self.t, self.sleeps = 0.0, []
+
+    def now(self) -> float:
+        return self.t
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.t += seconds
+
+
 CLASSES = ["cat", "dog", "fox"]
 
 

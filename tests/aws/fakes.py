@@ -229,3 +229,22 @@ class FakeAccountSettings:
         return answer(200, {"AccountLimit": {"ConcurrentExecutions": self.limit,
                                              "UnreservedConcurrentExecutions": self.limit},
                             "AccountUsage": {"FunctionCount": 0}})
+
+
+def pipeline_fakes(events) -> dict:
+    """Everything the whole pipeline needs that moto lacks, on one event emitter (a session's)."""
+    return {"sagemaker": FakeSageMakerService(events), "provisioned": FakeProvisioned(events),
+            "invoke": FakeLambdaInvoke(events), "account": FakeAccountSettings(events)}
+
+
+def demo_on_aws(dataset, **changes):
+    """The demo pipeline on the aws backend in us-east-1 with two trials; `changes`: settings of the
+    training section to change (seed=1 ...)."""
+    from core.config import PipelineConfig
+    from core.demo import demo_config
+
+    values = demo_config(str(dataset)).model_dump(mode="json")
+    values.update(backend="aws", aws={"region": REGION})
+    values["training"]["tuning"].update(max_jobs=2, max_parallel_jobs=2)
+    values["training"].update(changes)
+    return PipelineConfig.model_validate(values)

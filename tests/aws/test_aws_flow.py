@@ -9,19 +9,14 @@ import json
 
 import boto3
 import pytest
+from botocore.exceptions import ConnectionClosedError
 from moto import mock_aws
 
 import flows.rollback as rollback_flow
 import flows.teardown as teardown_flow
 import flows.train_and_deploy as pipeline
 from backends.aws.backend import AwsBackend
-from core.config import PipelineConfig
-from core.demo import demo_config
-from botocore.exceptions import ConnectionClosedError
-
-from tests.aws.fakes import (
-    FakeAccountSettings, FakeLambdaInvoke, FakeProvisioned, FakeSageMakerService, answer,
-)
+from tests.aws.fakes import answer, demo_on_aws, pipeline_fakes
 
 REGION = "us-east-1"
 
@@ -30,12 +25,8 @@ REGION = "us-east-1"
 def aws_world(monkeypatch, prefect_api, tiny_dataset):
     with mock_aws():
         session = boto3.Session(region_name=REGION)
-        fakes = {"sagemaker": FakeSageMakerService(session.events), "provisioned": FakeProvisioned(session.events),
-                 "invoke": FakeLambdaInvoke(session.events), "account": FakeAccountSettings(session.events)}
-        values = demo_config(str(tiny_dataset)).model_dump(mode="json")
-        values.update(backend="aws", aws={"region": REGION})
-        values["training"]["tuning"].update(max_jobs=2, max_parallel_jobs=2)
-        config = PipelineConfig.model_validate(values)
+        fakes = pipeline_fakes(session.events)
+        config = demo_on_aws(tiny_dataset)
 
         def backend_for(name, cfg):
             assert name == "aws"
@@ -107,9 +98,8 @@ def test_flow_on_aws_then_again_then_teardown(aws_world):
 
     assert same.model_version == 1 and same.job_name == first.job_name
     assert len(fakes["sagemaker"].tuning_jobs) == 1
-    values = config.model_dump(mode="json")
-    values["training"]["seed"] = config.training.seed + 1
-    second = pipeline.train_and_deploy(PipelineConfig.model_validate(values))
+    reseeded = config.model_copy(update={"training": config.training.model_copy(update={"seed": 1})})
+    second = pipeline.train_and_deploy(reseeded)
 
     assert len(fakes["sagemaker"].tuning_jobs) == 2
     assert second.model_version == 2

@@ -30,6 +30,7 @@ from backends.waiting import Clock  # noqa: E402
 from core.config import HostingConfig  # noqa: E402
 from core.retry import is_transient  # noqa: E402
 from tests.aws.fakes import answer  # noqa: E402
+from tests.helpers import FakeClock
 
 REGION = "us-east-1"
 NAME = "proj-dev-endpoint"
@@ -328,18 +329,6 @@ def test_an_update_whose_answer_was_lost_is_not_sent_twice(endpoints, sagemaker)
     assert len(calls.updates) == 1 and state.model_version == "proj-dev-models/2"
     models, configs, eps = _names(sagemaker)
     assert (len(models), len(configs), eps) == (2, 2, [NAME])
-
-
-class FakeClock:
-    def __init__(self):
-        self.t, self.sleeps = 0.0, []
-
-    def now(self) -> float:
-        return self.t
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.t += seconds
 
 
 def test_create_model_waits_while_sagemaker_cannot_assume_a_new_role(sagemaker):

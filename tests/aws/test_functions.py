@@ -31,6 +31,7 @@ from backends.waiting import Clock  # noqa: E402
 from core.config import FunctionConfig  # noqa: E402
 from core.retry import is_transient  # noqa: E402
 from tests.aws.fakes import FakeProvisioned, answer  # noqa: E402
+from tests.helpers import FakeClock
 
 REGION, NAME = "us-east-1", "proj-dev-predict"
 LAMBDA_SRC = Path(__file__).resolve().parents[2] / "lambda_src"
@@ -306,18 +307,6 @@ def test_a_step_whose_answer_was_lost_is_not_done_twice(aws, tmp_path, operation
     assert client.get_function_concurrency(FunctionName=NAME)["ReservedConcurrentExecutions"] == 100
     assert len(provisioned.puts) == 1
     assert (state.version, state.reserved_concurrency, state.provisioned_concurrency) == ("1", 100, 5)
-
-
-class FakeClock:
-    def __init__(self):
-        self.t, self.sleeps = 0.0, []
-
-    def now(self) -> float:
-        return self.t
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.t += seconds
 
 
 def _refuse_twice(client, operation: str) -> list[int]:

@@ -11,9 +11,7 @@ from moto import mock_aws
 
 import flows.train_and_deploy as pipeline
 from backends.aws.backend import AwsBackend
-from core.config import PipelineConfig
-from core.demo import demo_config
-from tests.aws.fakes import FakeAccountSettings, FakeLambdaInvoke, FakeProvisioned, FakeSageMakerService
+from tests.aws.fakes import demo_on_aws, pipeline_fakes
 
 REGION = "us-east-1"
 EVERY_KIND = ["S3 bucket", "dataset", "IAM role", "IAM role", "tuning job", "model package group", "model version",
@@ -26,14 +24,9 @@ EVERY_KIND = ["S3 bucket", "dataset", "IAM role", "IAM role", "tuning job", "mod
 def history(prefect_api, tiny_dataset):
     with mock_aws(), pytest.MonkeyPatch.context() as patch:
         session = boto3.Session(region_name=REGION)
-        fakes = {"sagemaker": FakeSageMakerService(session.events), "provisioned": FakeProvisioned(session.events),
-                 "invoke": FakeLambdaInvoke(session.events), "account": FakeAccountSettings(session.events)}
-        values = demo_config(str(tiny_dataset)).model_dump(mode="json")
-        values.update(backend="aws", aws={"region": REGION})
-        values["training"]["tuning"].update(max_jobs=2, max_parallel_jobs=2)
-        config = PipelineConfig.model_validate(values)
-        values["training"]["seed"] = config.training.seed + 1
-        reseeded = PipelineConfig.model_validate(values)
+        pipeline_fakes(session.events)
+        config = demo_on_aws(tiny_dataset)
+        reseeded = demo_on_aws(tiny_dataset, seed=config.training.seed + 1)
 
         def backend_for(name, cfg):
             return AwsBackend(session, cfg.project, cfg.stage, poll_seconds=0, role_propagation_s=0)
