@@ -100,6 +100,8 @@ def print_status(status: dict) -> None:
     for e in status["endpoints"]:
         scaling = e.get("autoscaling") or {}
         scaling_text = f"{scaling.get('min_capacity')}..{scaling.get('max_capacity')}" if scaling else "off"
+        if scaling.get("time_scale", 1) != 1:
+            scaling_text += f" at time scale {scaling['time_scale']:g}"
         if e.get("scaling_activities"):
             last = e["scaling_activities"][-1]
             scaling_text += f"; last {last['from']}->{last['to']} ({last['status']})"
@@ -115,3 +117,54 @@ def print_status(status: dict) -> None:
                           str(f.get("environments", "")), str(f.get("invocations", "")), str(f.get("cold_starts", "")),
                           str(f.get("throttles", "")), f["invoke_url"])
     console.print(functions)
+
+
+def load_test_for_scripts(report) -> dict:
+    from dataclasses import asdict
+
+    document = asdict(report)
+    document["verdict"]["passed"] = report.verdict.passed
+    document["overrides"] = report.plan.overrides() if report.plan else []
+    return document
+
+
+def print_load_test(report, recommend: bool = False) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    ms = lambda v: "" if v is None else f"{v:.0f}"  # noqa: E731
+    table = Table(title=f"load test of {report.target} ({report.duration:g} s, {report.images} images; "
+                        f"--json for every second)")
+    for column in ("step", "offered rps", "achieved rps", "p50 ms", "p95 ms", "p99 ms", "errors", "throttled",
+                   "dropped", "instances"):
+        table.add_column(column, justify="right")
+    for i, s in enumerate(report.steps, 1):
+        table.add_row(str(i), f"{s.offered_rps:g}", f"{s.achieved_rps:.2f}", ms(s.p50_ms), ms(s.p95_ms),
+                      ms(s.p99_ms), str(s.errors), str(s.throttled), str(s.dropped), f"{s.instances:g}")
+    console.print(table)
+    console.print(f"[bold]{'passed' if report.verdict.passed else 'not passed'}[/bold]: {report.verdict.summary}")
+    for finding in report.verdict.findings:
+        console.print(f"  - {finding}")
+    if report.stopped != "the schedule's end":
+        console.print(f"  sending stopped at {report.stopped}")
+    if not recommend:
+        return
+    if report.plan is None:
+        console.print(report.cost_note)
+        return
+    plan = report.plan
+    console.print(f"one instance sustains {plan.sustainable_per_instance_per_minute:g} invocations a minute at "
+                  f"p95 <= {plan.p95_objective_ms:g} ms; recommended (the target keeps half as headroom):")
+    console.print("  " + " ".join(f"--set {o}" for o in plan.overrides()), soft_wrap=True)
+    if report.costs:
+        money = lambda v: "-" if v is None else f"${v:,.2f}"  # noqa: E731
+        costs = Table(title=f"monthly cost of each choice: {report.cost_note}")
+        for column in ("setting", "configured", "recommended", "now / month", "recommended / month", "of"):
+            costs.add_column(column)
+        for c in report.costs:
+            costs.add_row(c.setting, c.configured, c.recommended, money(c.configured_monthly),
+                          money(c.recommended_monthly), c.basis)
+        console.print(costs)
+    elif report.cost_note:
+        console.print(report.cost_note)
