@@ -128,16 +128,15 @@ def choice_costs(config: PipelineConfig, plan: CapacityPlan, prices: PriceTable,
     hour = prices.hosting_hour(region, config.hosting.instance_type)
     instance_month = None if hour is None else hour * HOURS_PER_MONTH
     per = lambda count: None if instance_month is None else count * instance_month  # noqa: E731
-    kind = f"{config.hosting.instance_type} x {HOURS_PER_MONTH} h in {region}"
     rows = []
     now, then = config.autoscaling.target_invocations_per_instance, plan.target_invocations_per_instance
     if plan.peak_rps is not None:
         needed = lambda target: max(config.autoscaling.min_capacity, math.ceil(plan.peak_rps * 60 / target - 1e-9))  # noqa: E731
         rows.append(ChoiceCost("autoscaling.target_invocations_per_instance", f"{now:g}", f"{then:g}",
-                               f"the instances {plan.peak_rps:g} rps needs at the target ({needed(now)} vs "
-                               f"{needed(then)}), all month: {kind}", per(needed(now)), per(needed(then))))
+                               f"{needed(now)} -> {needed(then)} instances for {plan.peak_rps:g} rps, all month",
+                               per(needed(now)), per(needed(then))))
         rows.append(ChoiceCost("autoscaling.max_capacity", str(config.autoscaling.max_capacity),
-                               str(recommended.autoscaling.max_capacity), f"the most the endpoint can cost: {kind}",
+                               str(recommended.autoscaling.max_capacity), "the endpoint at max capacity all month",
                                per(config.autoscaling.max_capacity), per(recommended.autoscaling.max_capacity)))
     else:
         rows.append(ChoiceCost("autoscaling.target_invocations_per_instance", f"{now:g}", f"{then:g}",
@@ -146,9 +145,9 @@ def choice_costs(config: PipelineConfig, plan: CapacityPlan, prices: PriceTable,
         kept = lambda c: function_cost(c, prices, region, 100.0)[0].amount  # noqa: E731 - the provisioned line
         rows.append(ChoiceCost("function.provisioned_concurrency", str(config.function.provisioned_concurrency),
                                str(plan.provisioned_concurrency),
-                               f"environments kept warm all month at {config.function.memory_mb} MB in {region}",
+                               f"environments of {config.function.memory_mb} MB kept warm all month",
                                kept(config), kept(recommended)))
     if plan.reserved_concurrency is not None:
         rows.append(ChoiceCost("function.reserved_concurrency", str(config.function.reserved_concurrency),
-                               str(plan.reserved_concurrency), "no cost of its own (a limit)", None, None))
+                               str(plan.reserved_concurrency), "a limit: no cost of its own", None, None))
     return rows

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from core.capacity import (DEFAULT_REGION, MAX_ERROR_RATIO, CapacityPlan, ChoiceCost, LoadStep, choice_costs,
                            recommend, sustainable_rps_per_instance)
 from core.config import PipelineConfig
+from core.costs import HOURS_PER_MONTH
 from core.pricing import PriceTable
 from core.target_tracking import MAX_TIME_SCALE
 
@@ -271,7 +272,7 @@ def scaling_events(samples: Sequence[tuple[float, int | None]], outcomes: Sequen
 
 @dataclass(frozen=True)
 class Verdict:
-    passed: bool  # every step that sent requests met the objective
+    passed: bool  # every step that sent requests met the objective (so the limit was not found)
     sustainable_rps_per_instance: float | None
     summary: str
     findings: list[str]
@@ -297,6 +298,9 @@ def verdict(steps: Sequence[LoadStep], p95_objective_ms: float, events: Sequence
     sustainable = sustainable_rps_per_instance(list(steps), p95_objective_ms)
     reach = ("no step met it" if sustainable is None else
              f"{sustainable:.2f} requests/s per instance ({sustainable * 60:.0f}/min) sustained within it")
+    if loaded and not missed:
+        findings.insert(0, "no step went past the objective: the rate sustained is a lower bound of what an "
+                           "instance can take (higher rates would find its limit)")
     if not loaded:
         summary = "nothing was sent"
     elif missed:
@@ -351,9 +355,10 @@ def build_report(config: PipelineConfig, settings: LoadTestSettings, *, target: 
         except ValueError as exc:
             note = f"the recommended settings are not a valid configuration: {exc}"
         else:
-            where = (f"on AWS ({config.hosting.instance_type} in {region}, prices of {prices.as_of})")
+            where = (f"on AWS: {config.hosting.instance_type} instances and Lambda in {region}, "
+                     f"{HOURS_PER_MONTH} h a month, prices of {prices.as_of}")
             note = (f"the local backend costs nothing; this is what each choice would cost {where}"
-                    if config.backend == "local" else f"monthly, {where}")
+                    if config.backend == "local" else f"what each choice costs {where}")
     return LoadTestReport(target, config.backend, settings.model_dump(mode="json"), duration, stopped, images,
                           per_second(outcomes, samples, duration), steps, events, judged, plan, costs, note)
 

@@ -1,6 +1,7 @@
 """What the `sagemaker-flows` command prints: results, timings, releases, the local gateway's status."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 
@@ -132,7 +133,7 @@ def print_load_test(report, recommend: bool = False) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = Console() if sys.stdout.isatty() else Console(width=120)  # a file or pipe gets the whole table
     ms = lambda v: "" if v is None else f"{v:.0f}"  # noqa: E731
     table = Table(title=f"load test of {report.target} ({report.duration:g} s, {report.images} images; "
                         f"--json for every second)")
@@ -154,17 +155,13 @@ def print_load_test(report, recommend: bool = False) -> None:
         console.print(report.cost_note)
         return
     plan = report.plan
-    console.print(f"one instance sustains {plan.sustainable_per_instance_per_minute:g} invocations a minute at "
-                  f"p95 <= {plan.p95_objective_ms:g} ms; recommended (the target keeps half as headroom):")
-    console.print("  " + " ".join(f"--set {o}" for o in plan.overrides()), soft_wrap=True)
-    if report.costs:
-        money = lambda v: "-" if v is None else f"${v:,.2f}"  # noqa: E731
-        costs = Table(title=f"monthly cost of each choice: {report.cost_note}")
-        for column in ("setting", "configured", "recommended", "now / month", "recommended / month", "of"):
-            costs.add_column(column)
-        for c in report.costs:
-            costs.add_row(c.setting, c.configured, c.recommended, money(c.configured_monthly),
-                          money(c.recommended_monthly), c.basis)
-        console.print(costs)
-    elif report.cost_note:
-        console.print(report.cost_note)
+    bound = " at least" if report.verdict.passed else ""  # no step went past the objective
+    console.print(f"recommended (one instance sustains{bound} {plan.sustainable_per_instance_per_minute:g} invocations "
+                  f"a minute at p95 <= {plan.p95_objective_ms:g} ms; the target keeps half of it as headroom):")
+    console.print("  " + " ".join(f"--set {o}" for o in plan.overrides()), soft_wrap=True, highlight=False)
+    console.print(f"monthly cost of each choice: {report.cost_note}")
+    money = lambda v: "-" if v is None else f"${v:,.2f}"  # noqa: E731
+    width = max((len(c.setting) for c in report.costs), default=0)
+    for c in report.costs:
+        console.print(f"  {c.setting:<{width}}  {c.configured} -> {c.recommended}: {money(c.configured_monthly)} -> "
+                      f"{money(c.recommended_monthly)}  ({c.basis})", soft_wrap=True, highlight=False)

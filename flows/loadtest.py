@@ -91,7 +91,8 @@ def verdict_markdown(report: LoadTestReport) -> str:
     plan = report.plan
     if plan is not None:
         lines += ["", "## Recommended settings",
-                  f"- one instance sustains {plan.sustainable_per_instance_per_minute:g} invocations a minute "
+                  f"- one instance sustains{' at least' if report.verdict.passed else ''} "
+                  f"{plan.sustainable_per_instance_per_minute:g} invocations a minute "
                   f"at p95 <= {plan.p95_objective_ms:g} ms; the target keeps half of that as headroom",
                   "```", " ".join(f"--set {o}" for o in plan.overrides()), "```"]
     if report.costs:

@@ -39,6 +39,7 @@ MAX_IMAGES = 200  # sent in turn; enough variety for a classifier, little memory
 IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}
 THROTTLE_CODES = {"ThrottlingException", "TooManyRequestsException", "Throttling", "ThrottledException"}
 ANSWER_GRACE_SECONDS = 30.0
+SERVING = ("InService", "Updating", "SystemUpdating")  # an endpoint being scaled or updated still serves
 Sample = tuple[float, "int | None"]  # (seconds from the start, instance count; None: the describe failed)
 
 
@@ -225,10 +226,11 @@ def _progress_text(elapsed: float, duration: float, outcomes: list, samples: lis
 def run_load_test(config: PipelineConfig, backend: Backend, settings: LoadTestSettings) -> LoadRecord:
     logger = get_run_logger()
     endpoint = backend.hosting.describe_endpoint(config.names.endpoint)
-    if endpoint is None or endpoint.status != "InService":
-        raise PermanentError(f"endpoint {config.names.endpoint} is "
-                             f"{'not deployed' if endpoint is None else endpoint.status}: deploy it first "
-                             "(sagemaker-flows run, or demo)")
+    if endpoint is None:
+        raise PermanentError(f"endpoint {config.names.endpoint} is not deployed: deploy it first (sagemaker-flows "
+                             "run, or demo)")
+    if endpoint.status not in SERVING:
+        raise PermanentError(f"endpoint {endpoint.name} is {endpoint.status}: it cannot serve a load test")
     images = load_images(images_folder(config, settings))
     if settings.target == "endpoint":
         send, what = endpoint_sender(single_attempt(backend.client("sagemaker-runtime")), endpoint.name, images), \

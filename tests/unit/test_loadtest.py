@@ -134,7 +134,8 @@ def test_verdict_names_the_steps_that_missed_the_objective():
                               "sustained within it")
     assert judged.findings[0] == "step 2 (4 rps): p95 1380 ms > 500 ms; 37.5% failed (1 errors, 1 throttled, 1 dropped)"
     assert judged.findings[1] == "scaled out 1 -> 2 at 3 s"
-    assert verdict(steps[:1], 500).passed
+    only_first = verdict(steps[:1], 500)
+    assert only_first.passed and only_first.findings[0].startswith("no step went past the objective")
     assert verdict(steps, 100).summary.endswith("no step met it")
     assert function_p95_ms(steps, 500) == pytest.approx(285)
 
@@ -178,8 +179,8 @@ def test_the_report_recommends_from_a_function_test():
     # 2 rps per instance within 500 ms: target 60; 10 rps needs 10 instances; ceil(10 x 0.285) = 3 warm.
     assert report.plan.overrides() == ["autoscaling.target_invocations_per_instance=60", "autoscaling.max_capacity=10",
                                        "function.provisioned_concurrency=3"]
-    assert report.cost_note.startswith("the local backend costs nothing; this is what each choice would cost on AWS "
-                                       "(ml.m5.large in us-east-1")
+    assert report.cost_note.startswith("the local backend costs nothing; this is what each choice would cost on AWS: "
+                                       "ml.m5.large instances and Lambda in us-east-1, 730 h a month")
     assert [len(report.seconds), len(report.steps)] == [6, 2] and not report.verdict.passed
     none = build_report(config, settings.model_copy(update={"p95_ms": 10}), target="function f:live",
                         outcomes=_outcomes(), samples=SAMPLES, duration=4, stopped="", images=3, prices=load_prices())
