@@ -59,6 +59,11 @@ def test_load_scales_out_then_quiet_scales_in(prefect_api, tiny_dataset, tmp_pat
         assert ("out", "Successful") in policy and ("in", "Successful") in policy[policy.index(("out", "Successful")):]
         assert "time scale 60" in endpoint["scaling_activities"][-1]["reason"]
         assert endpoint["autoscaling"]["time_scale"] == 1  # real time again after the test
+        for bad in (0.5, 601, "60", True):  # the control API refuses a time scale it cannot follow, naming it
+            answer = backend.gateway.client().http.put(f"/_local/endpoints/{names.endpoint}/autoscaling",
+                                                       json={**endpoint["autoscaling"], "time_scale": bad})
+            assert (answer.status_code, answer.json()["field"]) == (400, "time_scale"), answer.text
+        assert backend.gateway.client().status()["endpoints"][0]["autoscaling"]["time_scale"] == 1
 
         found = read_artifacts(state.state_details.flow_run_id)
         assert found["demo-load-test-steps"][0] == "table"
