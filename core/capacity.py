@@ -131,7 +131,9 @@ def choice_costs(config: PipelineConfig, plan: CapacityPlan, prices: PriceTable,
     rows = []
     now, then = config.autoscaling.target_invocations_per_instance, plan.target_invocations_per_instance
     if plan.peak_rps is not None:
-        needed = lambda target: max(config.autoscaling.min_capacity, math.ceil(plan.peak_rps * 60 / target - 1e-9))  # noqa: E731
+        def needed(target: float) -> int:  # instances for the peak at `target` invocations per instance a minute
+            return max(config.autoscaling.min_capacity, math.ceil(plan.peak_rps * 60 / target - 1e-9))
+
         rows.append(ChoiceCost("autoscaling.target_invocations_per_instance", f"{now:g}", f"{then:g}",
                                f"{needed(now)} -> {needed(then)} instances for {plan.peak_rps:g} rps, all month",
                                per(needed(now)), per(needed(then))))

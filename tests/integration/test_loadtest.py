@@ -68,7 +68,8 @@ def test_load_scales_out_then_quiet_scales_in(prefect_api, tiny_dataset, tmp_pat
         found = read_artifacts(state.state_details.flow_run_id)
         assert found["demo-load-test-steps"][0] == "table"
         assert "data:image/png;base64," in found["demo-load-test-chart"][1]
-        assert "every step met" in found["demo-load-test-verdict"][1] and "--set autoscaling" in found["demo-load-test-verdict"][1]
+        verdict_text = found["demo-load-test-verdict"][1]
+        assert "every step met" in verdict_text and "--set autoscaling" in verdict_text
 
         # The function in front of the endpoint, through its alias.
         backend.functions.publish_function(names.function, names.endpoint, config.function)

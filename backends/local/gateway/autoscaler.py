@@ -263,7 +263,8 @@ class Autoscaler:
         failed_at = track.failed.get(alarm.direction)
         if failed_at is not None and now - failed_at < self.failure_backoff:
             return None
-        minute = "" if policy.time_scale == 1 else f" (a minute is {policy.period:g} s at time scale {policy.time_scale:g})"
+        minute = ("" if policy.time_scale == 1 else
+                  f" (a minute is {policy.period:g} s at time scale {policy.time_scale:g})")
         reason = (f"{METRIC} {'above' if alarm.direction == 'out' else 'below'} {alarm.threshold:g}/min for "
                   f"{alarm.datapoints} of {alarm.datapoints} datapoints{minute}, the last "
                   f"{alarm.metric:.1f}/min on {current} instance(s) against a target of {policy.target:g}: "
