@@ -15,6 +15,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from core.config import PipelineConfig
+from core.config_io import apply_overrides, validate_config
+from core.costs import HOURS_PER_MONTH, function_cost
+from core.pricing import PriceTable
+
 SAFETY_FACTOR = 0.5  # SageMaker's advice to start from
 MAX_ERROR_RATIO = 0.01  # a step with more failed or throttled requests than this is past what the instance sustains
 
@@ -24,7 +29,7 @@ class LoadStep:
     """What one step of a load test measured."""
 
     offered_rps: float  # the rate requests were sent at
-    requests: int
+    requests: int  # scheduled in the step: sent, or dropped
     succeeded: int
     errors: int  # failed answers (5xx, 4xx other than throttling, timeouts)
     throttled: int  # 429s
@@ -33,10 +38,11 @@ class LoadStep:
     p95_ms: float | None
     p99_ms: float | None
     instances: float  # the endpoint's mean instance count during the step
+    dropped: int = 0  # not sent: the client's bound on requests in flight was reached (the answers lagged)
 
     @property
     def failed_ratio(self) -> float:
-        return (self.errors + self.throttled) / self.requests if self.requests else 1.0
+        return (self.errors + self.throttled + self.dropped) / self.requests if self.requests else 1.0
 
     def within(self, p95_objective_ms: float) -> bool:
         return (self.p95_ms is not None and self.p95_ms <= p95_objective_ms
@@ -95,3 +101,55 @@ def recommend(steps: list[LoadStep], p95_objective_ms: float, *, peak_rps: float
                 reserved = provisioned
     return CapacityPlan(p95_objective_ms, round(sustainable * 60, 1), target, peak_rps, max_capacity, provisioned,
                         reserved)
+
+
+DEFAULT_REGION = "us-east-1"  # what the costs are priced in when the configuration names no region
+
+
+@dataclass(frozen=True)
+class ChoiceCost:
+    """One recommended setting next to the configured one, with what each costs on AWS per month."""
+
+    setting: str
+    configured: str
+    recommended: str
+    basis: str  # what the cost is of
+    configured_monthly: float | None  # None: no cost of its own, or a price the table lacks
+    recommended_monthly: float | None
+
+
+def choice_costs(config: PipelineConfig, plan: CapacityPlan, prices: PriceTable,
+                 region: str | None = None) -> list[ChoiceCost]:
+    """The plan's settings against the configuration's, priced on AWS (hosting.instance_type in `region`,
+    else the configuration's aws.region, else us-east-1): the local backend costs nothing, and this is
+    what the choice would cost there. ValueError when the plan is not a valid configuration."""
+    region = region or config.aws.region or DEFAULT_REGION
+    recommended = validate_config(apply_overrides(config.model_dump(mode="json"), plan.overrides()))
+    hour = prices.hosting_hour(region, config.hosting.instance_type)
+    instance_month = None if hour is None else hour * HOURS_PER_MONTH
+    per = lambda count: None if instance_month is None else count * instance_month  # noqa: E731
+    rows = []
+    now, then = config.autoscaling.target_invocations_per_instance, plan.target_invocations_per_instance
+    if plan.peak_rps is not None:
+        def needed(target: float) -> int:  # instances for the peak at `target` invocations per instance a minute
+            return max(config.autoscaling.min_capacity, math.ceil(plan.peak_rps * 60 / target - 1e-9))
+
+        rows.append(ChoiceCost("autoscaling.target_invocations_per_instance", f"{now:g}", f"{then:g}",
+                               f"{needed(now)} -> {needed(then)} instances for {plan.peak_rps:g} rps, all month",
+                               per(needed(now)), per(needed(then))))
+        rows.append(ChoiceCost("autoscaling.max_capacity", str(config.autoscaling.max_capacity),
+                               str(recommended.autoscaling.max_capacity), "the endpoint at max capacity all month",
+                               per(config.autoscaling.max_capacity), per(recommended.autoscaling.max_capacity)))
+    else:
+        rows.append(ChoiceCost("autoscaling.target_invocations_per_instance", f"{now:g}", f"{then:g}",
+                               "no cost of its own (give a peak rate to price the instances it needs)", None, None))
+    if plan.provisioned_concurrency is not None:
+        kept = lambda c: function_cost(c, prices, region, 100.0)[0].amount  # noqa: E731 - the provisioned line
+        rows.append(ChoiceCost("function.provisioned_concurrency", str(config.function.provisioned_concurrency),
+                               str(plan.provisioned_concurrency),
+                               f"environments of {config.function.memory_mb} MB kept warm all month",
+                               kept(config), kept(recommended)))
+    if plan.reserved_concurrency is not None:
+        rows.append(ChoiceCost("function.reserved_concurrency", str(config.function.reserved_concurrency),
+                               str(plan.reserved_concurrency), "a limit: no cost of its own", None, None))
+    return rows

@@ -8,18 +8,22 @@ through two CloudWatch alarms on one-minute datapoints of invocations per instan
 
 So a burst shorter than three minutes scales nothing, and an endpoint scales in a quarter of an
 hour after its traffic fell. `time_scale` compresses the policy's minutes for demonstrations (a
-time scale of 60 makes a datapoint one second and a 100 s cooldown 1.7 s) without changing the policy.
+time scale of 60 makes a datapoint one second and a 100 s cooldown 1.7 s) without changing the policy:
+a datapoint stays a rate per minute (the invocations of its shorter period, times 60 / its length), so
+the target means the same requests per second at any time scale.
 """
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 PERIOD_SECONDS = 60.0  # one datapoint: a minute of InvocationsPerInstance
 SCALE_OUT_DATAPOINTS = 3
 SCALE_IN_DATAPOINTS = 15
 SCALE_IN_RATIO = 0.9
+MAX_TIME_SCALE = 600.0  # a datapoint of 0.1 s: finer than that, the gateway's own timing would show
 
 
 @dataclass(frozen=True)
@@ -54,8 +58,49 @@ def capacity_for(alarm: Alarm, current: int, target: float, min_capacity: int, m
     return max(min_capacity, min(max_capacity, wanted))
 
 
+def check_time_scale(time_scale: float) -> float:
+    """`time_scale` when it is a number within 1..MAX_TIME_SCALE; ValueError naming it otherwise."""
+    if isinstance(time_scale, bool) or not isinstance(time_scale, (int, float)) \
+            or not 1 <= time_scale <= MAX_TIME_SCALE:
+        raise ValueError(f"time_scale must be a number within 1..{MAX_TIME_SCALE:g}, got {time_scale!r}")
+    return float(time_scale)
+
+
 def period_seconds(time_scale: float = 1.0) -> float:
     """The length of one datapoint in real seconds under `time_scale`."""
-    if not (time_scale >= 1 and math.isfinite(time_scale)):
-        raise ValueError(f"time_scale must be >= 1, got {time_scale!r}")
-    return PERIOD_SECONDS / time_scale
+    return PERIOD_SECONDS / check_time_scale(time_scale)
+
+
+@dataclass
+class DatapointSeries:
+    """InvocationsPerInstance of one endpoint in datapoints of `period` seconds, as SageMaker emits it:
+    each invocation adds 1 / the instances serving when it completed, and a period's datapoint is its
+    sum as a rate per minute. Periods are aligned to multiples of `period` on the caller's clock; only
+    complete periods are datapoints, and a period without invocations is a datapoint of 0."""
+
+    period: float
+    started: float  # the clock when the series began (its first period is counted from its boundary)
+    points: deque = field(default_factory=lambda: deque(maxlen=SCALE_IN_DATAPOINTS))
+    closed: int = -1  # the index of the latest complete period (-1: none yet)
+    _index: int | None = None
+    _sum: float = 0.0
+
+    def add(self, now: float, instances: int) -> None:
+        self.roll(now)
+        self._sum += 1.0 / max(instances, 1)
+
+    def roll(self, now: float) -> None:
+        """Close every period that ended by `now`."""
+        index = math.floor(now / self.period)
+        if self._index is None:
+            self._index = math.floor(self.started / self.period)
+        if index <= self._index:
+            return
+        self.points.append(self._sum * PERIOD_SECONDS / self.period)
+        self.points.extend([0.0] * min(index - self._index - 1, SCALE_IN_DATAPOINTS))
+        self._sum, self._index, self.closed = 0.0, index, index - 1
+
+    def period_end(self) -> float:
+        """When the open period closes, on the caller's clock."""
+        index = self._index if self._index is not None else math.floor(self.started / self.period)
+        return (index + 1) * self.period

@@ -158,6 +158,21 @@ def _releases(args: argparse.Namespace) -> int:
     return 0
 
 
+def _loadtest(args: argparse.Namespace) -> int:
+    from flows.loadtest import loadtest
+    from flows.loadtest_options import settings_from_arguments
+
+    config = _config(args)
+    settings = settings_from_arguments(args)
+    with _prefect_api(config):
+        report = _run_flow(loadtest, config, settings)
+    if args.json:
+        print(json.dumps(output.load_test_for_scripts(report), indent=2))
+    else:
+        output.print_load_test(report, recommend=args.recommend)
+    return 0
+
+
 def _serve(args: argparse.Namespace) -> int:
     from deployments.serve import serve
 
@@ -301,6 +316,15 @@ def build_parser() -> argparse.ArgumentParser:
     back.add_argument("--to", type=int, required=True, metavar="N", help="the model version to serve")
     back.set_defaults(handler=_rollback)
 
+    load = commands.add_parser("loadtest", help="an open-loop load test of the deployed endpoint or function: "
+                                                "latency, throughput, errors and instances over time; --recommend: "
+                                                "the capacity settings it supports")
+    _pipeline_arguments(load)
+    from flows.loadtest_options import add_arguments
+
+    add_arguments(load)
+    load.set_defaults(handler=_loadtest)
+
     serve = commands.add_parser("serve", help="serve the pipeline's deployments (train-and-deploy, retrain on a "
                                               "cron schedule, teardown, rollback) until interrupted")
     _pipeline_arguments(serve)
@@ -323,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
     # Offline first: no telemetry from Prefect's server (there may be no network to send it to).
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     args = build_parser().parse_args(argv)
-    if getattr(args, "command", None) in ("run", "plan") and not (args.config or args.demo):
+    if getattr(args, "command", None) in ("run", "plan", "loadtest") and not (args.config or args.demo):
         print(f"error: {args.command} needs --config FILE (or --demo)", file=sys.stderr)
         return 2
     try:

@@ -1,6 +1,7 @@
 """What the `sagemaker-flows` command prints: results, timings, releases, the local gateway's status."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 
@@ -100,6 +101,8 @@ def print_status(status: dict) -> None:
     for e in status["endpoints"]:
         scaling = e.get("autoscaling") or {}
         scaling_text = f"{scaling.get('min_capacity')}..{scaling.get('max_capacity')}" if scaling else "off"
+        if scaling.get("time_scale", 1) != 1:
+            scaling_text += f" at time scale {scaling['time_scale']:g}"
         if e.get("scaling_activities"):
             last = e["scaling_activities"][-1]
             scaling_text += f"; last {last['from']}->{last['to']} ({last['status']})"
@@ -150,3 +153,50 @@ def print_plan(plan, title: str) -> None:
     if plan.failed:
         console.print(f"{len(plan.failed)} check(s) failed: a run stops before anything is paid for "
                       "(preflight.enforce=false makes them warnings)", markup=False, style="bold red")
+
+
+def load_test_for_scripts(report) -> dict:
+    from dataclasses import asdict
+
+    document = asdict(report)
+    document["verdict"]["passed"] = report.verdict.passed
+    document["overrides"] = report.plan.overrides() if report.plan else []
+    return document
+
+
+def print_load_test(report, recommend: bool = False) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console() if sys.stdout.isatty() else Console(width=120)  # a file or pipe gets the whole table
+    ms = lambda v: "" if v is None else f"{v:.0f}"  # noqa: E731
+    table = Table(title=f"load test of {report.target} ({report.duration:g} s, {report.images} images; "
+                        f"--json for every second)")
+    for column in ("step", "offered rps", "achieved rps", "p50 ms", "p95 ms", "p99 ms", "errors", "throttled",
+                   "dropped", "instances"):
+        table.add_column(column, justify="right")
+    for i, s in enumerate(report.steps, 1):
+        table.add_row(str(i), f"{s.offered_rps:g}", f"{s.achieved_rps:.2f}", ms(s.p50_ms), ms(s.p95_ms),
+                      ms(s.p99_ms), str(s.errors), str(s.throttled), str(s.dropped), f"{s.instances:g}")
+    console.print(table)
+    console.print(f"[bold]{'passed' if report.verdict.passed else 'not passed'}[/bold]: {report.verdict.summary}")
+    for finding in report.verdict.findings:
+        console.print(f"  - {finding}")
+    if report.stopped != "the schedule's end":
+        console.print(f"  sending stopped at {report.stopped}")
+    if not recommend:
+        return
+    if report.plan is None:
+        console.print(report.cost_note)
+        return
+    plan = report.plan
+    bound = " at least" if report.verdict.passed else ""  # no step went past the objective
+    console.print(f"recommended (one instance sustains{bound} {plan.sustainable_per_instance_per_minute:g} invocations "
+                  f"a minute at p95 <= {plan.p95_objective_ms:g} ms; the target keeps half of it as headroom):")
+    console.print("  " + " ".join(f"--set {o}" for o in plan.overrides()), soft_wrap=True, highlight=False)
+    console.print(f"monthly cost of each choice: {report.cost_note}")
+    money = lambda v: "-" if v is None else f"${v:,.2f}"  # noqa: E731
+    width = max((len(c.setting) for c in report.costs), default=0)
+    for c in report.costs:
+        console.print(f"  {c.setting:<{width}}  {c.configured} -> {c.recommended}: {money(c.configured_monthly)} -> "
+                      f"{money(c.recommended_monthly)}  ({c.basis})", soft_wrap=True, highlight=False)

@@ -37,7 +37,10 @@ class LocalHosting:
     def delete_endpoint(self, name: str) -> bool:
         return self.gateway.running() and self.gateway.client().delete_endpoint(name)
 
-    def register_autoscaling(self, endpoint_name: str, variant_name: str, config: AutoscalingConfig) -> ScalingState:
+    def register_autoscaling(self, endpoint_name: str, variant_name: str, config: AutoscalingConfig,
+                             time_scale: float = 1.0) -> ScalingState:
+        """time_scale (local only): the gateway follows the policy with its minutes and cooldowns compressed
+        that many times (core.target_tracking), for a load test or a demonstration; 1 is real time."""
         target = scalable_target(endpoint_name, variant_name, config)
         policy = target_tracking_policy(endpoint_name, variant_name, config)
         # Each local instance is a process on this machine: the configuration's range (made for AWS,
@@ -48,7 +51,7 @@ class LocalHosting:
                         "AWS gets the configured range)", endpoint_name, target["MinCapacity"],
                         target["MaxCapacity"], low, high)
         self.gateway.client().set_autoscaling(endpoint_name, {"min_capacity": low, "max_capacity": high,
-                                                              "policy": policy})
+                                                              "policy": policy, "time_scale": time_scale})
         return ScalingState(resource_id(endpoint_name, variant_name), low, high, policy)
 
     def deregister_autoscaling(self, endpoint_name: str, variant_name: str) -> bool:

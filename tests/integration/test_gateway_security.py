@@ -337,7 +337,9 @@ def test_the_handler_reads_an_s3_uri_from_the_local_store_offline(gateway):
     body = json.loads(answer["body"])
     assert body["model_version"] == "v1" and body["predictions"][0]["label"] in CLASSES
     refused = invoke_json(info.url, {"s3_uri": FOREIGN_URI}, FunctionName="pets-fn")
-    assert refused["statusCode"] == 400, refused  # the handler's own check or the local S3's AccessDenied
+    # Outside the function's prefixes: refused by the handler itself, before any S3 call.
+    assert refused["statusCode"] == 403, refused
+    assert json.loads(refused["body"])["error"]["code"] == "S3LocationNotAllowed"
 
 
 @pytest.mark.parametrize("bucket,key,head,expected", [

@@ -1,5 +1,6 @@
-"""The local autoscaler with a real EndpointManager and real model_worker processes: registration
-clamps the count at once, a burst scales out, quiet scales back in after the cooldown."""
+"""The local autoscaler with a real EndpointManager and real model_worker processes, at a time scale of
+120 (a datapoint of half a second): registration clamps the count at once, three datapoints above the target
+scale out, fifteen quiet ones scale back in."""
 import asyncio
 import io
 import time
@@ -29,12 +30,13 @@ def artifact(tmp_path_factory) -> str:
 
 def registration(min_capacity: int, max_capacity: int) -> dict:
     """What the local backend PUTs to /_local/endpoints/{name}/autoscaling: a target of 2 invocations
-    per instance per minute, no scale-out cooldown, 1 s of scale-in cooldown."""
+    per instance per minute, no scale-out cooldown, 120 s of scale-in cooldown; at a time scale of 120
+    (a datapoint is half a second, the cooldown 1 s)."""
     config = AutoscalingConfig(min_capacity=min_capacity, max_capacity=max_capacity, target_invocations_per_instance=2,
-                               scale_out_cooldown_seconds=0, scale_in_cooldown_seconds=1)
+                               scale_out_cooldown_seconds=0, scale_in_cooldown_seconds=120)
     target = scalable_target(NAME, "AllTraffic", config)
     return {"min_capacity": target["MinCapacity"], "max_capacity": target["MaxCapacity"],
-            "policy": target_tracking_policy(NAME, "AllTraffic", config)}
+            "policy": target_tracking_policy(NAME, "AllTraffic", config), "time_scale": 120}
 
 
 async def eventually(condition, timeout: float) -> float:
@@ -45,7 +47,7 @@ async def eventually(condition, timeout: float) -> float:
     return time.monotonic() - start
 
 
-@pytest.mark.timeout(90)
+@pytest.mark.timeout(120)
 def test_target_tracking_scales_out_and_in(artifact, tmp_path):
     buf = io.BytesIO()
     Image.new("RGB", (32, 32), (200, 30, 30)).save(buf, "JPEG")
@@ -53,9 +55,8 @@ def test_target_tracking_scales_out_and_in(artifact, tmp_path):
     seen: set[int] = set()
 
     async def scenario():
-        # Window 2 s: each request counts as 30 a minute, so one request asks for 15 instances (at most 2).
-        manager = EndpointManager(tmp_path / "state", threads_per_instance=1, autoscaling_interval=0.2,
-                                  autoscaling_window=2.0)
+        # One request in a datapoint of half a second is 120 a minute: 60 times the target.
+        manager = EndpointManager(tmp_path / "state", threads_per_instance=1)
         await manager.start()
 
         def describe():
@@ -86,7 +87,7 @@ def test_target_tracking_scales_out_and_in(artifact, tmp_path):
             await asyncio.sleep(0.6)
             assert describe().instance_count == 1 and len(activities()) == 1
 
-            # A burst: scale out to the maximum; traffic goes on, so no scale-in meanwhile.
+            # Traffic: three datapoints above the target scale out to the maximum; no scale-in meanwhile.
             scaled_out = False
 
             async def traffic():
@@ -103,13 +104,14 @@ def test_target_tracking_scales_out_and_in(artifact, tmp_path):
             assert (info.instance_count, info.current_instance_count, info.status) == (2, 2, "InService")
             [out] = activities(direction="out")
             assert (out["from"], out["to"], out["cause"], out["status"]) == (1, 2, "policy", "Successful")
-            assert "SageMakerVariantInvocationsPerInstance" in out["reason"] and out["end_time"] >= out["time"]
+            assert "SageMakerVariantInvocationsPerInstance above 2/min for 3 of 3 datapoints" in out["reason"]
+            assert out["end_time"] >= out["time"]
             assert not activities(direction="in", cause="policy")
             stopped = time.monotonic()
 
-            # Quiet: once the window is empty and the cooldown over, back to the minimum.
-            await eventually(lambda: settled(1), 15)
-            assert time.monotonic() - stopped >= 1.5  # the 2 s window had to empty first
+            # Quiet: fifteen datapoints below 90 % of the target, and back to the minimum.
+            await eventually(lambda: settled(1), 40)
+            assert time.monotonic() - stopped >= 7  # fifteen datapoints of half a second had to close first
             [back] = activities(direction="in", cause="policy")
             assert (back["from"], back["to"], back["status"]) == (2, 1, "Successful")
             assert back["time"] >= out["end_time"] + 1.0  # the scale-in cooldown

@@ -1,13 +1,15 @@
-"""Target tracking on invocations per instance: the pure decisions, and the autoscaler's bookkeeping
-(policy parsing, the sliding invocation count, cooldowns, registration) with a fake manager and clock."""
+"""Target tracking on invocations per instance: the pure decisions, and the local autoscaler with a fake
+manager and clock: one-minute datapoints, CloudWatch's alarms (3 of 3 above the target to scale out, 15
+of 15 below 90 % of it to scale in), cooldowns, registration, failures, and the time scale."""
 import asyncio
 from types import SimpleNamespace
 
 import pytest
 
-from backends.local.gateway.autoscaler import Autoscaler, InvocationCounter, parse_policy
+from backends.local.gateway.autoscaler import Autoscaler, parse_policy
 from core.config import AutoscalingConfig
 from core.scaling import cooldown_allows, desired_capacity, scalable_target, target_tracking_policy
+from core.target_tracking import DatapointSeries
 
 
 @pytest.mark.parametrize("invocations, current, target, low, high, expected", [
@@ -55,11 +57,12 @@ def test_cooldowns():
         cooldown_allows("sideways", None, None, 0, 0)
 
 
-def registration(config: AutoscalingConfig, name: str = "ep") -> dict:
+def registration(config: AutoscalingConfig, name: str = "ep", time_scale: float | None = None) -> dict:
     """What the local backend PUTs to /_local/endpoints/{name}/autoscaling."""
     target = scalable_target(name, "AllTraffic", config)
     return {"min_capacity": target["MinCapacity"], "max_capacity": target["MaxCapacity"],
-            "policy": target_tracking_policy(name, "AllTraffic", config)}
+            "policy": target_tracking_policy(name, "AllTraffic", config),
+            **({} if time_scale is None else {"time_scale": time_scale})}
 
 
 def test_parse_policy():
@@ -67,7 +70,8 @@ def test_parse_policy():
                                scale_in_cooldown_seconds=30, scale_out_cooldown_seconds=10)
     policy = parse_policy(registration(config))
     assert (policy.min_capacity, policy.max_capacity, policy.target) == (2, 5, 7.5)
-    assert (policy.scale_in_cooldown, policy.scale_out_cooldown) == (30, 10)
+    assert (policy.scale_in_cooldown, policy.scale_out_cooldown, policy.time_scale, policy.period) == (30, 10, 1, 60)
+    assert parse_policy(registration(config, time_scale=60)).period == 1
     bad_metric = registration(config)
     bad_metric["policy"]["TargetTrackingScalingPolicyConfiguration"]["PredefinedMetricSpecification"] = {
         "PredefinedMetricType": "SageMakerVariantCPUUtilization"}
@@ -75,33 +79,45 @@ def test_parse_policy():
                 {**registration(config), "policy": None}):
         with pytest.raises(ValueError):
             parse_policy(bad)
+    for scale in (0.5, 601, "60", True, float("nan")):
+        with pytest.raises(ValueError, match="time_scale"):
+            parse_policy(registration(config, time_scale=scale))
 
 
 class Clock:
-    def __init__(self, now: float = 1000.0):
+    def __init__(self, now: float = 960.0):  # a multiple of 60: a minute starts now
         self.now = now
 
     def __call__(self) -> float:
         return self.now
 
 
-def test_invocation_counter_slides():
+def test_datapoints_are_invocations_per_instance_per_minute():
     clock = Clock()
-    counter = InvocationCounter(60.0, clock)
+    series = DatapointSeries(60.0, clock.now)
     for _ in range(30):
-        counter.add("a")
+        series.add(clock.now, 1)
     clock.now += 30
-    counter.add("a", 10)
-    assert counter.count("a") == 40 and counter.per_minute("a") == 40 and counter.count("b") == 0
-    clock.now += 31
-    assert counter.count("a") == 10
+    for _ in range(20):
+        series.add(clock.now, 2)  # with two instances serving, each invocation counts half
+    assert list(series.points) == [] and series.closed == -1  # the minute is not over
     clock.now += 30
-    assert counter.count("a") == 0
-    short = InvocationCounter(2.0, clock)
-    short.add("a", 3)
-    assert short.per_minute("a") == 90  # 3 in 2 s is 90 a minute
-    short.forget("a")
-    assert short.count("a") == 0
+    series.roll(clock.now)
+    assert list(series.points) == [40.0]
+    clock.now += 120.5  # two quiet minutes are datapoints of 0
+    series.add(clock.now, 1)
+    assert list(series.points) == [40.0, 0.0, 0.0] and series.period_end() == clock.now - 0.5 + 60
+    clock.now += 60 * 15  # fifteen minutes later: only the 15 datapoints the alarms look at are kept
+    series.roll(clock.now)
+    assert list(series.points) == [1.0] + [0.0] * 14
+    clock.now += 3600
+    series.roll(clock.now)
+    assert list(series.points) == [0.0] * 15
+    fast = DatapointSeries(1.0, clock.now)  # time scale 60: a one-second datapoint, still a rate per minute
+    for _ in range(3):
+        fast.add(clock.now, 1)
+    fast.roll(clock.now + 1)
+    assert list(fast.points) == [180.0]
 
 
 class FakeManager:
@@ -123,83 +139,165 @@ class FakeManager:
         self.count = count
 
 
-def test_autoscaler_decisions():
+class Scenario:
+    """An autoscaler on a fake manager and clock, driven a period at a time."""
+
+    def __init__(self, count: int, failure_backoff: float = 30.0):
+        self.clock, self.manager = Clock(), FakeManager(count)
+        self.scaler = Autoscaler(self.manager, interval=10.0, failure_backoff=failure_backoff, clock=self.clock)
+
+    async def tick(self):
+        await asyncio.gather(*self.scaler.evaluate())
+
+    async def register(self, config: AutoscalingConfig, time_scale: float | None = None):
+        self.manager.autoscaling = registration(config, time_scale=time_scale)
+        self.scaler.policy_changed("ep")
+        await self.tick()
+
+    async def periods(self, n: int, invocations: int = 0, seconds: float = 60.0):
+        """n periods of `seconds`, each with `invocations` answered; the alarms look after each."""
+        for _ in range(n):
+            for _ in range(invocations):
+                self.scaler.record_invocation("ep", self.manager.count)
+            self.clock.now += seconds
+            await self.tick()
+
+    def activity(self, index: int = -1) -> dict:
+        return self.scaler.activities("ep")[index]
+
+
+def test_registration_clamps_at_once_and_quiet_scales_in_after_fifteen_minutes():
     async def scenario():
-        clock, manager = Clock(), FakeManager(count=5)
-        scaler = Autoscaler(manager, window=60.0, interval=10.0, failure_backoff=30.0, clock=clock)
+        run = Scenario(count=8)
+        await run.tick()  # no policy: nothing
+        assert run.manager.calls == []
+        await run.register(AutoscalingConfig(min_capacity=1, max_capacity=6, target_invocations_per_instance=10,
+                                             scale_in_cooldown_seconds=300, scale_out_cooldown_seconds=100))
+        assert run.manager.calls == [6]  # registration brings 8 into [1, 6] at once
+        assert (run.activity()["from"], run.activity()["to"], run.activity()["cause"]) == (8, 6, "registration")
+        await run.periods(14)  # fourteen quiet minutes: the low alarm needs fifteen
+        assert run.manager.calls == [6]
+        await run.periods(1)
+        assert run.manager.calls == [6, 1]  # ceil(6 x 0 / 10) within [1, 6]
+        last = run.activity()
+        assert (last["direction"], last["cause"], last["status"]) == ("in", "policy", "Successful")
+        assert "below 9/min for 15 of 15 datapoints" in last["reason"]
+        await run.scaler.close()
 
-        async def tick():
-            await asyncio.gather(*scaler.evaluate())
+    asyncio.run(scenario())
 
-        await tick()  # no policy: nothing
-        assert manager.calls == []
-        config = AutoscalingConfig(min_capacity=1, max_capacity=3, target_invocations_per_instance=10,
-                                   scale_in_cooldown_seconds=100, scale_out_cooldown_seconds=20)
-        manager.autoscaling = registration(config)
-        scaler.policy_changed("ep")
-        await tick()  # registration brings 5 into [1, 3] at once
-        assert manager.calls == [3]
-        [first] = scaler.activities("ep")
-        assert (first["from"], first["to"], first["cause"], first["status"]) == (5, 3, "registration", "Successful")
 
-        await tick()  # no traffic: scale in to the minimum (registration started no cooldown)
-        assert manager.calls == [3, 1] and scaler.activities("ep")[-1]["direction"] == "in"
+def test_three_minutes_above_the_target_scale_out_then_the_cooldowns_hold():
+    async def scenario():
+        run = Scenario(count=1)
+        await run.register(AutoscalingConfig(min_capacity=1, max_capacity=6, target_invocations_per_instance=10,
+                                             scale_in_cooldown_seconds=300, scale_out_cooldown_seconds=100))
+        await run.periods(2, invocations=25)  # a two-minute burst ...
+        await run.periods(1)
+        await run.periods(2, invocations=25)  # ... and another: never three minutes above in a row
+        assert run.manager.calls == []
+        await run.periods(1, invocations=25)
+        assert run.manager.calls == [3]  # ceil(1 x 25 / 10)
+        assert "above 10/min for 3 of 3 datapoints, the last 25.0/min on 1 instance(s)" in run.activity()["reason"]
+        await run.periods(1, invocations=150)  # 50 a minute on each of 3: the alarm fires, the cooldown holds
+        assert run.manager.calls == [3]
+        await run.periods(1, invocations=150)  # 120 s after the scale-out: past its 100 s cooldown
+        assert run.manager.calls == [3, 6]  # ceil(3 x 50 / 10) = 15, at most 6
+        await run.periods(1, invocations=600)  # at the maximum: nothing more to ask
+        assert run.manager.calls == [3, 6]
+        await run.periods(14)
+        assert run.manager.calls == [3, 6]
+        await run.periods(1)  # fifteen quiet minutes, and long past both cooldowns
+        assert run.manager.calls == [3, 6, 1]
+        await run.scaler.close()
 
-        for _ in range(25):  # 25 a minute against 10 per instance: 3
-            scaler.record_invocation("ep")
-        await tick()
-        assert manager.calls == [3, 1, 3]
-        last = scaler.activities("ep")[-1]
-        assert (last["from"], last["to"], last["status"]) == (1, 3, "Successful") and "25.0" in last["reason"]
+    asyncio.run(scenario())
 
-        clock.now += 61  # the traffic has left the window: scale-in waits out its cooldown
-        await tick()
-        assert manager.calls == [3, 1, 3]
-        clock.now += 40
-        await tick()
-        assert manager.calls == [3, 1, 3, 1]
 
-        manager.fail = True  # a failed scale-out is recorded and retried after the backoff only
-        for _ in range(15):
-            scaler.record_invocation("ep")
-        await tick()
-        await tick()
-        assert manager.calls == [3, 1, 3, 1, 2]
-        failed = scaler.activities("ep")[-1]
-        assert failed["status"] == "Failed" and "no capacity" in failed["error"]
-        manager.fail = False
-        clock.now += 61  # past the backoff, and the 15 before have left the window
-        for _ in range(15):
-            scaler.record_invocation("ep")
-        await tick()
-        assert manager.calls == [3, 1, 3, 1, 2, 2] and manager.count == 2
+def test_a_scale_in_waits_for_its_cooldown_after_a_scale_out():
+    async def scenario():
+        run = Scenario(count=1)
+        # The scale-in cooldown is longer than the low alarm's fifteen minutes.
+        await run.register(AutoscalingConfig(min_capacity=1, max_capacity=4, target_invocations_per_instance=10,
+                                             scale_in_cooldown_seconds=1200, scale_out_cooldown_seconds=0))
+        await run.periods(3, invocations=40)
+        assert run.manager.calls == [4]
+        await run.periods(19)  # the alarm fires after 15, the cooldown holds until 20 minutes have passed
+        assert run.manager.calls == [4]
+        await run.periods(1)
+        assert run.manager.calls == [4, 1]
+        await run.scaler.close()
 
-        manager.autoscaling = {"min": 1, "max": 3}  # a policy it cannot follow: ignored, no crash
-        scaler.policy_changed("ep")
-        clock.now += 1000
-        await tick()
-        assert manager.calls[-1] == 2 and len(manager.calls) == 6
+    asyncio.run(scenario())
 
-        scaler.forget("ep")
-        assert scaler.activities("ep") == []
-        await scaler.close()
+
+def test_a_failed_scaling_is_recorded_and_retried_after_the_backoff():
+    async def scenario():
+        run = Scenario(count=1, failure_backoff=90.0)
+        await run.register(AutoscalingConfig(min_capacity=1, max_capacity=3, target_invocations_per_instance=10,
+                                             scale_in_cooldown_seconds=0, scale_out_cooldown_seconds=0))
+        run.manager.fail = True
+        await run.periods(3, invocations=20)
+        assert run.manager.calls == [2]
+        failed = run.activity()
+        assert failed["status"] == "Failed" and "no capacity" in failed["error"] and failed["end_time"] >= failed["time"]
+        await run.periods(1, invocations=20)  # 60 s later: still within the 90 s backoff
+        assert run.manager.calls == [2]
+        run.manager.fail = False
+        await run.periods(1, invocations=20)
+        assert run.manager.calls == [2, 2] and run.manager.count == 2 and run.activity()["status"] == "Successful"
+
+        run.manager.autoscaling = {"min": 1, "max": 3}  # a policy it cannot follow: ignored, no crash
+        run.scaler.policy_changed("ep")
+        await run.periods(20)
+        assert run.manager.calls == [2, 2]
+        run.scaler.forget("ep")
+        assert run.scaler.activities("ep") == [] and run.scaler.datapoints("ep") == []
+        await run.scaler.close()
+
+    asyncio.run(scenario())
+
+
+def test_time_scale_compresses_the_minutes_and_the_cooldowns_not_the_policy():
+    async def scenario():
+        run = Scenario(count=1)
+        config = AutoscalingConfig(min_capacity=1, max_capacity=4, target_invocations_per_instance=60,
+                                   scale_in_cooldown_seconds=120, scale_out_cooldown_seconds=120)
+        await run.register(config, time_scale=60)  # a datapoint a second, cooldowns of 2 s
+        assert run.scaler.seconds_to_next_period() == pytest.approx(1.0)
+        await run.periods(2, invocations=2, seconds=1)  # 2 a second is 120 a minute, twice the target
+        assert run.manager.calls == [] and run.scaler.datapoints("ep") == [120.0, 120.0]
+        await run.periods(1, invocations=2, seconds=1)
+        assert run.manager.calls == [2]  # ceil(1 x 120 / 60): the target still means 1 request a second
+        assert "a minute is 1 s at time scale 60" in run.activity()["reason"]
+        await run.periods(1, invocations=8, seconds=1)  # 240 a minute per instance; the 2 s cooldown holds
+        assert run.manager.calls == [2]
+        await run.periods(1, invocations=8, seconds=1)
+        assert run.manager.calls == [2, 4]
+        await run.periods(14, seconds=1)
+        assert run.manager.calls == [2, 4]
+        await run.periods(1, seconds=1)  # fifteen quiet seconds
+        assert run.manager.calls == [2, 4, 1]
+
+        await run.periods(2, invocations=2, seconds=1)
+        await run.register(config)  # back to real time: the datapoints start over
+        assert run.scaler.datapoints("ep") == [] and run.scaler.seconds_to_next_period() == pytest.approx(10.0)
+        await run.periods(1, invocations=2, seconds=1)
+        assert run.manager.calls == [2, 4, 1]
+        await run.scaler.close()
 
     asyncio.run(scenario())
 
 
 def test_activities_are_capped():
     async def scenario():
-        clock, manager = Clock(), FakeManager()
-        scaler = Autoscaler(manager, window=1.0, clock=clock)
-        config = AutoscalingConfig(min_capacity=1, max_capacity=2, target_invocations_per_instance=1,
-                                   scale_in_cooldown_seconds=0, scale_out_cooldown_seconds=0)
-        manager.autoscaling = registration(config)
-        for i in range(30):
-            if i % 2 == 0:
-                scaler.record_invocation("ep")
-            await asyncio.gather(*scaler.evaluate())
-            clock.now += 2
-        activities = scaler.activities("ep")
+        run = Scenario(count=1)
+        await run.register(AutoscalingConfig(min_capacity=1, max_capacity=2, target_invocations_per_instance=1,
+                                             scale_in_cooldown_seconds=0, scale_out_cooldown_seconds=0), time_scale=60)
+        for _ in range(12):
+            await run.periods(3, invocations=1, seconds=1)
+            await run.periods(15, seconds=1)
+        activities = run.scaler.activities("ep")
         assert len(activities) == 20 and activities[-1]["time"] >= activities[0]["time"]
         assert [a["to"] for a in activities] == [2, 1] * 10
 

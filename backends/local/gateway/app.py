@@ -37,6 +37,7 @@ from backends.local.gateway.lambda_runtime import ACCOUNT_ID, decode_event
 from backends.local.gateway.s3 import S3_PATH, LocalS3
 from backends.local.state import LocalState
 from backends.local.store import LocalStore
+from core.target_tracking import check_time_scale
 
 REGION = os.environ.get("AWS_DEFAULT_REGION", "us-east-1")
 MAX_INVOKE_BYTES = 6 * 1024 * 1024  # both APIs refuse synchronous payloads over 6 MB
@@ -242,7 +243,11 @@ class Gateway:
     async def put_autoscaling(self, request: Request) -> Response:
         policy = None
         if request.method == "PUT":
-            policy = _only(await read_json_object(request), "min_capacity", "max_capacity", "policy")
+            policy = _only(await read_json_object(request), "min_capacity", "max_capacity", "policy", "time_scale")
+            try:
+                check_time_scale(_take(policy, "time_scale", (int, float), 1))
+            except ValueError as exc:
+                raise ControlInputError("time_scale", str(exc)) from None
             try:
                 parse_policy(policy)  # stored only if the autoscaler can follow it
             except ValueError as exc:

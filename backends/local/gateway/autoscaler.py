@@ -1,18 +1,23 @@
 """The local autoscaler: target tracking on SageMakerVariantInvocationsPerInstance, as Application
 Auto Scaling does it for a SageMaker endpoint variant, for the endpoints of one EndpointManager.
 
-The manager reports every invocation (`record_invocation`); every `interval` seconds (and at once
-when a policy is registered) the autoscaler looks at each endpoint that has a policy, turns the
-invocations of the last `window` seconds into invocations per minute, asks core.scaling for the
-desired capacity and, when the cooldowns allow it, calls `set_instance_count`. Registering a policy
-brings the instance count within [min_capacity, max_capacity] right away, cooldowns or not. Each
-scaling activity (successful or failed) is kept, the last 20 per endpoint, and shown in the
-endpoint's description. Nothing here may take the gateway down: errors are logged and the loop
-goes on.
+The manager reports every answered invocation with the instances serving then (`record_invocation`);
+they become one-minute datapoints of invocations per instance (core.target_tracking.DatapointSeries).
+After each complete period the autoscaler evaluates the policy's two alarms as CloudWatch does
+(core.target_tracking.firing_alarm: 3 of 3 datapoints above the target scale out, 15 of 15 below
+90 % of it scale in); while one fires, it asks for ceil(current x metric / target) within [min, max]
+and, when the cooldowns allow it (core.scaling.cooldown_allows), calls `set_instance_count`. So a
+burst shorter than three minutes scales nothing, as on AWS. Registering a policy brings the instance
+count within [min_capacity, max_capacity] right away, cooldowns or not. Each scaling activity
+(successful or failed) is kept, the last 20 per endpoint, and shown in the endpoint's description.
+Nothing here may take the gateway down: errors are logged and the loop goes on.
 
 The policy is what the local backend registers (PUT /_local/endpoints/{name}/autoscaling):
-    {"min_capacity": 1, "max_capacity": 4,
+    {"min_capacity": 1, "max_capacity": 4, "time_scale": 1,
      "policy": <PutScalingPolicy arguments from core.scaling.target_tracking_policy>}
+`time_scale` (optional, default 1) compresses the policy's minutes and cooldowns for a demonstration
+or a load test (60: a datapoint a second); the policy itself is unchanged. A new time scale starts
+the endpoint's datapoints over.
 """
 from __future__ import annotations
 
@@ -25,7 +30,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
 from backends.local.gateway.instances import MAX_LOCAL_INSTANCES
-from core.scaling import METRIC, cooldown_allows, desired_capacity
+from core.scaling import METRIC, cooldown_allows
+from core.target_tracking import DatapointSeries, capacity_for, check_time_scale, firing_alarm, period_seconds
 
 if TYPE_CHECKING:
     from backends.local.gateway.endpoints import EndpointManager
@@ -40,8 +46,14 @@ class TrackingPolicy:
     min_capacity: int
     max_capacity: int
     target: float  # invocations per instance per minute
-    scale_in_cooldown: float  # seconds
+    scale_in_cooldown: float  # seconds, of the policy's (uncompressed) time
     scale_out_cooldown: float
+    time_scale: float = 1.0
+
+    @property
+    def period(self) -> float:
+        """One datapoint, in real seconds."""
+        return period_seconds(self.time_scale)
 
 
 def _number(container: dict, key: str, path: str, kind: type, default=None):
@@ -73,7 +85,8 @@ def parse_policy(autoscaling: dict) -> TrackingPolicy:
     parsed = TrackingPolicy(_number(autoscaling, "min_capacity", "", int), _number(autoscaling, "max_capacity", "", int),
                             _number(config, "TargetValue", where, float),
                             _number(config, "ScaleInCooldown", where, float, 300),
-                            _number(config, "ScaleOutCooldown", where, float, 300))
+                            _number(config, "ScaleOutCooldown", where, float, 300),
+                            _number(autoscaling, "time_scale", "", float, 1.0))
     if not 1 <= parsed.min_capacity <= parsed.max_capacity:
         raise ValueError(f"min_capacity..max_capacity must be a range starting at 1 or more, not "
                          f"[{parsed.min_capacity}, {parsed.max_capacity}]")
@@ -84,48 +97,8 @@ def parse_policy(autoscaling: dict) -> TrackingPolicy:
         raise ValueError(f"{where}TargetValue must be > 0, not {parsed.target}")
     if not (0 <= parsed.scale_in_cooldown < math.inf and 0 <= parsed.scale_out_cooldown < math.inf):
         raise ValueError(f"{where}ScaleInCooldown and ScaleOutCooldown must be >= 0")
+    check_time_scale(parsed.time_scale)
     return parsed
-
-
-class InvocationCounter:
-    """Invocations per endpoint over a sliding window, kept in 100 buckets of window/100 seconds
-    (a bucket that straddles the window's start counts whole: at most 1 % of the window too much)."""
-
-    BUCKETS = 100
-
-    def __init__(self, window: float, clock: Callable[[], float] = time.monotonic):
-        if not window > 0:
-            raise ValueError(f"window must be > 0, got {window!r}")
-        self.window = window
-        self.clock = clock
-        self._width = window / self.BUCKETS
-        self._buckets: dict[str, deque[list[int]]] = {}  # name -> [bucket index, count], oldest first
-
-    def add(self, name: str, n: int = 1) -> None:
-        index = math.floor(self.clock() / self._width)
-        buckets = self._buckets.setdefault(name, deque())
-        if buckets and buckets[-1][0] == index:
-            buckets[-1][1] += n
-        else:
-            buckets.append([index, n])
-            self._prune(buckets, index)
-
-    def count(self, name: str) -> int:
-        buckets = self._buckets.get(name)
-        if not buckets:
-            return 0
-        self._prune(buckets, math.floor(self.clock() / self._width))
-        return sum(n for _, n in buckets)
-
-    def per_minute(self, name: str) -> float:
-        return self.count(name) * 60.0 / self.window
-
-    def forget(self, name: str) -> None:
-        self._buckets.pop(name, None)
-
-    def _prune(self, buckets: deque, index: int) -> None:
-        while buckets and buckets[0][0] <= index - self.BUCKETS - 1:
-            buckets.popleft()
 
 
 @dataclass
@@ -139,29 +112,31 @@ class _Track:
     task: asyncio.Task | None = None
     registering: bool = False  # a policy was just registered: bring the count within its range
     warned: dict | None = None  # the unusable policy last warned about
+    evaluated: int = -1  # the latest period whose datapoint the alarms were evaluated on
 
 
 class Autoscaler:
-    def __init__(self, manager: EndpointManager, *, interval: float = 10.0, window: float = 60.0,
-                 failure_backoff: float = 30.0, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, manager: EndpointManager, *, interval: float = 10.0, failure_backoff: float = 30.0,
+                 clock: Callable[[], float] = time.monotonic):
+        """interval: the longest the loop sleeps (it wakes sooner for a period that ends, or a registration)."""
         if not interval > 0:
             raise ValueError(f"interval must be > 0, got {interval!r}")
         self.manager = manager
         self.interval = interval
         self.failure_backoff = failure_backoff
         self.clock = clock
-        self.counter = InvocationCounter(window, clock)
+        self._series: dict[str, DatapointSeries] = {}
         self._tracks: dict[str, _Track] = {}
         self._loop_task: asyncio.Task | None = None
         self._wake: asyncio.Event | None = None
 
-    @property
-    def window(self) -> float:
-        return self.counter.window
-
     # -- what the manager tells it ---------------------------------------------------
-    def record_invocation(self, name: str) -> None:
-        self.counter.add(name)
+    def record_invocation(self, name: str, instances: int) -> None:
+        """An invocation of `name` was answered while `instances` served it."""
+        series = self._series.get(name)
+        if series is None:
+            series = self._series[name] = DatapointSeries(period_seconds(1.0), self.clock())
+        series.add(self.clock(), instances)
 
     def policy_changed(self, name: str) -> None:
         """A policy was registered (or removed): look at the endpoint now, not at the next tick."""
@@ -170,15 +145,29 @@ class Autoscaler:
             self._wake.set()
 
     def forget(self, name: str) -> None:
-        """The endpoint is being deleted: drop its counts and history, stop a scaling it has under way."""
+        """The endpoint is being deleted: drop its datapoints and history, stop a scaling it has under way."""
         track = self._tracks.pop(name, None)
-        self.counter.forget(name)
+        self._series.pop(name, None)
         if track is not None and track.task is not None:
             track.task.cancel()
 
     def activities(self, name: str) -> list[dict]:
         track = self._tracks.get(name)
         return [dict(a) for a in track.activities] if track else []
+
+    def datapoints(self, name: str) -> list[float]:
+        """The endpoint's latest complete datapoints (invocations per instance per minute), oldest first."""
+        series = self._series.get(name)
+        if series is None:
+            return []
+        series.roll(self.clock())
+        return list(series.points)
+
+    def seconds_to_next_period(self) -> float:
+        """How long until the next datapoint of any endpoint closes (at most `interval`)."""
+        now = self.clock()
+        ends = [s.period_end() - now for s in self._series.values()]
+        return max(0.01, min([self.interval, *ends]))
 
     # -- the loop ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -198,7 +187,12 @@ class Autoscaler:
     async def _run(self) -> None:
         while True:
             try:
-                await asyncio.wait_for(self._wake.wait(), self.interval)
+                sleep = self.seconds_to_next_period() + 0.005  # a hair past the boundary: the period has closed
+            except Exception:
+                log.exception("autoscaler: timing the next look failed; going on")
+                sleep = self.interval
+            try:
+                await asyncio.wait_for(self._wake.wait(), sleep)
             except asyncio.TimeoutError:
                 pass
             self._wake.clear()
@@ -239,6 +233,12 @@ class Autoscaler:
                 log.warning("autoscaler: endpoint %s: ignoring its autoscaling policy: %s", name, exc)
             track.registering = False
             return None
+        now = self.clock()
+        series = self._series.get(name)
+        if series is None or series.period != policy.period:  # a new time scale: the datapoints start over
+            series = self._series[name] = DatapointSeries(policy.period, now)
+            track.evaluated = -1
+        series.roll(now)
         current = info.instance_count
         if track.registering:
             track.registering = False
@@ -247,22 +247,28 @@ class Autoscaler:
                 return self._start(name, track, current, target, "registration",
                                    f"scalable target registered with capacity [{policy.min_capacity}, "
                                    f"{policy.max_capacity}]: {current} instance(s) is outside it")
-        per_minute = self.counter.per_minute(name)
-        desired = desired_capacity(per_minute, current, policy.target, policy.min_capacity, policy.max_capacity)
+        if series.closed == track.evaluated:
+            return None  # the alarms are evaluated once per datapoint, as CloudWatch does
+        track.evaluated = series.closed
+        alarm = firing_alarm(list(series.points), policy.target)
+        if alarm is None:
+            return None
+        desired = capacity_for(alarm, current, policy.target, policy.min_capacity, policy.max_capacity)
         if desired == current:
             return None
-        direction = "out" if desired > current else "in"
-        now = self.clock()
-        since = lambda t: None if t is None else now - t  # noqa: E731
-        if not cooldown_allows(direction, since(track.last_out), since(track.last_in),
+        since = lambda t: None if t is None else (now - t) * policy.time_scale  # noqa: E731 - in policy time
+        if not cooldown_allows(alarm.direction, since(track.last_out), since(track.last_in),
                                policy.scale_out_cooldown, policy.scale_in_cooldown):
             return None
-        failed_at = track.failed.get(direction)
+        failed_at = track.failed.get(alarm.direction)
         if failed_at is not None and now - failed_at < self.failure_backoff:
             return None
-        reason = (f"{METRIC} {per_minute / max(current, 1):.1f}/min ({per_minute:.1f} invocations/min over the "
-                  f"last {self.window:g} s on {current} instance(s)) against a target of {policy.target:g}: "
-                  f"{'scaling out' if direction == 'out' else 'scaling in'} to {desired} "
+        minute = ("" if policy.time_scale == 1 else
+                  f" (a minute is {policy.period:g} s at time scale {policy.time_scale:g})")
+        reason = (f"{METRIC} {'above' if alarm.direction == 'out' else 'below'} {alarm.threshold:g}/min for "
+                  f"{alarm.datapoints} of {alarm.datapoints} datapoints{minute}, the last "
+                  f"{alarm.metric:.1f}/min on {current} instance(s) against a target of {policy.target:g}: "
+                  f"{'scaling out' if alarm.direction == 'out' else 'scaling in'} to {desired} "
                   f"(capacity [{policy.min_capacity}, {policy.max_capacity}])")
         return self._start(name, track, current, desired, "policy", reason)
 

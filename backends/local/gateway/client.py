@@ -61,6 +61,7 @@ class GatewayClient:
         return self._call("POST", f"/_local/endpoints/{name}/instance-count", {"instance_count": instance_count})
 
     def set_autoscaling(self, name: str, policy: dict) -> dict:
+        """policy: {"min_capacity", "max_capacity", "policy": PutScalingPolicy's arguments, "time_scale": optional}."""
         return self._call("PUT", f"/_local/endpoints/{name}/autoscaling", policy)
 
     def delete_autoscaling(self, name: str) -> bool:

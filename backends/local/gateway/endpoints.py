@@ -68,7 +68,7 @@ class EndpointManager:
     def __init__(self, state_dir: Path, python: str = sys.executable, *, ready_timeout: float = 120.0,
                  drain_timeout: float = 60.0, invoke_timeout: float = 60.0,
                  threads_per_instance: int | None = None, monitor_interval: float = 0.5,
-                 autoscaling_interval: float = 10.0, autoscaling_window: float = 60.0):
+                 autoscaling_interval: float = 10.0):
         self.state_dir = Path(state_dir)
         self.python = python
         self.ready_timeout = ready_timeout
@@ -82,7 +82,7 @@ class EndpointManager:
         self._monitor_task: asyncio.Task | None = None
         self._wake: asyncio.Event | None = None
         self._tasks: set[asyncio.Task] = set()  # instances being stopped in the background
-        self.autoscaler = Autoscaler(self, interval=autoscaling_interval, window=autoscaling_window)
+        self.autoscaler = Autoscaler(self, interval=autoscaling_interval)
 
     async def start(self) -> None:
         self._http()
@@ -224,7 +224,6 @@ class EndpointManager:
 
     async def invoke(self, name: str, body: bytes, content_type: str, accept: str) -> EndpointReply:
         ep = self._get(name)
-        self.autoscaler.record_invocation(name)
         headers = {k: v for k, v in (("Content-Type", content_type), ("Accept", accept)) if v}
         tried: set[str] = set()
         lost = False  # a request may take one instance down with it, not all of them
@@ -260,6 +259,8 @@ class EndpointManager:
                 inst.outstanding -= 1
             if shift is not None:
                 shift.record(response.status_code, (time.perf_counter() - began) * 1000)
+            # SageMaker's InvocationsPerInstance: each answered invocation counts 1 / the instances serving.
+            self.autoscaler.record_invocation(name, sum(1 for i in ep.instances if i.state == "InService"))
             return EndpointReply(response.status_code, response.content,
                                     response.headers.get("content-type", ""), inst.id)
 

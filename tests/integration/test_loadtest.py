@@ -1,0 +1,82 @@
+"""The loadtest flow against a real local gateway (loopback only, bounded): a tiny model endpoint with a
+low autoscaling target, tested at a time scale of 60 (a datapoint a second, scale-in after fifteen
+quiet seconds): the load scales it out, the quiet after it scales it back in; then a short test of
+the function in front of it."""
+import pytest
+
+from backends.local.backend import LocalBackend
+from backends.local.gateway.server import stop_gateway
+from backends.types import ModelVersion
+from core.config import PipelineConfig
+from core.demo import demo_config
+from core.loadtest import LoadTestSettings
+from flows.loadtest import loadtest
+from tests.helpers import make_model_artifact
+from tests.integration.test_pipeline_flow import read_artifacts
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.mark.timeout(300)
+def test_load_scales_out_then_quiet_scales_in(prefect_api, tiny_dataset, tmp_path):
+    values = demo_config(str(tiny_dataset)).model_dump(mode="json")
+    values["local"] = {"home": str(tmp_path / "home")}
+    # 30 invocations per instance a minute (half a request a second); 1 s of scale-in cooldown at time scale 60.
+    values["autoscaling"].update(min_capacity=1, max_capacity=2, target_invocations_per_instance=30,
+                                 scale_out_cooldown_seconds=0, scale_in_cooldown_seconds=60)
+    values["function"].update(reserved_concurrency=10, provisioned_concurrency=1)
+    config = PipelineConfig.model_validate(values)
+    backend = LocalBackend(home=config.local.home)
+    names = config.names
+    try:
+        artifact = backend.storage.upload_file(make_model_artifact(tmp_path / "model"),
+                                               f"s3://{backend.storage.default_bucket()}/models/model.tar.gz")
+        version = ModelVersion(names.model_group, 1, artifact, {}, {}, "ab" * 32, "job-1", 1.7e9)
+        backend.hosting.deploy_endpoint(names.endpoint, version, config.hosting)
+        backend.hosting.register_autoscaling(names.endpoint, config.hosting.variant_name, config.autoscaling)
+
+        # 3 requests a second (180 a minute on one instance) for 6 s, then 34 s of quiet: room for the
+        # new instance to start (the alarm fires after 3 s), and for fifteen quiet datapoints after the load.
+        settings = LoadTestSettings(rates=[3], step_seconds=6, idle_seconds=34, time_scale=60, p95_ms=60000)
+        state = loadtest(config, settings, return_state=True)
+        report = state.result()
+
+        load, idle = report.steps
+        assert (load.offered_rps, load.requests, load.errors, load.throttled, load.dropped) == (3, 18, 0, 0, 0)
+        assert load.succeeded == 18 and idle.requests == 0
+        directions = [e.direction for e in report.events]
+        assert "out" in directions and "in" in directions[directions.index("out"):], report.events
+        scale_in = next(e for e in report.events if e.direction == "in")
+        assert scale_in.quiet_seconds >= 14  # fifteen one-second datapoints below the target first
+        assert len(report.seconds) >= 40 and {r.instances for r in report.seconds} >= {1, 2}
+        assert sum(r.succeeded for r in report.seconds) == 18  # every answer, in the second it came back
+        assert report.verdict.passed and report.verdict.summary.startswith("every step met p95 <= 60000 ms")
+        assert report.plan.overrides()[0].startswith("autoscaling.target_invocations_per_instance=")
+
+        status = backend.gateway.client().status()
+        [endpoint] = status["endpoints"]
+        policy = [(a["direction"], a["status"]) for a in endpoint["scaling_activities"] if a["cause"] == "policy"]
+        assert ("out", "Successful") in policy and ("in", "Successful") in policy[policy.index(("out", "Successful")):]
+        assert "time scale 60" in endpoint["scaling_activities"][-1]["reason"]
+        assert endpoint["autoscaling"]["time_scale"] == 1  # real time again after the test
+        for bad in (0.5, 601, "60", True):  # the control API refuses a time scale it cannot follow, naming it
+            answer = backend.gateway.client().http.put(f"/_local/endpoints/{names.endpoint}/autoscaling",
+                                                       json={**endpoint["autoscaling"], "time_scale": bad})
+            assert (answer.status_code, answer.json()["field"]) == (400, "time_scale"), answer.text
+        assert backend.gateway.client().status()["endpoints"][0]["autoscaling"]["time_scale"] == 1
+
+        found = read_artifacts(state.state_details.flow_run_id)
+        assert found["demo-load-test-steps"][0] == "table"
+        assert "data:image/png;base64," in found["demo-load-test-chart"][1]
+        verdict_text = found["demo-load-test-verdict"][1]
+        assert "every step met" in verdict_text and "--set autoscaling" in verdict_text
+
+        # The function in front of the endpoint, through its alias.
+        backend.functions.publish_function(names.function, names.endpoint, config.function)
+        short = loadtest(config, LoadTestSettings(target="function", rates=[2], step_seconds=3, p95_ms=60000))
+        [step] = short.steps
+        assert short.target == f"function {names.function}:live"
+        assert (step.requests, step.succeeded, step.errors) == (6, 6, 0)
+    finally:
+        backend.close()
+        stop_gateway(backend.state)
