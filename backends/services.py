@@ -125,11 +125,15 @@ class Hosting(Protocol):
     def delete_endpoint(self, name: str) -> bool:
         """Delete the endpoint and what was made for it; False when there was nothing to delete."""
 
-    def register_autoscaling(self, endpoint_name: str, variant_name: str, config: AutoscalingConfig) -> ScalingState:
+    def register_autoscaling(self, endpoint_name: str, variant_name: str, config: AutoscalingConfig,
+                             time_scale: float = 1.0) -> ScalingState:
         """Register the variant for target tracking on invocations per instance (an upsert).
+        `time_scale` > 1 runs the policy's minutes and cooldowns that many times faster (a load test's
+        demonstration); only the local autoscaler can.
 
         Raises:
             NotFoundError: no such endpoint.
+            InvalidRequestError: a time scale the backend cannot follow (aws: anything but 1).
         """
 
     def deregister_autoscaling(self, endpoint_name: str, variant_name: str) -> bool:

@@ -66,29 +66,6 @@ def capacity_to_keep(variants: Sequence[Mapping], variant_name: str, default: in
     return int(count) if count else default
 
 
-def desired_capacity(invocations_last_minute: float, current: int, target_per_instance: float,
-                     min_capacity: int, max_capacity: int) -> int:
-    """The capacity target tracking on SageMakerVariantInvocationsPerInstance asks for.
-
-    The metric is invocations per minute divided by the instances serving them, so target tracking's
-    ceil(current * metric / target) is ceil(invocations_last_minute / target): enough instances for each
-    to get at most `target_per_instance` invocations a minute. Clamped to [min_capacity, max_capacity];
-    with no traffic that is min_capacity. (`current` only enters through the metric; it is checked, and
-    kept in the signature so that callers state what they scale from.)
-    """
-    if not target_per_instance > 0:
-        raise ValueError(f"target_per_instance must be > 0, got {target_per_instance!r}")
-    if min_capacity < 0 or max_capacity < min_capacity:
-        raise ValueError(f"bad capacity range [{min_capacity}, {max_capacity}]")
-    if current < 0 or invocations_last_minute < 0:
-        raise ValueError("current and invocations_last_minute must be >= 0")
-    if invocations_last_minute <= 0:
-        return min_capacity
-    # A hair below the ratio, so that 20 invocations at a target of 10 ask for 2 and not for 3 (float noise).
-    wanted = math.ceil(invocations_last_minute / target_per_instance - 1e-9)
-    return max(min_capacity, min(max_capacity, wanted))
-
-
 def cooldown_allows(direction: str, seconds_since_last_out: float | None, seconds_since_last_in: float | None,
                     scale_out_cooldown: float, scale_in_cooldown: float) -> bool:
     """Whether a scaling activity in `direction` ("out" or "in") may start now (None: there was none yet).

@@ -14,6 +14,7 @@ from backends.aws.autoscaling import EndpointAutoscaling
 from backends.aws.endpoints import SageMakerEndpoints
 from backends.aws.iam import PipelineRoles
 from backends.aws.images import inference_image_uri
+from backends.errors import InvalidRequestError
 from backends.types import EndpointState, ModelVersion, ScalingState
 from core.config import AutoscalingConfig, HostingConfig
 from core.traffic import alarm_names, rollback_alarms, traffic_routing
@@ -55,7 +56,11 @@ class SageMakerHosting:
             cloudwatch.put_metric_alarm(**document, **({"Tags": tags} if tags else {}))
         return [d["AlarmName"] for d in documents]
 
-    def register_autoscaling(self, endpoint_name: str, variant_name: str, config: AutoscalingConfig) -> ScalingState:
+    def register_autoscaling(self, endpoint_name: str, variant_name: str, config: AutoscalingConfig,
+                             time_scale: float = 1.0) -> ScalingState:
+        if time_scale != 1:
+            raise InvalidRequestError(f"time_scale {time_scale:g}: Application Auto Scaling's alarms count real "
+                                      "minutes; only the local backend's autoscaler runs faster")
         return self.autoscaling.register(endpoint_name, variant_name, config)
 
     def deregister_autoscaling(self, endpoint_name: str, variant_name: str) -> bool:

@@ -6,6 +6,7 @@ import pytest
 from moto import mock_aws
 
 from backends.aws.backend import AwsBackend
+from backends.errors import InvalidRequestError
 from backends.types import ModelVersion
 from core.config import AutoscalingConfig, HostingConfig
 from tests.aws.fakes import FakeSageMakerService
@@ -94,3 +95,9 @@ def test_an_instance_type_change_deregisters_and_registers_autoscaling_again(wor
     assert writes == ["DeleteScalingPolicy", "DeregisterScalableTarget", "RegisterScalableTarget", "PutScalingPolicy"]
     assert hosting.autoscaling.describe(name, "AllTraffic") == registered
     assert state.status == "InService"
+
+
+def test_a_time_scale_is_refused_on_aws_with_what_it_means(world):
+    backend = world[0]
+    with pytest.raises(InvalidRequestError, match="count real minutes"):
+        backend.hosting.register_autoscaling("any-endpoint", "AllTraffic", AutoscalingConfig(), time_scale=60)

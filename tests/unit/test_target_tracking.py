@@ -8,30 +8,8 @@ import pytest
 
 from backends.local.gateway.autoscaler import Autoscaler, parse_policy
 from core.config import AutoscalingConfig
-from core.scaling import cooldown_allows, desired_capacity, scalable_target, target_tracking_policy
+from core.scaling import cooldown_allows, scalable_target, target_tracking_policy
 from core.target_tracking import DatapointSeries
-
-
-@pytest.mark.parametrize("invocations, current, target, low, high, expected", [
-    (0, 3, 10.0, 1, 4, 1),  # no traffic: the minimum
-    (0, 1, 10.0, 2, 4, 2),
-    (10, 1, 10.0, 1, 4, 1),  # exactly on target
-    (11, 1, 10.0, 1, 4, 2),
-    (20, 5, 10.0, 1, 8, 2),  # does not depend on the current count
-    (30, 1, 10.0, 1, 8, 3),
-    (0.3, 1, 0.1, 1, 8, 3),  # float noise does not add an instance
-    (1000, 1, 10.0, 1, 4, 4),  # clamped to the maximum
-    (5, 4, 10.0, 2, 4, 2),  # and to the minimum
-    (45.5, 2, 7.5, 1, 100, 7),
-])
-def test_desired_capacity(invocations, current, target, low, high, expected):
-    assert desired_capacity(invocations, current, target, low, high) == expected
-
-
-@pytest.mark.parametrize("args", [(10, 1, 0.0, 1, 4), (10, 1, -1.0, 1, 4), (10, 1, 10.0, 3, 2), (-1, 1, 10.0, 1, 4)])
-def test_desired_capacity_refuses_bad_arguments(args):
-    with pytest.raises(ValueError):
-        desired_capacity(*args)
 
 
 def test_cooldowns():
