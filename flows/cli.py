@@ -358,6 +358,33 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        message = _aws_problem(exc)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        return 1
+
+
+def _aws_problem(exc: BaseException) -> str | None:
+    """What to do about an AWS failure the commands cannot get past (no credentials, no network, an
+    expired or refused identity); None for anything else, which keeps its traceback."""
+    import botocore.exceptions as aws
+
+    if isinstance(exc, (aws.NoCredentialsError, aws.PartialCredentialsError)):
+        return (f"{exc}: set aws.profile (or AWS_PROFILE), AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, or "
+                "aws.credentials_block (a prefect-aws AwsCredentials block)")
+    if isinstance(exc, aws.ProfileNotFound):
+        return f"{exc}: aws.profile names a profile ~/.aws/config does not have"
+    if isinstance(exc, (aws.EndpointConnectionError, aws.ConnectTimeoutError)):
+        return f"{exc}: AWS cannot be reached from here (check the network, a proxy, or aws.endpoint_url)"
+    if isinstance(exc, aws.ClientError):
+        code = exc.response.get("Error", {}).get("Code", "")
+        if code in ("ExpiredToken", "ExpiredTokenException", "InvalidClientTokenId", "UnrecognizedClientException",
+                    "SignatureDoesNotMatch", "AccessDenied", "AccessDeniedException"):
+            return f"AWS refused the request ({code}): {exc} (check the credentials, and the caller's policy: " \
+                   "sagemaker-flows plan --caller-policy)"
+    return None
 
 
 if __name__ == "__main__":
