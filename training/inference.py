@@ -213,7 +213,7 @@ def _torchscript(model: torch.nn.Module, example: torch.Tensor) -> torch.nn.Modu
         warnings.simplefilter("ignore", FutureWarning)  # recent torch marks TorchScript deprecated
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.jit.set_fusion_strategy([("STATIC", 1)])  # process-wide, as the fusion itself
-        return torch.jit.freeze(torch.jit.trace(model, example))
+        return torch.jit.freeze(torch.jit.trace(model, example, check_trace=False))  # _check_answers checks
 
 
 def _onednn_fusion(enabled: bool) -> None:
