@@ -26,6 +26,36 @@ class Cell:
     other_cpu_share: float | None = None
     first_error: str | None = None
     extra: dict = field(default_factory=dict)
+    latencies_ms: list[float] = field(default_factory=list)  # of the successful requests
+
+
+def merge_cells(parts: list[Cell]) -> Cell:
+    """One cell from the rounds it was measured in (the same path and concurrency): its requests
+    together, over the wall time of its rounds together."""
+    first = parts[0]
+    cell = Cell(first.path, first.concurrency)
+    cell.latencies_ms = [x for p in parts for x in p.latencies_ms]
+    cell.requests = sum(p.requests for p in parts)
+    cell.errors = sum(p.errors for p in parts)
+    cell.warmup_errors = sum(p.warmup_errors for p in parts)
+    cell.wall_s = sum(p.wall_s for p in parts)
+    cell.time_bounded = any(p.time_bounded for p in parts)
+    cell.first_error = next((p.first_error for p in parts if p.first_error), None)
+    shares = [(p.other_cpu_share, p.wall_s) for p in parts if p.other_cpu_share is not None]
+    cell.other_cpu_share = (sum(s * w for s, w in shares) / sum(w for _, w in shares)
+                            if shares and sum(w for _, w in shares) > 0 else None)
+    for p in parts:
+        for key, value in p.extra.items():
+            cell.extra[key] = cell.extra.get(key, 0) + value
+    _summarize(cell)
+    return cell
+
+
+def _summarize(cell: Cell) -> None:
+    ms = cell.latencies_ms
+    cell.req_per_s = (len(ms) / cell.wall_s) if cell.wall_s > 0 else 0.0
+    cell.p50_ms, cell.p99_ms = percentile(ms, 50), percentile(ms, 99)
+    cell.mean_ms = statistics.fmean(ms) if ms else None
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -102,10 +132,8 @@ def run_cell(path: str, make_call, concurrency: int, requests: int, deadline: fl
     cell.requests = len(ends)
     cell.errors = len(errors)
     cell.first_error = cell.first_error or (errors[0] if errors else None)
-    cell.req_per_s = (len(latencies) / cell.wall_s) if cell.wall_s > 0 else 0.0
-    ms = [x * 1000 for x in latencies]
-    cell.p50_ms, cell.p99_ms = percentile(ms, 50), percentile(ms, 99)
-    cell.mean_ms = statistics.fmean(ms) if ms else None
+    cell.latencies_ms = [x * 1000 for x in latencies]
+    _summarize(cell)
     cell.other_cpu_share = _other_share(cpu_before, cpu_after)
     for call in calls:
         client = getattr(call, "client", None)

@@ -5,11 +5,14 @@ import argparse
 
 PHOTO_SIZE = (500, 375)  # width x height, as the seed's dog photos
 LAMBDA_RESERVED, LAMBDA_PROVISIONED = 16, 8
-TARGET_ENDPOINT_RATIO = 0.8  # (b) req/s >= 0.8 x (a) req/s at concurrency 1
-TARGET_LAMBDA_HOP_MS = 3.0  # p50(c) - p50(b) at concurrency 1
+TARGET_SPEEDUP = 1.5  # served images/s >= 1.5 x plain eager's at concurrency 1
+TARGET_ENDPOINT_RATIO = 0.8  # (b) images/s >= 0.8 x (a) images/s at concurrency 1
+TARGET_LAMBDA_HOP_MS = 2.0  # p50(c) - p50(b) at concurrency 1
 OTHER_CPU_WARNING = 0.10
 STALL_MS = 20.0  # a no-op gateway round trip slower than this is not CPU time
-PATHS = {"a": "(a) in-process", "b": "(b) endpoint (sagemaker-runtime)", "c": "(c) Lambda -> endpoint"}
+PATHS = {"a0": "(a0) in-process, plain eager", "a": "(a) in-process, served",
+         "b0": "(b0) endpoint, plain eager", "b": "(b) endpoint, served", "c": "(c) Lambda -> (b)"}
+PLAIN_OF = {"a": "a0", "b": "b0", "c": "b0"}  # what a path's "vs plain" is against
 
 
 # -- the report --------------------------------------------------------------------------------
@@ -30,32 +33,58 @@ def report(args: argparse.Namespace, results: dict) -> None:
     print()
     print(f"Serving: untrained {args.architecture} at {args.image_size} px, {args.classes} classes; request "
           f"{PHOTO_SIZE[0]}x{PHOTO_SIZE[1]} JPEG, {results['request']['jpeg_bytes'] / 1024:.1f} KiB")
-    print(f"machine: {machine['cpu_count']} CPU cores, torch {machine['torch']} (CPU), python {machine['python']}; "
-          f"torch threads: in-process {machine['in_process_torch_threads']} (torch's default), endpoint "
+    print(f"machine: {machine['cpu_count']} CPU cores (native bf16: {'yes' if machine.get('bf16_native') else 'no'}), "
+          f"torch {machine['torch']} (CPU), python {machine['python']}; "
+          f"torch threads: in-process {machine['in_process_torch_threads']} (torch's default), each endpoint "
           f"{args.instances} instance(s) with {', '.join(setup['endpoint_instance_threads'])} each (the gateway's "
           f"choice); Lambda reserved {LAMBDA_RESERVED}, provisioned {LAMBDA_PROVISIONED}")
     print()
-    print("| path | concurrency | requests | errors | req/s | p50 ms | p99 ms |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    agreement = results.get("agreement") or {}
+    served = results["served"]
+    print(f"served form: {served['graph']} {served['precision']} (asked: {args.graph} {args.precision}; model_fn "
+          f"{served['model_fn_s']:.1f} s in-process); top-1 agreement with (a0) on {agreement.get('photos', 0)} "
+          f"distinct photos; vs plain: images/s against the plain eager path of the same kind at the same concurrency")
+    print()
+    print("| path | concurrency | requests | errors | images/s | vs plain | p50 ms | p99 ms | top-1 agreement |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for c in cells:
         flag = " (time-bounded)" if c["time_bounded"] else ""
+        plain = _cell(cells, PLAIN_OF.get(c["path"], ""), c["concurrency"])
+        ratio = c["req_per_s"] / plain["req_per_s"] if plain and plain["req_per_s"] > 0 else None
+        agree = agreement.get(c["path"])
         print(f"| {PATHS[c['path']]} | {c['concurrency']} | {c['requests']}{flag} | {c['errors']} | "
-              f"{c['req_per_s']:.2f} | {_fmt(c['p50_ms'])} | {_fmt(c['p99_ms'])} |")
+              f"{c['req_per_s']:.2f} | {'' if ratio is None else f'{ratio:.2f}x'} | {_fmt(c['p50_ms'])} | "
+              f"{_fmt(c['p99_ms'])} | {'' if agree is None else f'{agree:.0%}'} |")
     print()
 
     ratios: dict = {}
     for concurrency in args.concurrency:
+        for path in ("a", "b"):
+            x, plain = _cell(cells, path, concurrency), _cell(cells, PLAIN_OF[path], concurrency)
+            ratios[f"{path}_over_{PLAIN_OF[path]}_c{concurrency}"] = (
+                x["req_per_s"] / plain["req_per_s"] if x and plain and plain["req_per_s"] > 0 else None)
         a, b = _cell(cells, "a", concurrency), _cell(cells, "b", concurrency)
         ratio = b["req_per_s"] / a["req_per_s"] if a and b and a["req_per_s"] > 0 else None
         ratios[f"b_over_a_c{concurrency}"] = ratio
-        print(f"throughput (b)/(a) at concurrency {concurrency}: {_fmt(ratio, 2)}")
+        print(f"concurrency {concurrency}: served / plain images/s in-process "
+              f"{_fmt(ratios[f'a_over_a0_c{concurrency}'], 2)}, through the endpoint "
+              f"{_fmt(ratios[f'b_over_b0_c{concurrency}'], 2)}; endpoint / in-process (served) {_fmt(ratio, 2)}")
     b1, c1 = _cell(cells, "b", 1), _cell(cells, "c", 1)
     hop = c1["p50_ms"] - b1["p50_ms"] if b1 and c1 and b1["p50_ms"] is not None and c1["p50_ms"] is not None else None
     ratios["lambda_hop_p50_ms"] = hop
     print(f"Lambda hop at concurrency 1 (p50(c) - p50(b)): {_fmt(hop, 2)} ms")
-    r1 = ratios.get("b_over_a_c1")
+    r1, e1, rb = ratios.get("a_over_a0_c1"), ratios.get("b_over_b0_c1"), ratios.get("b_over_a_c1")
+    exact = served["precision"] == "fp32"
+    floor = 1.0 if exact else 0.99
+    agreed = [agreement[p] for p in ("a", "b") if p in agreement]
     targets = {
-        f"(b) >= {TARGET_ENDPOINT_RATIO} x (a) throughput at concurrency 1": None if r1 is None else r1 >= TARGET_ENDPOINT_RATIO,
+        f"(a) >= {TARGET_SPEEDUP:g} x (a0) images/s at concurrency 1 (in-process)":
+            None if r1 is None else r1 >= TARGET_SPEEDUP,
+        f"(b) >= {TARGET_SPEEDUP:g} x (b0) images/s at concurrency 1 (endpoint)":
+            None if e1 is None else e1 >= TARGET_SPEEDUP,
+        f"top-1 agreement with plain eager {'identical (fp32)' if exact else '>= 99% (bf16)'}":
+            None if not agreed else min(agreed) >= floor,
+        f"(b) >= {TARGET_ENDPOINT_RATIO} x (a) images/s at concurrency 1": None if rb is None else rb >= TARGET_ENDPOINT_RATIO,
         f"Lambda hop <= {TARGET_LAMBDA_HOP_MS:g} ms at p50": None if hop is None else hop <= TARGET_LAMBDA_HOP_MS,
     }
     bd = results.get("breakdown") or {}
@@ -86,9 +115,10 @@ def report(args: argparse.Namespace, results: dict) -> None:
         notes.append(f"other processes used up to {max(shares):.0%} of the cores during a cell: the machine was "
                      "busy, so these timings are noisy; rerun when it is idle")
     if max(args.concurrency) > 1:
-        notes.append("at concurrency > 1, (a) runs every request in threads of this one process (torch's intra-op "
-                     "threads in each, so the cores are oversubscribed), while (b)/(c) queue at the endpoint, whose "
-                     "worker runs at most 2 predictions at once with its own torch threads")
+        notes.append("at concurrency > 1, (a0)/(a) run every request in threads of this one process, (b0)/(b)/(c) "
+                     "queue at their endpoint, whose worker runs at most 2 requests at once; the plain server lets "
+                     "their forwards run together (each with all of torch's threads: the cores are oversubscribed), "
+                     "the served one runs one forward at a time while the next request decodes")
     if bd and "error" not in bd:
         print()
         print(f"Lambda hop breakdown, concurrency 1 (medians of {bd['requests']} rounds, after the table; (c) asks for "
@@ -116,6 +146,11 @@ def report(args: argparse.Namespace, results: dict) -> None:
     if args.quick:
         notes.append("--quick is a smoke run (resnet18 at 64 px, few requests): its numbers say little about "
                      "serving the real model")
+    if results.get("stages"):
+        from serving_profile import print_stage_profile
+
+        print()
+        print_stage_profile(results["stages"], f"{served['graph']} {served['precision']}")
     if notes:
         print()
         for note in notes:

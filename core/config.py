@@ -249,8 +249,17 @@ class HostingConfig(Section):
     initial_instance_count: int = Field(default=1, ge=1, le=100, description="Instances when the endpoint is created.")
     variant_name: str = Field(default="AllTraffic", pattern=r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$", description="Production variant name.")
     top_k: int = Field(default=3, ge=1, le=100, description="Labels returned per prediction.")
+    inference_precision: Literal["fp32", "bf16"] = Field(
+        default="fp32", description="The model's arithmetic: fp32, or bf16 autocast where the instance's CPU computes "
+        "bf16 natively (AVX-512/AMX; elsewhere it stays fp32). bf16 is faster and may change ~1% of top-1 answers.")
     traffic_shift: TrafficShiftConfig = Field(default_factory=TrafficShiftConfig, title="Traffic shift",
                                               description="How an update moves traffic, and when it rolls back by itself.")
+
+    def model_environment(self) -> dict[str, str]:
+        """What the serving code (training/inference.py) reads from its environment. fp32 is left out: an
+        endpoint deployed before the setting existed keeps its model (the environment is part of its name)."""
+        return {"TOP_K": str(self.top_k)} | ({} if self.inference_precision == "fp32" else
+                                             {"INFERENCE_PRECISION": self.inference_precision})
 
 
 class AutoscalingConfig(Section):

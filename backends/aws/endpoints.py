@@ -69,7 +69,7 @@ class SageMakerEndpoints:
             "SAGEMAKER_SUBMIT_DIRECTORY": "/opt/ml/model/code",
             "SAGEMAKER_CONTAINER_LOG_LEVEL": "20",
             **(environment or {}),
-            "TOP_K": str(hosting.top_k),
+            **hosting.model_environment(),
             "MODEL_VERSION": model.label,
         }
         tag_list = [{"Key": k, "Value": v} for k, v in (tags or {}).items()]

@@ -27,7 +27,7 @@ class LocalHosting:
     def deploy_endpoint(self, name: str, model: ModelVersion, hosting: HostingConfig) -> EndpointState:
         info = self.gateway.client().put_endpoint(
             name, str(self.store.path(model.model_artifact)), hosting.initial_instance_count, model.label,
-            {"TOP_K": str(hosting.top_k)}, gateway_shift(hosting.traffic_shift))
+            hosting.model_environment(), gateway_shift(hosting.traffic_shift))
         return self._state(info, hosting.variant_name)
 
     def describe_endpoint(self, name: str) -> EndpointState | None:
