@@ -92,7 +92,7 @@ class AwsPlanning:
         wanted = WantedModel(label, artifact, image, role,
                              config.hosting.instance_type, config.hosting.variant_name,
                              served.instance_count if served else config.hosting.initial_instance_count,
-                             {"TOP_K": str(config.hosting.top_k)})
+                             config.hosting.model_environment())
         hosting = endpoint_changes(names.endpoint, served, wanted)
         changes += hosting
         changes += attempted(checks, "rollback alarms", lambda: self._alarms(config), [])
