@@ -38,3 +38,20 @@ def prefect_api():
 
     with prefect_test_harness(server_startup_timeout=180):
         yield
+
+
+@pytest.fixture(autouse=True, scope="session")
+def retries_without_waiting():
+    """Tasks retry a transient fault after 1, 4 and 15 s (tasks/retry_policy.py). Tests inject such
+    faults by the dozen: here they are retried as often, at once."""
+    import importlib
+    import pkgutil
+
+    import tasks
+    from prefect import Task
+
+    for info in pkgutil.iter_modules(tasks.__path__):
+        for value in vars(importlib.import_module(f"tasks.{info.name}")).values():
+            if isinstance(value, Task) and value.retries:
+                value.retry_delay_seconds = 0
+    yield
