@@ -74,6 +74,10 @@ def _nothing_new(champion: ModelVersion, timer: StepTimer) -> RetrainResult:
         step_seconds=timer.seconds)
 
 
+# How soon after a reviewer answers the run goes on (Prefect's default is 10 s): one API read each time.
+APPROVAL_POLL_SECONDS = 2
+
+
 def ask_for_approval(config: PipelineConfig, comparison, decision: PromotionDecision) -> tuple[bool, str]:
     """Pause until a reviewer answers in the Prefect UI (or resume_flow_run with run_input); a timeout rejects."""
     logger = get_run_logger()
@@ -84,7 +88,8 @@ def ask_for_approval(config: PipelineConfig, comparison, decision: PromotionDeci
     try:
         answer = pause_flow_run(
             wait_for_input=PromotionApproval.with_initial_data(description=description, approve=True, comment=""),
-            timeout=config.promotion.approval_timeout_seconds, key="promotion-approval")
+            timeout=config.promotion.approval_timeout_seconds, key="promotion-approval",
+            poll_interval=APPROVAL_POLL_SECONDS)
     except FlowPauseTimeout:
         return False, f"no reviewer answered within {config.promotion.approval_timeout_seconds} s"
     verdict = "approved" if answer.approve else "rejected"

@@ -22,7 +22,7 @@ from backends.local.tuning import LocalTuning, TuningJobSpec
 from backends.model_artifact import TRAINING_SOURCE_DIR
 from backends.types import TrainingRequest
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow(minutes=4)]
 ROOT = Path(__file__).resolve().parents[2]
 FAST = {"architecture": "resnet18", "image-size": "32", "epochs": "1", "batch-size": "16",
         "learning-rate": "0.001", "freeze-backbone": "false", "augmentation": "none", "workers": "0"}

@@ -15,7 +15,7 @@ import yaml
 from core.config import PipelineConfig
 from core.demo import demo_config
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow(minutes=2.2)]
 ROOT = Path(__file__).resolve().parents[2]
 FLOWS = {"train-and-deploy", "retrain", "teardown", "rollback"}
 

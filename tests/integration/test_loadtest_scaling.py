@@ -14,7 +14,7 @@ from flows.loadtest import loadtest
 from tests.helpers import make_model_artifact
 from tests.integration.test_pipeline_flow import read_artifacts
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow(minutes=1.1)]
 
 
 @pytest.mark.timeout(300)

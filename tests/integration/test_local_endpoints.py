@@ -17,7 +17,7 @@ from backends.model_artifact import TRAINING_SOURCE_DIR, pack_model_artifact
 from training.model import ModelConfig, build_model, save_model
 from tests.helpers import alive  # noqa: E402
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow(minutes=2.3)]
 CLASSES = ["cat", "dog", "fox"]
 
 

@@ -12,7 +12,7 @@ from backends.local.training_jobs import LocalTrainingJobs, TrainingJobSpec
 from backends.types import TrainingRequest
 from core.metrics import METRIC_DEFINITIONS
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow(minutes=1.5)]
 
 FAST = {"architecture": "resnet18", "image-size": "32", "epochs": "1", "batch-size": "16",
         "learning-rate": "0.001", "freeze-backbone": "false", "augmentation": "flip", "workers": "0"}

@@ -10,7 +10,7 @@ from backends.local.training_jobs import LocalTrainingJobs
 from backends.local.tuning import LocalTuning, TuningJobSpec
 from backends.types import TuningRequest
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow(minutes=1)]
 
 
 def test_three_trials_two_in_parallel_one_failing(local_state, tiny_dataset):

@@ -16,7 +16,7 @@ from core.demo import demo_config
 from flows.teardown import teardown
 from flows.train_and_deploy import train_and_deploy  # the programmatic way in, as DESIGN.md shows
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow(minutes=3)]
 
 
 def tiny_config(home, data_dir) -> PipelineConfig:

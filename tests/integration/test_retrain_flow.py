@@ -17,12 +17,12 @@ from flows.rollback import rollback
 from flows.teardown import teardown
 from flows.train_and_deploy import train_and_deploy
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow(minutes=5)]
 
 
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory):
-    """600 digits (60 a class): enough for a 3-epoch model to be far better than a crippled one."""
+    """600 digits (60 a class): enough for a 2-epoch model to be far better than a crippled one."""
     from core.demo_data import write_demo_dataset
 
     root = tmp_path_factory.mktemp("digits") / "digits"
@@ -32,7 +32,7 @@ def digits(tmp_path_factory):
 
 def config_for(home, data, *, crippled: bool, seed: int = 0, **promotion) -> PipelineConfig:
     values = demo_config(str(data)).model_dump(mode="json")
-    values["training"].update(mode="instance", epochs=1 if crippled else 3, seed=seed,
+    values["training"].update(mode="instance", epochs=1 if crippled else 2, seed=seed,
                               hyperparameters={"learning_rate": 1e-6 if crippled else 1e-3, "batch_size": 32})
     values["function"].update(reserved_concurrency=4, provisioned_concurrency=0)
     values["promotion"] = promotion
