@@ -14,7 +14,11 @@ for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "tes
                    # Two test workers share the cores with the training and serving processes they start:
                    # OpenMP threads that spin while they wait take the CPU from the others (measured on
                    # 2 cores: the training and tuning tests 105 s -> 77 s, a quarter less CPU).
-                   "OMP_WAIT_POLICY": "PASSIVE"}.items():
+                   "OMP_WAIT_POLICY": "PASSIVE",
+                   # Endpoint workers serve the eager model: building the TorchScript form takes ~3 s of each
+                   # worker's start, and the tests start dozens. The default form is served end to end in
+                   # test_pipeline_flow (which unsets this) and checked against eager in tests/unit/test_inference.py.
+                   "INFERENCE_GRAPH": "eager"}.items():
     os.environ.setdefault(key, value)
 
 

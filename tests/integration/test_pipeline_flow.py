@@ -37,12 +37,15 @@ def read_artifacts(flow_run_id) -> dict[str, tuple[str, str]]:
     return {a.key: (a.type, str(a.data)) for a in found}
 
 
-def test_pipeline_end_to_end_then_again(prefect_api, tiny_dataset, tmp_path):
+def test_pipeline_end_to_end_then_again(prefect_api, tiny_dataset, tmp_path, monkeypatch):
+    monkeypatch.delenv("INFERENCE_GRAPH", raising=False)  # the endpoint serves its default form, as a user's does
     config = tiny_config(tmp_path / "home", tiny_dataset)
     try:
         state = train_and_deploy(config, return_state=True)
         first = state.result()
         assert first.model_version == 1 and first.backend == "local"
+        worker_logs = "".join(p.read_text() for p in (tmp_path / "home" / "gateway" / "endpoints").rglob("i-*.log"))
+        assert "with torchscript fp32" in worker_logs
         assert set(first.step_seconds) >= {"stage_dataset", "tune_hyperparameters", "deploy_endpoint", "smoke_test"}
 
         image = next((tiny_dataset / "test").rglob("*.png")).read_bytes()
