@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
                 log.info("serving on %s:%d", args.host, port)
 
     config = uvicorn.Config(build_app(inference, model, max(1, args.max_concurrency)), host=args.host,
-                            port=args.port, loop="asyncio", http="h11", lifespan="off", access_log=False,
+                            port=args.port, loop="uvloop", http="httptools", lifespan="off", access_log=False,
                             log_level="info", timeout_keep_alive=75, timeout_graceful_shutdown=10)
     Server(config).run()
     return 0
