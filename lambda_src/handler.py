@@ -38,7 +38,8 @@ MAX_S3_KEY_BYTES = 1024  # S3's own limit, in UTF-8
 BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 IP_LIKE = re.compile(r"\d+\.\d+\.\d+\.\d+")
 THROTTLE_CODES = {"ThrottlingException", "Throttling", "TooManyRequestsException"}
-UNAVAILABLE_CODES = {"ServiceUnavailable", "ServiceUnavailableException"}
+UNAVAILABLE_CODES = {"ServiceUnavailable", "ServiceUnavailableException", "ModelNotReadyException"}
+VALIDATION_CODES = {"ValidationError", "ValidationException"}  # SageMaker Runtime's is ValidationError
 
 _CLIENTS = {"runtime": None, "s3": None}
 
@@ -432,7 +433,7 @@ def _endpoint_error(err):
         return RequestError(429, "Throttled", "the model endpoint is throttling requests; retry later")
     if kind == "unavailable":
         return RequestError(503, "EndpointUnavailable", "the model endpoint is temporarily unavailable")
-    if code == "ValidationException" and "not found" in message.lower():
+    if code in VALIDATION_CODES and "not found" in message.lower():
         return RequestError(503, "EndpointNotFound", "the model endpoint does not exist or is not ready")
     if code != "ModelError":
         return RequestError(502, "EndpointError", "the model endpoint call failed")

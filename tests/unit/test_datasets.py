@@ -3,6 +3,7 @@ import http.server
 import io
 import stat
 import threading
+import random
 import zipfile
 
 import pytest
@@ -196,3 +197,64 @@ def test_job_names_of_a_flow_run_are_the_same_on_every_retry_and_fit():
     assert names.tuning_job(token).endswith(token) and names.training_job(token).endswith(token)
     assert len(names.training_job(token)) <= 63
     assert names.tuning_job(token) != names.tuning_job("261202-065745-c3d4")
+
+
+def quoted_overlap_zip(path, entries: int, kernel: bytes):
+    """A quoted-overlap zip bomb (Fifield 2019): entry i's deflate stream is a stored block quoting the
+    local header of entry i+1, then entry i+1's own data, down to one shared compressed kernel. Every
+    entry is a valid deflate stream, so only the overlap (or the real file size) gives it away."""
+    import struct
+    import zlib
+
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
+    packed = compressor.compress(kernel) + compressor.flush()
+    names = [f"train/cat/{i:04d}.png".encode() for i in range(entries)]
+
+    def local_header(i, crc, csize, usize):
+        return struct.pack("<IHHHHHIIIHH", 0x04034B50, 20, 0, 8, 0, 0x21, crc, csize, usize, len(names[i]), 0) + names[i]
+
+    headers, crcs, csizes, usizes = [b""] * entries, [0] * entries, [0] * entries, [0] * entries
+    output = kernel  # what entry i+1 decompresses to
+    for i in reversed(range(entries)):
+        if i < entries - 1:
+            output = headers[i + 1] + output
+        csizes[i] = len(packed) if i == entries - 1 else 5 + len(headers[i + 1]) + csizes[i + 1]
+        crcs[i], usizes[i] = zlib.crc32(output), len(output)
+        headers[i] = local_header(i, crcs[i], csizes[i], usizes[i])
+    body, offsets = b"", []
+    for i in range(entries):
+        offsets.append(len(body))
+        body += headers[i]
+        if i < entries - 1:
+            quoted = len(headers[i + 1])
+            body += struct.pack("<BHH", 0, quoted, quoted ^ 0xFFFF)  # a non-final stored block: the next header
+    body += packed
+    directory = b"".join(
+        struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, 20, 20, 0, 8, 0, 0x21, crcs[i], csizes[i], usizes[i],
+                    len(names[i]), 0, 0, 0, 0, 0o100644 << 16, offsets[i]) + names[i] for i in range(entries))
+    end = struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, entries, entries, len(directory), len(body), 0)
+    path.write_bytes(body + directory + end)
+    return sum(usizes)
+
+
+def test_quoted_overlap_zip_bomb_is_refused_before_anything_is_written(tmp_path):
+    archive = tmp_path / "overlap.zip"
+    expands_to = quoted_overlap_zip(archive, 40, bytes(1 << 20))
+    with zipfile.ZipFile(archive) as zf:  # what makes it dangerous: every entry reads back as valid
+        assert zf.testzip() is None and sum(i.file_size for i in zf.infolist()) == expands_to
+    assert expands_to > 20 * archive.stat().st_size  # under the per-entry 200:1 check, over it in truth
+    with pytest.raises(DatasetError, match="overlaps member 'train/cat/0001.png'"):
+        safe_extract_zip(archive, tmp_path / "out", max_ratio=10**6)  # past the ratio checks: the overlap
+    assert not (tmp_path / "out" / "train").exists()
+
+
+def test_an_archive_expanding_past_the_ratio_of_its_real_size_is_refused(tmp_path):
+    """Entries that each expand ~1:1 but share their data: 300 of them declare ~270 times the file's
+    size. Their compressed sizes overlap too, so only the file's real size shows the ratio."""
+    archive = tmp_path / "overlap.zip"
+    expands_to = quoted_overlap_zip(archive, 300, random.Random(7).randbytes(256 << 10))
+    with zipfile.ZipFile(archive) as zf:
+        assert all(i.file_size < 2 * i.compress_size for i in zf.infolist())
+        assert expands_to < 2 * sum(i.compress_size for i in zf.infolist())
+    with pytest.raises(DatasetError, match=r"zip expands 2\d\d:1 overall, more than the limit of 200:1"):
+        safe_extract_zip(archive, tmp_path / "out", max_total_bytes=expands_to, max_ratio=200)

@@ -582,10 +582,20 @@ def test_model_error_5xx_is_502_without_internals(runtime):
     assert "CUDA" not in message and "/opt/ml" not in message
 
 
-def test_endpoint_not_found_is_503(runtime):
-    fail(runtime, "ValidationException", f"Endpoint {ENDPOINT} of account 123456789012 not found.")
+@pytest.mark.parametrize("code", ["ValidationError", "ValidationException"])
+def test_endpoint_not_found_is_503(runtime, code):
+    """SageMaker Runtime answers a missing endpoint with ValidationError (its model's error shape); the
+    ValidationException spelling other services use is taken too."""
+    fail(runtime, code, f"Endpoint {ENDPOINT} of account 123456789012 not found.")
     message = assert_error({"image": b64(PNG)}, 503, "EndpointNotFound")
     assert "123456789012" not in message
+
+
+def test_a_multi_model_endpoint_still_loading_is_retried(runtime, sleeps):
+    fail(runtime, "ModelNotReadyException", "Model is not ready yet", 429)
+    answer(runtime)
+    status, body = call({"image": b64(PNG)})
+    assert (status, body["predictions"], len(sleeps)) == (200, ANSWER["predictions"], 1)
 
 
 def test_endpoint_invalid_json_answer(runtime):
