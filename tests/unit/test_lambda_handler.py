@@ -1,4 +1,5 @@
-"""lambda_src/handler.py: event parsing, S3 locations, SSRF guard, endpoint retries and error mapping.
+"""lambda_src/ (handler.py, s3_source.py, url_source.py): event parsing, S3 locations, SSRF guard,
+endpoint retries and error mapping.
 
 Fast and offline: sagemaker-runtime is a real boto3 client behind botocore's Stubber,
 S3 is moto's mock_aws, DNS is monkeypatched, and URL fetches go to local servers on 127.0.0.1.
@@ -9,10 +10,12 @@ import io
 import json
 import queue
 import socket
+import sys
 import threading
 import time
 import urllib.request
 from dataclasses import dataclass
+from pathlib import Path
 
 import boto3
 import pytest
@@ -21,7 +24,12 @@ from botocore.stub import Stubber
 from moto import mock_aws
 from moto.core import enable_iam_authentication
 
-from lambda_src import handler
+LAMBDA_SOURCE = Path(__file__).resolve().parents[2] / "lambda_src"
+if str(LAMBDA_SOURCE) not in sys.path:  # as Lambda imports the function: its modules at the root
+    sys.path.append(str(LAMBDA_SOURCE))
+import handler  # noqa: E402
+import payload  # noqa: E402
+import url_source  # noqa: E402
 
 ENDPOINT = "flowers-endpoint"
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64  # the handler never decodes images
@@ -156,7 +164,7 @@ def test_s3_uri_read_with_moto(runtime, s3):
     assert call({"s3_uri": "s3://uploads/in/daisy.png"})[0] == 200
     answer(runtime, content_type="image/png")  # "?", "#" and "%" are part of an S3 key, not URL syntax
     assert call({"s3_uri": "s3://uploads/in/what?#%20.png"})[0] == 200
-    s3.put_object(Bucket="uploads", Key="in/big.png", Body=b"\x00" * (handler.MAX_BYTES + 1))
+    s3.put_object(Bucket="uploads", Key="in/big.png", Body=b"\x00" * (payload.MAX_BYTES + 1))
     assert_error({"s3_uri": "s3://uploads/in/big.png"}, 413, "PayloadTooLarge")
 
 
@@ -317,7 +325,7 @@ def test_url_fetch_connects_only_to_vetted_address(monkeypatch, runtime, image_s
         vetted.append((host, port))
         return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", image_server))]
 
-    monkeypatch.setattr(handler, "_resolve_public", resolve_public)
+    monkeypatch.setattr(url_source, "resolve_public", resolve_public)
     monkeypatch.setenv("ALLOWED_URL_HOSTS", "images.example.com")
     answer(runtime, content_type="image/png")
     assert call({"url": "http://images.example.com/a.png"})[0] == 200
@@ -331,16 +339,16 @@ def test_url_fetch_connects_only_to_vetted_address(monkeypatch, runtime, image_s
 
 
 def redirect(old, new):
-    return handler._SameHostRedirects().redirect_request(urllib.request.Request(old), None, 302, "Found", {}, new)
+    return url_source.SameHostRedirects().redirect_request(urllib.request.Request(old), None, 302, "Found", {}, new)
 
 
 def test_redirects_never_downgrade_https_nor_change_the_port():
     # The rule itself, called directly: an https test server would need a certificate the fetch trusts.
-    with pytest.raises(handler.RequestError, match="https to http"):
+    with pytest.raises(payload.RequestError, match="https to http"):
         redirect("https://images.example.com:8443/a.png", "http://images.example.com:8443/b.png")
-    with pytest.raises(handler.RequestError, match=r"port \(80 -> 443\)"):
+    with pytest.raises(payload.RequestError, match=r"port \(80 -> 443\)"):
         redirect("http://images.example.com/a.png", "https://images.example.com/a.png")
-    with pytest.raises(handler.RequestError, match=r"port \(443 -> 8443\)"):
+    with pytest.raises(payload.RequestError, match=r"port \(443 -> 8443\)"):
         redirect("https://images.example.com/a.png", "https://images.example.com:8443/a.png")
     assert redirect("https://images.example.com/a.png", "https://images.example.com:443/b.png").full_url \
         == "https://images.example.com:443/b.png"
@@ -386,7 +394,7 @@ def slow_server(monkeypatch, runtime):
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-    monkeypatch.setattr(handler, "_resolve_public", lambda host, port: [
+    monkeypatch.setattr(url_source, "resolve_public", lambda host, port: [
         (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", server.server_address[1]))])
     monkeypatch.setenv("ALLOWED_URL_HOSTS", "images.example.com")
     yield outcomes
@@ -396,26 +404,26 @@ def slow_server(monkeypatch, runtime):
 
 @pytest.mark.parametrize("path", ["/trickle-body", "/trickle-body-no-length", "/trickle-headers"])
 def test_url_fetch_has_an_overall_deadline(monkeypatch, slow_server, path):
-    monkeypatch.setattr(handler, "URL_DEADLINE_S", 0.5)  # the server trickles for 15 s
+    monkeypatch.setattr(url_source, "URL_DEADLINE_S", 0.5)  # the server trickles for 15 s
     assert_error({"url": f"http://images.example.com{path}"}, 504, "UrlFetchTimeout")
     assert slow_server.get(timeout=60) == "hung up"  # the fetch stopped reading; it did not wait the answer out
 
 
 def test_url_fetch_deadline_is_cut_to_the_functions_remaining_time(monkeypatch, slow_server):
-    monkeypatch.setattr(handler, "URL_DEADLINE_S", 60.0)  # longer than the trickle: only the context limits it
-    context = FakeContext(remaining_ms=handler.SAFETY_MARGIN_MS + 500)
+    monkeypatch.setattr(url_source, "URL_DEADLINE_S", 60.0)  # longer than the trickle: only the context limits it
+    context = FakeContext(remaining_ms=payload.SAFETY_MARGIN_MS + 500)
     assert_error({"url": "http://images.example.com/trickle-body"}, 504, "UrlFetchTimeout", context)
     assert slow_server.get(timeout=60) == "hung up"
 
 
 def test_url_fetch_is_not_started_without_time_left(monkeypatch, no_dns):
     monkeypatch.setenv("ALLOWED_URL_HOSTS", "images.example.com")
-    context = FakeContext(remaining_ms=handler.SAFETY_MARGIN_MS)
+    context = FakeContext(remaining_ms=payload.SAFETY_MARGIN_MS)
     assert_error({"url": "http://images.example.com/a.png"}, 504, "UrlFetchTimeout", context)
 
 
 def test_a_silent_url_host_times_out(monkeypatch, slow_server):
-    monkeypatch.setattr(handler, "URL_TIMEOUT_S", 0.3)  # one socket operation's limit, not the deadline
+    monkeypatch.setattr(url_source, "URL_TIMEOUT_S", 0.3)  # one socket operation's limit, not the deadline
     assert_error({"url": "http://images.example.com/silent"}, 504, "UrlFetchTimeout")
     assert slow_server.get(timeout=60) == "hung up"
 
@@ -449,7 +457,7 @@ def test_empty_proxy_body():
 
 
 def test_oversized_payload():
-    assert_error({"image": b64(b"\x00" * (handler.MAX_BYTES + 1))}, 413, "PayloadTooLarge")
+    assert_error({"image": b64(b"\x00" * (payload.MAX_BYTES + 1))}, 413, "PayloadTooLarge")
 
 
 @pytest.mark.parametrize("content_type", ["text/plain", "image/gif", "multipart/form-data; boundary=x"])
@@ -552,7 +560,7 @@ def test_throttled_always(runtime, sleeps):
 
 def test_no_retry_past_remaining_time(runtime, sleeps):
     fail(runtime, "ThrottlingException", "Rate exceeded")
-    assert_error({"image": b64(PNG)}, 429, "Throttled", FakeContext(remaining_ms=handler.SAFETY_MARGIN_MS))
+    assert_error({"image": b64(PNG)}, 429, "Throttled", FakeContext(remaining_ms=payload.SAFETY_MARGIN_MS))
     assert sleeps == []
 
 
