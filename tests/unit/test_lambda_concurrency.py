@@ -38,3 +38,15 @@ def test_provisioned_without_reservation_comes_out_of_the_unreserved_pool():
     problem = concurrency_problem(1000, 150, None, reserved=None, provisioned=51)
     assert problem.startswith("function.provisioned_concurrency=51 does not fit")
     assert "Lower function.provisioned_concurrency to 50 or less" in problem
+
+
+def test_a_rerun_gives_back_the_provisioned_concurrency_the_function_already_holds():
+    """Without a reservation, the function's provisioned 50 is already out of the unreserved 100: the
+    same setting again fits, one more does not."""
+    assert concurrency_problem(1000, 100, None, reserved=None, provisioned=50, current_provisioned=50) is None
+    problem = concurrency_problem(1000, 100, None, reserved=None, provisioned=51, current_provisioned=50)
+    assert "Lower function.provisioned_concurrency to 50 or less" in problem
+    assert "of which 150 is not reserved by other functions" in problem
+    # With a reservation, provisioned concurrency comes out of it: only the reservation is given back.
+    assert concurrency_problem(1000, 900, 100, reserved=100, provisioned=50, current_provisioned=50) is None
+    assert reservable_concurrency(900, 100, current_provisioned=50) == 900
