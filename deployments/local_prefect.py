@@ -65,7 +65,11 @@ def _prefect_environment(state: LocalState, url: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     # The UI asks this for its API (without it, port 4200 whatever the server's own).
     env.update(PREFECT_HOME=str(state.home / "prefect"), PREFECT_SERVER_ANALYTICS_ENABLED="false",
-               PREFECT_UI_API_URL=f"{url}/api")
+               PREFECT_UI_API_URL=f"{url}/api",
+               # A web page open in the browser must not start flow runs here: only the server's own
+               # origin (its UI) may call the API across origins, and changes need a CSRF token, which
+               # Prefect's UI and clients fetch and a cross-site page cannot read.
+               PREFECT_SERVER_CORS_ALLOWED_ORIGINS=url, PREFECT_SERVER_CSRF_PROTECTION_ENABLED="true")
     return env
 
 

@@ -12,6 +12,24 @@ from deployments.local_prefect import (ensure_runner, ensure_server, running_run
 pytestmark = pytest.mark.integration
 
 
+def assert_a_web_page_cannot_start_runs(server, deployment_id):
+    """What a page in the developer's browser can send: a cross-site POST (no CSRF token: refused), and a
+    CORS preflight (no Access-Control-Allow-Origin for a foreign origin, so the browser sends nothing)."""
+    import httpx
+
+    create = f"{server.api_url}/deployments/{deployment_id}/create_flow_run"
+    for headers in ({"Origin": "http://evil.example", "Content-Type": "text/plain"},
+                    {"Origin": "http://evil.example", "Content-Type": "application/json"}):
+        refused = httpx.post(create, content=b"{}", headers=headers, timeout=10)
+        assert refused.status_code == 403 and "csrf" in refused.text.lower()
+    preflight = httpx.options(create, timeout=10, headers={
+        "Origin": "http://evil.example", "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "content-type,prefect-csrf-token,prefect-csrf-client"})
+    assert "access-control-allow-origin" not in preflight.headers
+    own = httpx.options(create, timeout=10, headers={"Origin": server.url, "Access-Control-Request-Method": "POST"})
+    assert own.headers.get("access-control-allow-origin") == server.url  # the UI's own calls still work
+
+
 def test_server_and_runner_live_until_local_down(tmp_path, tiny_dataset, capsys):
     from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL, temporary_settings
@@ -34,7 +52,12 @@ def test_server_and_runner_live_until_local_down(tmp_path, tiny_dataset, capsys)
         assert ensure_runner(state, server.api_url, config_file)["pid"] == runner["pid"]
         with temporary_settings(updates={PREFECT_API_URL: server.api_url}), get_client(sync_client=True) as client:
             names = {d.name for d in client.read_deployments()}
+            deployment = client.read_deployments()[0]
+            run = client.create_flow_run_from_deployment(deployment.id, parameters={})  # Prefect's client: allowed
         assert names == {"sagemaker-flows-bg"}
+        assert_a_web_page_cannot_start_runs(server, deployment.id)
+        with temporary_settings(updates={PREFECT_API_URL: server.api_url}), get_client(sync_client=True) as client:
+            assert [r.id for r in client.read_flow_runs()] == [run.id]  # the page's attempts made none
 
         capsys.readouterr()
         assert main(["local", "down", "--home", str(state.home)]) == 0
