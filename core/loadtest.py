@@ -2,8 +2,9 @@
 rates, and what the answers add up to: per-second rows, per-step LoadSteps (core.capacity), the
 scaling seen in the instance count, and the verdict against a p95 latency objective.
 
-Open loop: request k of a step is due at a time fixed before the test starts (uniformly spaced at
-the step's rate, or at the rate of a linear ramp), whatever the earlier answers did. A request's
+Open loop: every request is due at a time fixed before the test starts, whatever the earlier answers
+did: request n when the integral of the rate (steps, or a linear ramp's slices) since the start
+reaches n, so a test sends what its rates add up to, however low the rates or short the slices. A request's
 latency is counted from when it was due, so time spent waiting for the client counts (no
 coordinated omission); one that could not be sent because the client's bound on requests in flight
 was reached is `dropped`, not sent late.
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -25,6 +26,7 @@ from core.pricing import PriceTable
 from core.target_tracking import MAX_TIME_SCALE
 
 OK, ERROR, THROTTLED, DROPPED = "ok", "error", "throttled", "dropped"
+INTEGRAL_TOLERANCE = 1e-9  # requests: a rate's integral this close below a whole number has reached it
 
 
 class LoadTestSettings(BaseModel):
@@ -42,7 +44,8 @@ class LoadTestSettings(BaseModel):
         default=None, description="Instead of rates: a linear ramp from the first rate to the second.")
     ramp_seconds: float = Field(default=120, ge=1, le=86400, description="How long the ramp lasts.")
     idle_seconds: float = Field(default=0, ge=0, le=86400,
-                                description="Quiet after the load, to watch the endpoint scale back in.")
+                                description="Quiet after the load, while the last answers come back. No traffic "
+                                "scales nothing in (no datapoints, as on AWS): end on a low rate to watch a scale-in.")
     max_requests: int = Field(default=20000, ge=1, le=1_000_000, description="Sends no more than this many.")
     max_seconds: float = Field(default=900, ge=1, le=86400, description="Stops sending after this many seconds.")
     max_in_flight: int = Field(default=32, ge=1, le=256,
@@ -73,7 +76,8 @@ class LoadTestSettings(BaseModel):
         return self
 
     def steps(self) -> list[StepPlan]:
-        """The steps, one after another from 0 s; an idle step at the end when idle_seconds > 0."""
+        """The steps, one after another from 0 s (each knowing the requests due before it); an idle step
+        at the end when idle_seconds > 0."""
         if self.ramp is None:
             plans = [StepPlan(i, i * self.step_seconds, self.step_seconds, rate, rate)
                      for i, rate in enumerate(self.rates)]
@@ -86,11 +90,15 @@ class LoadTestSettings(BaseModel):
         if self.idle_seconds > 0:
             end = plans[-1].end
             plans.append(StepPlan(len(plans), end, self.idle_seconds, 0.0, 0.0))
-        return plans
+        carried, counted = 0.0, []
+        for plan in plans:
+            counted.append(replace(plan, due_before=carried))
+            carried += plan.due
+        return counted
 
     def schedule(self) -> list[Planned]:
         """Every request's due time, in order, cut at max_requests and max_seconds."""
-        due = [p for step in self.steps() for p in step.arrivals() if p.offset < self.max_seconds]
+        due = [p for step in self.steps() for p in step.arrivals() if p.offset <= self.max_seconds]
         return due[:self.max_requests]
 
     def duration(self) -> float:
@@ -114,6 +122,7 @@ class StepPlan:
     seconds: float
     rate_from: float  # requests per second at the start; equal to rate_to unless ramped
     rate_to: float
+    due_before: float = 0.0  # the rate's integral over the steps before this one (requests due, with a fraction)
 
     @property
     def end(self) -> float:
@@ -123,16 +132,25 @@ class StepPlan:
     def offered_rps(self) -> float:
         return (self.rate_from + self.rate_to) / 2
 
+    @property
+    def due(self) -> float:
+        """The rate's integral over the step: the requests it is due, with a fraction."""
+        return self.offered_rps * self.seconds
+
     def arrivals(self) -> list[Planned]:
-        """Requests due in the step: request k when the rate's integral since the start reaches k."""
-        a, b, span = self.rate_from, self.rate_to, self.seconds
-        slope = (b - a) / span
-        total = (a + b) / 2 * span
+        """Requests due in the step: request n (counted from the test's start) when the rate's integral
+        since the start reaches n, within (start, end]. The fraction a step leaves is carried into the
+        next, so 0.5 rps for 3 s is one request (at 2 s), and a ramp sends what it integrates to however
+        it is sliced."""
+        a, span = self.rate_from, self.seconds
+        slope = (self.rate_to - a) / span
+        first = math.floor(self.due_before + INTEGRAL_TOLERANCE) + 1
+        last = math.floor(self.due_before + self.due + INTEGRAL_TOLERANCE)
         times = []
-        for k in range(math.ceil(total - 1e-9)):
-            t = k / a if slope == 0 else (-a + math.sqrt(a * a + 2 * slope * k)) / slope
-            if t < span:
-                times.append(Planned(self.start + t, self.index))
+        for n in range(first, last + 1):
+            x = n - self.due_before  # what the integral must reach within the step: a t + slope t^2 / 2 = x
+            t = 2 * x / (a + math.sqrt(max(0.0, a * a + 2 * slope * x)))  # the root, without cancellation
+            times.append(Planned(self.start + min(t, span), self.index))
         return times
 
 
@@ -197,7 +215,9 @@ def instances_at(samples: Sequence[tuple[float, int | None]], second: float) -> 
 def per_second(outcomes: Sequence[Outcome], samples: Sequence[tuple[float, int | None]],
                duration: float) -> list[SecondRow]:
     """One row per second of the test (and of the answers that came after it)."""
-    last = max([duration, *(o.finished for o in outcomes if o.finished is not None)], default=duration)
+    moments = [t for o in outcomes for t in (o.offset, o.finished) if t is not None]
+    # Through the last second anything happened in: a request due at the very end has its row.
+    seconds = max([1, math.ceil(duration - 1e-9), *(math.floor(t) + 1 for t in moments)])
     due: dict[int, list[Outcome]] = {}
     done: dict[int, list[Outcome]] = {}
     for o in outcomes:
@@ -206,7 +226,7 @@ def per_second(outcomes: Sequence[Outcome], samples: Sequence[tuple[float, int |
             done.setdefault(math.floor(o.finished), []).append(o)
     known = [(t, c) for t, c in samples if c is not None]
     rows, seen, count = [], 0, None
-    for second in range(max(1, math.ceil(last - 1e-9))):
+    for second in range(seconds):
         while seen < len(known) and known[seen][0] < second + 1:
             count, seen = known[seen][1], seen + 1
         sent, answered = due.get(second, []), done.get(second, [])

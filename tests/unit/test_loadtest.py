@@ -26,9 +26,10 @@ from tasks.run_load_test import endpoint_sender, function_sender, run_open_loop,
 def test_steps_send_at_their_rate_one_after_another():
     settings = LoadTestSettings(rates=[2, 0, 4], step_seconds=2, idle_seconds=3)
     due = settings.schedule()
-    assert [(p.offset, p.step) for p in due] == [(0, 0), (0.5, 0), (1, 0), (1.5, 0),
-                                                 (4, 2), (4.25, 2), (4.5, 2), (4.75, 2), (5, 2), (5.25, 2),
-                                                 (5.5, 2), (5.75, 2)]
+    # Request n is due when the rate's integral reaches n: the first half a second in, the last at the end.
+    assert [(p.offset, p.step) for p in due] == [(0.5, 0), (1, 0), (1.5, 0), (2, 0),
+                                                 (4.25, 2), (4.5, 2), (4.75, 2), (5, 2), (5.25, 2), (5.5, 2),
+                                                 (5.75, 2), (6, 2)]
     assert [(s.start, s.seconds, s.offered_rps) for s in settings.steps()] == [(0, 2, 2), (2, 2, 0), (4, 2, 4),
                                                                              (6, 3, 0)]
     assert settings.duration() == 9 and settings.stop_reason() == "the schedule's end"
@@ -44,14 +45,26 @@ def test_a_ramp_sends_what_its_rate_integrates_to_ever_faster():
     assert (first.offered_rps, second.offered_rps) == (3, 7)
     assert [sum(p.step == i for p in due) for i in (0, 1)] == [15, 35]
     down = LoadTestSettings(ramp=(9, 1), ramp_seconds=10, step_seconds=10).schedule()
-    assert len(down) == 50 and down[-1].offset < 10
+    assert len(down) == 50 and down[-1].offset == pytest.approx(10)
+
+
+def test_low_rates_and_thin_slices_send_what_their_rates_add_up_to():
+    # The fraction of a request a step (or a ramp's slice) leaves is carried into the next one.
+    thin = LoadTestSettings(ramp=(0.2, 0.2), ramp_seconds=10, step_seconds=1).schedule()
+    assert [(pytest.approx(p.offset), p.step) for p in thin] == [(5, 4), (10, 9)]
+    assert [p.offset for p in LoadTestSettings(rates=[0.5], step_seconds=3).schedule()] == [2]
+    across = LoadTestSettings(rates=[0.5, 0.5], step_seconds=3).schedule()
+    assert [(p.offset, p.step) for p in across] == [(2, 0), (4, 1), (6, 1)]
+    assert [p.offset for p in LoadTestSettings(rates=[0.3], step_seconds=3).schedule()] == []  # 0.9: none yet
+    sliced = LoadTestSettings(ramp=(0.3, 7.7), ramp_seconds=123, step_seconds=7)
+    assert len(sliced.steps()) == 18 and len(sliced.schedule()) == 492  # (0.3 + 7.7) / 2 x 123
 
 
 def test_the_bounds_cut_the_schedule():
     by_count = LoadTestSettings(rates=[10], step_seconds=10, max_requests=25)
     assert len(by_count.schedule()) == 25 and by_count.stop_reason() == "max_requests (25)"
     by_time = LoadTestSettings(rates=[10, 20], step_seconds=10, max_seconds=12)
-    assert by_time.schedule()[-1].offset < 12 and len(by_time.schedule()) == 100 + 40
+    assert by_time.schedule()[-1].offset == 12 and len(by_time.schedule()) == 100 + 40
     assert by_time.duration() == 12 and by_time.stop_reason() == "max_seconds (12)"
 
 
