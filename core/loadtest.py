@@ -256,7 +256,8 @@ def summarize_steps(plans: Sequence[StepPlan], outcomes: Sequence[Outcome],
             errors=sum(o.status == ERROR for o in mine), throttled=sum(o.status == THROTTLED for o in mine),
             achieved_rps=round(len(latencies) / seconds, 3), p50_ms=percentile(latencies, 50),
             p95_ms=percentile(latencies, 95), p99_ms=percentile(latencies, 99), instances=round(instances, 2),
-            dropped=sum(o.status == DROPPED for o in mine)))
+            dropped=sum(o.status == DROPPED for o in mine),
+            mean_ms=sum(latencies) / len(latencies) if latencies else None))
     return steps
 
 
@@ -330,10 +331,11 @@ def verdict(steps: Sequence[LoadStep], p95_objective_ms: float, events: Sequence
     return Verdict(bool(loaded) and not missed, sustainable, summary, findings)
 
 
-def function_p95_ms(steps: Sequence[LoadStep], p95_objective_ms: float) -> float | None:
-    """The p95 that Little's law sizes provisioned concurrency with: the highest of the steps that met
-    the objective (the latency the function has at the rates it can serve)."""
-    met = [s.p95_ms for s in steps if s.within(p95_objective_ms)]
+def function_mean_ms(steps: Sequence[LoadStep], p95_objective_ms: float) -> float | None:
+    """The mean latency that Little's law sizes provisioned concurrency with: the highest of the steps
+    that met the objective (the latency the function has at the rates it can serve). Counted from the
+    client, it includes the network: a little more than the function's own duration."""
+    met = [s.mean_ms for s in steps if s.within(p95_objective_ms) and s.mean_ms is not None]
     return max(met) if met else None
 
 
@@ -362,7 +364,7 @@ def build_report(config: PipelineConfig, settings: LoadTestSettings, *, target: 
     events = scaling_events(samples, outcomes)
     judged = verdict(steps, settings.p95_ms, events)
     plan = recommend(steps, settings.p95_ms, peak_rps=settings.peak_rps,
-                     function_p95_ms=function_p95_ms(steps, settings.p95_ms) if settings.target == "function" else None,
+                     function_mean_ms=function_mean_ms(steps, settings.p95_ms) if settings.target == "function" else None,
                      min_capacity=config.autoscaling.min_capacity,
                      reserved_concurrency=config.function.reserved_concurrency)
     region = config.aws.region or DEFAULT_REGION
@@ -377,10 +379,20 @@ def build_report(config: PipelineConfig, settings: LoadTestSettings, *, target: 
         else:
             where = (f"on AWS: {config.hosting.instance_type} instances and Lambda in {region}, "
                      f"{HOURS_PER_MONTH} h a month, prices of {prices.as_of}")
-            note = (f"the local backend costs nothing; this is what each choice would cost {where}"
+            note = (f"the local backend costs nothing; this is what each choice would cost {where}. "
+                    f"{local_measurement_caveat(config)}"
                     if config.backend == "local" else f"what each choice costs {where}")
     return LoadTestReport(target, config.backend, settings.model_dump(mode="json"), duration, stopped, images,
                           per_second(outcomes, samples, duration), steps, events, judged, plan, costs, note)
+
+
+def local_measurement_caveat(config: PipelineConfig) -> str:
+    """Why a local test's rate does not carry over to the AWS instances it is priced on."""
+    training = config.training
+    return (f"But the rate was measured on this machine's local instances serving {training.architecture} at "
+            f"{training.image_size} px, not on {config.hosting.instance_type} serving the model you deploy there: "
+            "before using these settings on AWS, measure there (sagemaker-flows loadtest --config <your aws "
+            "configuration> --recommend, against the aws endpoint)")
 
 
 def check_settings(config: PipelineConfig, settings: LoadTestSettings) -> None:
