@@ -169,7 +169,8 @@ def choice_costs(config: PipelineConfig, plan: CapacityPlan, prices: PriceTable,
                                                (wanted_then, ceiling_then, then, "recommended")):
             if wanted > ceiling:
                 basis += (f"; not met at the {which} settings: the peak needs {wanted} instances at a target of "
-                          f"{target:g}, autoscaling.max_capacity is {ceiling} ({ceiling * target / 60:.3g} rps at most)")
+                          f"{target:g}, autoscaling.max_capacity is {ceiling} "
+                          f"({ceiling * target / 60:.3g} rps at most)")
         rows.append(ChoiceCost("autoscaling.target_invocations_per_instance", f"{now:g}", f"{then:g}", basis,
                                per(got_now), per(got_then)))
         rows.append(ChoiceCost("autoscaling.max_capacity", str(config.autoscaling.max_capacity),
@@ -180,9 +181,9 @@ def choice_costs(config: PipelineConfig, plan: CapacityPlan, prices: PriceTable,
                                "no cost of its own (give a peak rate to price the instances it needs)", None, None))
     if plan.provisioned_concurrency is not None:
         kept = lambda c: function_cost(c, prices, region, 100.0)[0].amount  # noqa: E731 - the provisioned line
-        in_flight = (f": {plan.peak_rps:g} rps x the mean latency is {plan.executions_in_flight:.2f} executions "
-                     f"in flight on average, and {plan.provisioned_concurrency} hold them all "
-                     f"{CONCURRENCY_COVERAGE:.0%} of the time (Poisson)" if plan.executions_in_flight is not None else "")
+        in_flight = "" if plan.executions_in_flight is None else (
+            f": {plan.peak_rps:g} rps x the mean latency is {plan.executions_in_flight:.2f} executions in flight on "
+            f"average, and {plan.provisioned_concurrency} hold them all {CONCURRENCY_COVERAGE:.0%} of the time (Poisson)")
         rows.append(ChoiceCost("function.provisioned_concurrency", str(config.function.provisioned_concurrency),
                                str(plan.provisioned_concurrency),
                                f"environments of {config.function.memory_mb} MB kept warm all month{in_flight}",

@@ -44,20 +44,22 @@ class LoadTestSettings(BaseModel):
         default=None, description="Instead of rates: a linear ramp from the first rate to the second.")
     ramp_seconds: float = Field(default=120, ge=1, le=86400, description="How long the ramp lasts.")
     idle_seconds: float = Field(default=0, ge=0, le=86400,
-                                description="Quiet after the load, while the last answers come back. No traffic "
-                                "scales nothing in (no datapoints, as on AWS): end on a low rate to watch a scale-in.")
+                                description="Quiet after the load, while the last answers come back. Without traffic "
+                                "nothing scales in (no datapoints, as on AWS): end on a low rate to watch a scale-in.")
     max_requests: int = Field(default=20000, ge=1, le=1_000_000, description="Sends no more than this many.")
     max_seconds: float = Field(default=900, ge=1, le=86400, description="Stops sending after this many seconds.")
     max_in_flight: int = Field(default=32, ge=1, le=256,
                                description="Requests waiting for an answer at most; one more is dropped.")
-    images: str | None = Field(default=None, description="A folder of images to send (default: the test split "
-                               "of the configuration's local data.source).")
+    images: str | None = Field(default=None, description="A folder or s3:// prefix of images to send (default: the "
+                               "test split of data.source: a local folder's, or 50 images spread over an s3:// "
+                               "source's test/).")
     time_scale: float = Field(default=1, ge=1, le=MAX_TIME_SCALE,
                               description="Local backend: the autoscaler runs the policy's minutes and cooldowns "
                               "this many times faster during the test.")
     p95_ms: float = Field(default=500, gt=0, le=600000, description="The latency objective: p95 in milliseconds.")
     peak_rps: float | None = Field(default=None, gt=0, le=1_000_000,
-                                   description="The peak request rate to size max_capacity and provisioned concurrency for.")
+                                   description="The peak request rate to size max_capacity for, and provisioned "
+                                   "concurrency when the target is the function.")
 
     @field_validator("rates")
     @classmethod
@@ -283,8 +285,9 @@ def scaling_events(samples: Sequence[tuple[float, int | None]], outcomes: Sequen
         if previous is not None and count != previous:
             before = [f for f in finished if f <= t]
             quiet = None
-            if count < previous and before and not any(o.offset <= t < (o.finished or math.inf) for o in outcomes
-                                                       if o.status != DROPPED):
+            sent = [o for o in outcomes if o.status != DROPPED]
+            # Traffic went on: a request out at the time, or one sent after it (a low rate has gaps).
+            if count < previous and before and not any(t < (o.finished or math.inf) for o in sent):
                 quiet = round(t - before[-1], 1)
             events.append(ScalingEvent(round(t, 1), previous, count, quiet))
         previous = count
@@ -363,8 +366,8 @@ def build_report(config: PipelineConfig, settings: LoadTestSettings, *, target: 
     steps = summarize_steps(settings.steps(), outcomes, samples, duration)
     events = scaling_events(samples, outcomes)
     judged = verdict(steps, settings.p95_ms, events)
-    plan = recommend(steps, settings.p95_ms, peak_rps=settings.peak_rps,
-                     function_mean_ms=function_mean_ms(steps, settings.p95_ms) if settings.target == "function" else None,
+    mean_ms = function_mean_ms(steps, settings.p95_ms) if settings.target == "function" else None
+    plan = recommend(steps, settings.p95_ms, peak_rps=settings.peak_rps, function_mean_ms=mean_ms,
                      min_capacity=config.autoscaling.min_capacity,
                      reserved_concurrency=config.function.reserved_concurrency)
     region = config.aws.region or DEFAULT_REGION

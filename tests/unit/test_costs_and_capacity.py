@@ -125,9 +125,11 @@ def test_a_peak_past_max_capacity_is_priced_at_max_capacity_and_said_not_met():
     plan = recommend([_step(10, 200)], 500, peak_rps=50)  # target 300 (10 rps x 0.5 x 60): 10 instances
     row = choice_costs(SEED, plan, load_prices())[0]
     month = 0.115 * HOURS_PER_MONTH
-    assert (row.setting, row.configured, row.recommended) == ("autoscaling.target_invocations_per_instance", "10", "300")
+    assert (row.setting, row.configured, row.recommended) == (
+        "autoscaling.target_invocations_per_instance", "10", "300")
     assert row.configured_monthly == pytest.approx(100 * month) and row.recommended_monthly == pytest.approx(10 * month)
     assert row.basis == ("100 -> 10 instances for 50 rps, all month; not met at the configured settings: the peak "
                          "needs 300 instances at a target of 10, autoscaling.max_capacity is 100 (16.7 rps at most)")
     within = choice_costs(SEED, recommend([_step(10, 200)], 500, peak_rps=10), load_prices())[0]
-    assert within.basis == "60 -> 2 instances for 10 rps, all month" and within.configured_monthly == pytest.approx(60 * month)
+    assert within.basis == "60 -> 2 instances for 10 rps, all month"
+    assert within.configured_monthly == pytest.approx(60 * month)

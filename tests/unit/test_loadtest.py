@@ -6,20 +6,30 @@ import json
 import threading
 from types import SimpleNamespace
 
+import boto3
 import pytest
+import yaml
 from botocore.awsrequest import AWSResponse
+from moto import mock_aws
 
+from backends.aws.storage import S3Storage
 from backends.session import local_session, make_client
 from core.capacity import LoadStep, choice_costs, recommend
 from core.costs import HOURS_PER_MONTH
+from core.config_io import load_config
 from core.demo import demo_config
 from core.loadtest import (
     DROPPED, ERROR, OK, THROTTLED, LoadTestSettings, Outcome, Planned, build_report, check_settings, function_mean_ms,
     per_second, percentile, scaling_events, summarize_steps, verdict,
 )
 from core.pricing import load_prices
+from core.retry import PermanentError
+from flows import cli
+from flows.loadtest import report_of
 from flows.loadtest_options import add_arguments, settings_from_arguments
-from tasks.run_load_test import endpoint_sender, function_sender, run_open_loop, single_attempt
+from tasks import run_load_test as load_module
+from tasks.run_load_test import (LoadRecord, endpoint_sender, function_sender, image_names, images_location,
+                                 read_images, run_open_loop, single_attempt)
 
 
 # -- the schedule ---------------------------------------------------------------------------
@@ -136,6 +146,9 @@ def test_scaling_events_and_the_quiet_before_a_scale_in():
     assert [(e.second, e.direction, e.from_count, e.to_count) for e in events] == [(1.2, "out", 1, 2),
                                                                                    (10.0, "in", 2, 1)]
     assert events[0].quiet_seconds is None and events[1].quiet_seconds == 8.5  # the last answer came at 1.5 s
+    # A scale-in while a low rate goes on is not after a quiet, though nothing was out at that moment.
+    low = [*outcomes, Outcome(9.0, 1, OK, 10), Outcome(11.0, 1, OK, 10)]
+    assert scaling_events([(0.0, 2), (10.0, 1)], low)[0].quiet_seconds is None
 
 
 def test_verdict_names_the_steps_that_missed_the_objective():
@@ -171,13 +184,15 @@ def test_each_choice_is_priced_on_aws():
     target = rows["autoscaling.target_invocations_per_instance"]
     # 20 rps is 1200 a minute: 120 instances at a target of 10, but max_capacity stops it at 4; 10 at 120.
     assert (target.configured, target.recommended) == ("10", "120")
-    assert target.configured_monthly == pytest.approx(4 * month) and target.recommended_monthly == pytest.approx(10 * month)
+    assert target.configured_monthly == pytest.approx(4 * month)
+    assert target.recommended_monthly == pytest.approx(10 * month)
     assert "not met at the configured settings" in target.basis and "autoscaling.max_capacity is 4" in target.basis
     maximum = rows["autoscaling.max_capacity"]
     assert maximum.configured_monthly == pytest.approx(4 * month) and maximum.recommended_monthly == pytest.approx(10 * month)
     warm = rows["function.provisioned_concurrency"]  # 512 MB kept warm all month
     gb_month = 0.5 * HOURS_PER_MONTH * 3600 * prices.lambda_prices("us-east-1").provisioned_gb_second
-    assert warm.configured_monthly == pytest.approx(2 * gb_month) and warm.recommended_monthly == pytest.approx(18 * gb_month)
+    assert warm.configured_monthly == pytest.approx(2 * gb_month)
+    assert warm.recommended_monthly == pytest.approx(18 * gb_month)
     assert warm.basis == ("environments of 512 MB kept warm all month: 20 rps x the mean latency is 12.00 executions "
                           "in flight on average, and 18 hold them all 95% of the time (Poisson)")
     assert rows["function.reserved_concurrency"].recommended_monthly is None
@@ -299,3 +314,80 @@ def test_options_make_the_settings_and_errors_name_the_option():
         _parse("--rates", "fast")
     with pytest.raises(ValueError, match="--seconds is the length of a --ramp"):
         _parse("--seconds", "60")
+
+
+# -- what the command checks and says -------------------------------------------------------------
+def test_an_s3_data_source_sends_a_sample_of_its_test_split(monkeypatch):
+    monkeypatch.setattr(load_module, "MAX_S3_IMAGES", 4)
+    config = load_config("examples/pipeline.aws.yaml")  # data.source: s3://my-ml-data/dogImages
+    with mock_aws():
+        s3 = boto3.client("s3", region_name="us-east-1")
+        s3.create_bucket(Bucket="my-ml-data")
+        for breed in ("001.Affenpinscher", "002.Afghan_hound", "003.Airedale"):
+            for i in range(4):
+                s3.put_object(Bucket="my-ml-data", Key=f"dogImages/test/{breed}/{i}.jpg", Body=f"{breed} {i}".encode())
+        s3.put_object(Bucket="my-ml-data", Key="dogImages/test/README.txt", Body=b"not an image")
+        s3.put_object(Bucket="my-ml-data", Key="dogImages/train/001.Affenpinscher/9.jpg", Body=b"training")
+        storage = S3Storage(s3)
+        location = images_location(config, LoadTestSettings())
+        assert location == "s3://my-ml-data/dogImages/test"
+        names = image_names(location, storage)  # 4 of the 12, spread over every breed
+        assert names == ["001.Affenpinscher/0.jpg", "001.Affenpinscher/3.jpg", "002.Afghan_hound/2.jpg",
+                         "003.Airedale/1.jpg"]
+        assert read_images(location, names[:2], storage) == [(b"001.Affenpinscher 0", "image/jpeg"),
+                                                             (b"001.Affenpinscher 3", "image/jpeg")]
+        with pytest.raises(PermanentError, match="no .png, .jpg or .jpeg images under s3://my-ml-data/elsewhere"):
+            image_names("s3://my-ml-data/elsewhere", storage)
+        with pytest.raises(PermanentError, match="s3://no-such-bucket/test cannot be listed"):
+            image_names("s3://no-such-bucket/test", storage)
+    assert images_location(config, LoadTestSettings(images="s3://other/pics")) == "s3://other/pics"
+    https = config.model_copy(update={"data": config.data.model_copy(update={"source": "https://x.org/d.zip"})})
+    with pytest.raises(PermanentError, match="--images DIR or s3://bucket/prefix"):
+        images_location(https, LoadTestSettings())
+
+
+def _local_config_file(tmp_path) -> str:
+    values = demo_config(str(tmp_path / "data")).model_dump(mode="json")
+    values["local"] = {"home": str(tmp_path / "home")}  # no gateway runs there: nothing is deployed
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(values))
+    return str(path)
+
+
+@pytest.mark.parametrize("local, extra, says", [
+    (False, ["--time-scale", "20"], "error: time_scale 20: only the local backend's autoscaler can run faster"),
+    (True, ["--time-scale", "20", "--set", "autoscaling.enabled=false"],
+     "error: time_scale applies to the autoscaling policy, and autoscaling.enabled is false"),
+    (True, [], "error: endpoint sagemaker-flows-demo-endpoint is not deployed: deploy it first"),
+])
+def test_bad_loadtest_input_is_one_line_before_any_server_starts(monkeypatch, capsys, tmp_path, local, extra, says):
+    def no_server(config):
+        raise AssertionError("a Prefect server was asked for")
+
+    monkeypatch.setattr(cli, "_prefect_api", no_server)
+    config = _local_config_file(tmp_path) if local else "examples/pipeline.aws.yaml"
+    assert cli.main(["loadtest", "--config", config, *extra]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.splitlines()) == 1 and err.startswith(says), err
+
+
+def test_loadtest_help_says_what_the_options_need(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["loadtest", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "Send an open-loop load" in text and "you pay the endpoint's instance-hours while it runs" in text
+    assert "with --recommend: the peak rate to size autoscaling.max_capacity for, and, with --target function, " \
+           "provisioned concurrency" in text
+
+
+def test_the_report_is_priced_with_the_configurations_price_table(tmp_path):
+    table = {"as_of": "2030-01", "regions": {"us-east-1": {"sagemaker_hosting": {"ml.m5.large": 1.0}}}}
+    (tmp_path / "prices.json").write_text(json.dumps(table))
+    config = demo_config("/data")
+    config = config.model_copy(update={"preflight": config.preflight.model_copy(
+        update={"prices_file": str(tmp_path / "prices.json")})})
+    record = LoadRecord("endpoint e", _outcomes(), SAMPLES, 4, "the schedule's end", 3)
+    report = report_of(config, LoadTestSettings(rates=[2, 4], step_seconds=2, peak_rps=4), record)
+    # 2 rps per instance within 500 ms: a target of 60; 4 rps is 4 instances, at $1 an hour.
+    assert report.costs[0].recommended_monthly == pytest.approx(4 * HOURS_PER_MONTH)
+    assert "prices of 2030-01" in report.cost_note

@@ -9,6 +9,7 @@ import pytest
 
 from backends.local.gateway.autoscaler import Autoscaler, parse_policy
 from core.config import AutoscalingConfig
+from core.loadtest import LoadTestSettings
 from core.scaling import cooldown_allows, scalable_target, target_tracking_policy
 from core.target_tracking import DatapointSeries
 
@@ -187,6 +188,43 @@ def test_without_traffic_nothing_scales_in_as_on_aws():
         await run.scaler.close()
 
     asyncio.run(scenario())
+
+
+def replay(settings: LoadTestSettings, config: AutoscalingConfig) -> list[tuple[float, int, int]]:
+    """A load test's schedule through the autoscaler (each request answered at once, each scaling done at
+    once): (seconds from the start, from, to) of each change of the instance count."""
+    async def scenario():
+        run = Scenario(count=1)
+        await run.register(config, time_scale=settings.time_scale)
+        start, tick = run.clock.now, 60 / settings.time_scale / 10
+        due = [start + p.offset for p in settings.schedule()]
+        changes = []
+        for step in range(1, int(settings.duration() / tick) + 1):
+            now = start + step * tick
+            while due and due[0] <= now:
+                run.clock.now = due.pop(0)
+                run.scaler.record_invocation("ep", run.manager.count)
+            run.clock.now, before = now, run.manager.count
+            await run.tick()
+            if run.manager.count != before:
+                changes.append((round(now - start), before, run.manager.count))
+        await run.scaler.close()
+        return changes
+
+    return asyncio.run(scenario())
+
+
+def test_the_readmes_load_test_scales_out_then_in_while_a_low_rate_goes_on():
+    demo = AutoscalingConfig(min_capacity=1, max_capacity=4, target_invocations_per_instance=10,
+                             scale_in_cooldown_seconds=100, scale_out_cooldown_seconds=100)
+    # README: loadtest --demo --rates 4,0.3 --step-seconds 100 --time-scale 12 (a datapoint every 5 s).
+    # 4 rps is 240 a minute: out to 4 after three datapoints; 0.3 rps on 4 instances is 4.5 a minute each,
+    # below 9: in after fifteen, and again after the 8.3 s cooldown (on 3: 6 a minute each).
+    assert replay(LoadTestSettings(rates=[4, 0.3], step_seconds=100, time_scale=12), demo) == [
+        (15, 1, 4), (175, 4, 3), (190, 3, 2)]
+    # Its former form ended on quiet: without traffic there are no datapoints, and nothing scales in.
+    assert replay(LoadTestSettings(rates=[0, 4], step_seconds=50, idle_seconds=75, time_scale=20), demo) == [
+        (57, 1, 4)]
 
 
 def test_three_minutes_above_the_target_scale_out_then_the_cooldowns_hold():
