@@ -7,8 +7,10 @@ provisioned concurrency that peak needs.
 - Target: SageMaker's guidance for SageMakerVariantInvocationsPerInstance, (MAX_RPS x SAFETY_FACTOR)
   x 60, starting from a safety factor of 0.5 ("Load testing your auto scaling configuration").
 - Maximum capacity: enough instances for the peak at the target, ceil(peak per minute / target).
-- Provisioned concurrency: Little's law, executions in flight = arrival rate x time in the system,
-  on the function's measured p95 latency so that 95 % of requests find a warm environment.
+- Provisioned concurrency: by Little's law the executions in flight average L = arrival rate x mean
+  time in the system (the function's mean latency); with Poisson arrivals (and any latency
+  distribution) their number N is Poisson(L), so c = the smallest number with P(N <= c) >= 95 %
+  environments hold every execution in flight 95 % of the time (at least 1).
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from core.costs import HOURS_PER_MONTH, function_cost
 from core.pricing import PriceTable
 
 SAFETY_FACTOR = 0.5  # SageMaker's advice to start from
+CONCURRENCY_COVERAGE = 0.95  # the share of the time provisioned concurrency holds every execution in flight
 MAX_ERROR_RATIO = 0.01  # a step with more failed or throttled requests than this is past what the instance sustains
 
 
@@ -39,6 +42,7 @@ class LoadStep:
     p99_ms: float | None
     instances: float  # the endpoint's mean instance count during the step
     dropped: int = 0  # not sent: the client's bound on requests in flight was reached (the answers lagged)
+    mean_ms: float | None = None  # the mean latency of the successful answers
 
     @property
     def failed_ratio(self) -> float:
@@ -67,6 +71,7 @@ class CapacityPlan:
     max_capacity: int | None
     provisioned_concurrency: int | None
     reserved_concurrency: int | None  # raised only where provisioned concurrency would exceed it
+    executions_in_flight: float | None = None  # L = peak rps x the function's mean latency, on average
 
     def overrides(self) -> list[str]:
         """The plan as `--set` overrides of the pipeline's configuration."""
@@ -80,10 +85,27 @@ class CapacityPlan:
         return values
 
 
+def poisson_quantile(mean: float, coverage: float = CONCURRENCY_COVERAGE) -> int:
+    """The smallest c with P(N <= c) >= coverage for N ~ Poisson(mean)."""
+    if not (mean >= 0 and math.isfinite(mean)):
+        raise ValueError(f"mean must be a finite number >= 0, got {mean!r}")
+    if not 0 < coverage < 1:
+        raise ValueError(f"coverage must be in (0, 1), got {coverage!r}")
+    c = max(0, math.floor(mean - 12 * math.sqrt(mean)))  # below it lies less than 1e-30 of the probability
+    term = math.exp(c * math.log(mean) - mean - math.lgamma(c + 1)) if mean else 1.0  # P(N = c)
+    total = term
+    while total < coverage:
+        c += 1
+        term *= mean / c
+        total += term
+    return c
+
+
 def recommend(steps: list[LoadStep], p95_objective_ms: float, *, peak_rps: float | None = None,
-              function_p95_ms: float | None = None, min_capacity: int = 1,
+              function_mean_ms: float | None = None, min_capacity: int = 1,
               reserved_concurrency: int | None = None, safety_factor: float = SAFETY_FACTOR) -> CapacityPlan | None:
-    """The settings the load test supports; None when no step met the latency objective."""
+    """The settings the load test supports; None when no step met the latency objective. Provisioned
+    concurrency needs the function's mean latency (a test of the function) as well as the peak."""
     if not 0 < safety_factor <= 1:
         raise ValueError(f"safety_factor must be in (0, 1], got {safety_factor!r}")
     if peak_rps is not None and not peak_rps > 0:
@@ -92,15 +114,21 @@ def recommend(steps: list[LoadStep], p95_objective_ms: float, *, peak_rps: float
     if sustainable is None:
         return None
     target = round(sustainable * safety_factor * 60, 1)
-    max_capacity = provisioned = reserved = None
+    max_capacity = provisioned = reserved = in_flight = None
     if peak_rps is not None:
-        max_capacity = max(min_capacity, math.ceil(peak_rps * 60 / target - 1e-9))
-        if function_p95_ms is not None:
-            provisioned = max(1, math.ceil(peak_rps * function_p95_ms / 1000 - 1e-9))
+        max_capacity = instances_for(peak_rps, target, min_capacity)
+        if function_mean_ms is not None:
+            in_flight = peak_rps * function_mean_ms / 1000
+            provisioned = max(1, poisson_quantile(in_flight))
             if reserved_concurrency is not None and provisioned > reserved_concurrency:
                 reserved = provisioned
     return CapacityPlan(p95_objective_ms, round(sustainable * 60, 1), target, peak_rps, max_capacity, provisioned,
-                        reserved)
+                        reserved, in_flight)
+
+
+def instances_for(peak_rps: float, target: float, min_capacity: int = 1) -> int:
+    """Instances that keep `peak_rps` at `target` invocations per instance a minute (at least min_capacity)."""
+    return max(min_capacity, math.ceil(peak_rps * 60 / target - 1e-9))
 
 
 DEFAULT_REGION = "us-east-1"  # what the costs are priced in when the configuration names no region
@@ -131,12 +159,20 @@ def choice_costs(config: PipelineConfig, plan: CapacityPlan, prices: PriceTable,
     rows = []
     now, then = config.autoscaling.target_invocations_per_instance, plan.target_invocations_per_instance
     if plan.peak_rps is not None:
-        def needed(target: float) -> int:  # instances for the peak at `target` invocations per instance a minute
-            return max(config.autoscaling.min_capacity, math.ceil(plan.peak_rps * 60 / target - 1e-9))
-
-        rows.append(ChoiceCost("autoscaling.target_invocations_per_instance", f"{now:g}", f"{then:g}",
-                               f"{needed(now)} -> {needed(then)} instances for {plan.peak_rps:g} rps, all month",
-                               per(needed(now)), per(needed(then))))
+        low = config.autoscaling.min_capacity
+        wanted_now, wanted_then = instances_for(plan.peak_rps, now, low), instances_for(plan.peak_rps, then, low)
+        # Autoscaling never goes past max_capacity: that is all the peak gets.
+        ceiling_now, ceiling_then = config.autoscaling.max_capacity, recommended.autoscaling.max_capacity
+        got_now, got_then = min(wanted_now, ceiling_now), min(wanted_then, ceiling_then)
+        basis = f"{got_now} -> {got_then} instances for {plan.peak_rps:g} rps, all month"
+        for wanted, ceiling, target, which in ((wanted_now, ceiling_now, now, "configured"),
+                                               (wanted_then, ceiling_then, then, "recommended")):
+            if wanted > ceiling:
+                basis += (f"; not met at the {which} settings: the peak needs {wanted} instances at a target of "
+                          f"{target:g}, autoscaling.max_capacity is {ceiling} "
+                          f"({ceiling * target / 60:.3g} rps at most)")
+        rows.append(ChoiceCost("autoscaling.target_invocations_per_instance", f"{now:g}", f"{then:g}", basis,
+                               per(got_now), per(got_then)))
         rows.append(ChoiceCost("autoscaling.max_capacity", str(config.autoscaling.max_capacity),
                                str(recommended.autoscaling.max_capacity), "the endpoint at max capacity all month",
                                per(config.autoscaling.max_capacity), per(recommended.autoscaling.max_capacity)))
@@ -145,9 +181,12 @@ def choice_costs(config: PipelineConfig, plan: CapacityPlan, prices: PriceTable,
                                "no cost of its own (give a peak rate to price the instances it needs)", None, None))
     if plan.provisioned_concurrency is not None:
         kept = lambda c: function_cost(c, prices, region, 100.0)[0].amount  # noqa: E731 - the provisioned line
+        in_flight = "" if plan.executions_in_flight is None else (
+            f": {plan.peak_rps:g} rps x the mean latency is {plan.executions_in_flight:.2f} executions in flight on "
+            f"average, and {plan.provisioned_concurrency} hold them all {CONCURRENCY_COVERAGE:.0%} of the time (Poisson)")
         rows.append(ChoiceCost("function.provisioned_concurrency", str(config.function.provisioned_concurrency),
                                str(plan.provisioned_concurrency),
-                               f"environments of {config.function.memory_mb} MB kept warm all month",
+                               f"environments of {config.function.memory_mb} MB kept warm all month{in_flight}",
                                kept(config), kept(recommended)))
     if plan.reserved_concurrency is not None:
         rows.append(ChoiceCost("function.reserved_concurrency", str(config.function.reserved_concurrency),

@@ -2,8 +2,9 @@
 rates, and what the answers add up to: per-second rows, per-step LoadSteps (core.capacity), the
 scaling seen in the instance count, and the verdict against a p95 latency objective.
 
-Open loop: request k of a step is due at a time fixed before the test starts (uniformly spaced at
-the step's rate, or at the rate of a linear ramp), whatever the earlier answers did. A request's
+Open loop: every request is due at a time fixed before the test starts, whatever the earlier answers
+did: request n when the integral of the rate (steps, or a linear ramp's slices) since the start
+reaches n, so a test sends what its rates add up to, however low the rates or short the slices. A request's
 latency is counted from when it was due, so time spent waiting for the client counts (no
 coordinated omission); one that could not be sent because the client's bound on requests in flight
 was reached is `dropped`, not sent late.
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -25,6 +26,7 @@ from core.pricing import PriceTable
 from core.target_tracking import MAX_TIME_SCALE
 
 OK, ERROR, THROTTLED, DROPPED = "ok", "error", "throttled", "dropped"
+INTEGRAL_TOLERANCE = 1e-9  # requests: a rate's integral this close below a whole number has reached it
 
 
 class LoadTestSettings(BaseModel):
@@ -42,19 +44,22 @@ class LoadTestSettings(BaseModel):
         default=None, description="Instead of rates: a linear ramp from the first rate to the second.")
     ramp_seconds: float = Field(default=120, ge=1, le=86400, description="How long the ramp lasts.")
     idle_seconds: float = Field(default=0, ge=0, le=86400,
-                                description="Quiet after the load, to watch the endpoint scale back in.")
+                                description="Quiet after the load, while the last answers come back. Without traffic "
+                                "nothing scales in (no datapoints, as on AWS): end on a low rate to watch a scale-in.")
     max_requests: int = Field(default=20000, ge=1, le=1_000_000, description="Sends no more than this many.")
     max_seconds: float = Field(default=900, ge=1, le=86400, description="Stops sending after this many seconds.")
     max_in_flight: int = Field(default=32, ge=1, le=256,
                                description="Requests waiting for an answer at most; one more is dropped.")
-    images: str | None = Field(default=None, description="A folder of images to send (default: the test split "
-                               "of the configuration's local data.source).")
+    images: str | None = Field(default=None, description="A folder or s3:// prefix of images to send (default: the "
+                               "test split of data.source: a local folder's, or 50 images spread over an s3:// "
+                               "source's test/).")
     time_scale: float = Field(default=1, ge=1, le=MAX_TIME_SCALE,
                               description="Local backend: the autoscaler runs the policy's minutes and cooldowns "
                               "this many times faster during the test.")
     p95_ms: float = Field(default=500, gt=0, le=600000, description="The latency objective: p95 in milliseconds.")
     peak_rps: float | None = Field(default=None, gt=0, le=1_000_000,
-                                   description="The peak request rate to size max_capacity and provisioned concurrency for.")
+                                   description="The peak request rate to size max_capacity for, and provisioned "
+                                   "concurrency when the target is the function.")
 
     @field_validator("rates")
     @classmethod
@@ -73,7 +78,8 @@ class LoadTestSettings(BaseModel):
         return self
 
     def steps(self) -> list[StepPlan]:
-        """The steps, one after another from 0 s; an idle step at the end when idle_seconds > 0."""
+        """The steps, one after another from 0 s (each knowing the requests due before it); an idle step
+        at the end when idle_seconds > 0."""
         if self.ramp is None:
             plans = [StepPlan(i, i * self.step_seconds, self.step_seconds, rate, rate)
                      for i, rate in enumerate(self.rates)]
@@ -86,11 +92,15 @@ class LoadTestSettings(BaseModel):
         if self.idle_seconds > 0:
             end = plans[-1].end
             plans.append(StepPlan(len(plans), end, self.idle_seconds, 0.0, 0.0))
-        return plans
+        carried, counted = 0.0, []
+        for plan in plans:
+            counted.append(replace(plan, due_before=carried))
+            carried += plan.due
+        return counted
 
     def schedule(self) -> list[Planned]:
         """Every request's due time, in order, cut at max_requests and max_seconds."""
-        due = [p for step in self.steps() for p in step.arrivals() if p.offset < self.max_seconds]
+        due = [p for step in self.steps() for p in step.arrivals() if p.offset <= self.max_seconds]
         return due[:self.max_requests]
 
     def duration(self) -> float:
@@ -114,6 +124,7 @@ class StepPlan:
     seconds: float
     rate_from: float  # requests per second at the start; equal to rate_to unless ramped
     rate_to: float
+    due_before: float = 0.0  # the rate's integral over the steps before this one (requests due, with a fraction)
 
     @property
     def end(self) -> float:
@@ -123,16 +134,25 @@ class StepPlan:
     def offered_rps(self) -> float:
         return (self.rate_from + self.rate_to) / 2
 
+    @property
+    def due(self) -> float:
+        """The rate's integral over the step: the requests it is due, with a fraction."""
+        return self.offered_rps * self.seconds
+
     def arrivals(self) -> list[Planned]:
-        """Requests due in the step: request k when the rate's integral since the start reaches k."""
-        a, b, span = self.rate_from, self.rate_to, self.seconds
-        slope = (b - a) / span
-        total = (a + b) / 2 * span
+        """Requests due in the step: request n (counted from the test's start) when the rate's integral
+        since the start reaches n, within (start, end]. The fraction a step leaves is carried into the
+        next, so 0.5 rps for 3 s is one request (at 2 s), and a ramp sends what it integrates to however
+        it is sliced."""
+        a, span = self.rate_from, self.seconds
+        slope = (self.rate_to - a) / span
+        first = math.floor(self.due_before + INTEGRAL_TOLERANCE) + 1
+        last = math.floor(self.due_before + self.due + INTEGRAL_TOLERANCE)
         times = []
-        for k in range(math.ceil(total - 1e-9)):
-            t = k / a if slope == 0 else (-a + math.sqrt(a * a + 2 * slope * k)) / slope
-            if t < span:
-                times.append(Planned(self.start + t, self.index))
+        for n in range(first, last + 1):
+            x = n - self.due_before  # what the integral must reach within the step: a t + slope t^2 / 2 = x
+            t = 2 * x / (a + math.sqrt(max(0.0, a * a + 2 * slope * x)))  # the root, without cancellation
+            times.append(Planned(self.start + min(t, span), self.index))
         return times
 
 
@@ -197,7 +217,9 @@ def instances_at(samples: Sequence[tuple[float, int | None]], second: float) -> 
 def per_second(outcomes: Sequence[Outcome], samples: Sequence[tuple[float, int | None]],
                duration: float) -> list[SecondRow]:
     """One row per second of the test (and of the answers that came after it)."""
-    last = max([duration, *(o.finished for o in outcomes if o.finished is not None)], default=duration)
+    moments = [t for o in outcomes for t in (o.offset, o.finished) if t is not None]
+    # Through the last second anything happened in: a request due at the very end has its row.
+    seconds = max([1, math.ceil(duration - 1e-9), *(math.floor(t) + 1 for t in moments)])
     due: dict[int, list[Outcome]] = {}
     done: dict[int, list[Outcome]] = {}
     for o in outcomes:
@@ -206,7 +228,7 @@ def per_second(outcomes: Sequence[Outcome], samples: Sequence[tuple[float, int |
             done.setdefault(math.floor(o.finished), []).append(o)
     known = [(t, c) for t, c in samples if c is not None]
     rows, seen, count = [], 0, None
-    for second in range(max(1, math.ceil(last - 1e-9))):
+    for second in range(seconds):
         while seen < len(known) and known[seen][0] < second + 1:
             count, seen = known[seen][1], seen + 1
         sent, answered = due.get(second, []), done.get(second, [])
@@ -236,7 +258,8 @@ def summarize_steps(plans: Sequence[StepPlan], outcomes: Sequence[Outcome],
             errors=sum(o.status == ERROR for o in mine), throttled=sum(o.status == THROTTLED for o in mine),
             achieved_rps=round(len(latencies) / seconds, 3), p50_ms=percentile(latencies, 50),
             p95_ms=percentile(latencies, 95), p99_ms=percentile(latencies, 99), instances=round(instances, 2),
-            dropped=sum(o.status == DROPPED for o in mine)))
+            dropped=sum(o.status == DROPPED for o in mine),
+            mean_ms=sum(latencies) / len(latencies) if latencies else None))
     return steps
 
 
@@ -262,8 +285,9 @@ def scaling_events(samples: Sequence[tuple[float, int | None]], outcomes: Sequen
         if previous is not None and count != previous:
             before = [f for f in finished if f <= t]
             quiet = None
-            if count < previous and before and not any(o.offset <= t < (o.finished or math.inf) for o in outcomes
-                                                       if o.status != DROPPED):
+            sent = [o for o in outcomes if o.status != DROPPED]
+            # Traffic went on: a request out at the time, or one sent after it (a low rate has gaps).
+            if count < previous and before and not any(t < (o.finished or math.inf) for o in sent):
                 quiet = round(t - before[-1], 1)
             events.append(ScalingEvent(round(t, 1), previous, count, quiet))
         previous = count
@@ -310,10 +334,11 @@ def verdict(steps: Sequence[LoadStep], p95_objective_ms: float, events: Sequence
     return Verdict(bool(loaded) and not missed, sustainable, summary, findings)
 
 
-def function_p95_ms(steps: Sequence[LoadStep], p95_objective_ms: float) -> float | None:
-    """The p95 that Little's law sizes provisioned concurrency with: the highest of the steps that met
-    the objective (the latency the function has at the rates it can serve)."""
-    met = [s.p95_ms for s in steps if s.within(p95_objective_ms)]
+def function_mean_ms(steps: Sequence[LoadStep], p95_objective_ms: float) -> float | None:
+    """The mean latency that Little's law sizes provisioned concurrency with: the highest of the steps
+    that met the objective (the latency the function has at the rates it can serve). Counted from the
+    client, it includes the network: a little more than the function's own duration."""
+    met = [s.mean_ms for s in steps if s.within(p95_objective_ms) and s.mean_ms is not None]
     return max(met) if met else None
 
 
@@ -341,8 +366,8 @@ def build_report(config: PipelineConfig, settings: LoadTestSettings, *, target: 
     steps = summarize_steps(settings.steps(), outcomes, samples, duration)
     events = scaling_events(samples, outcomes)
     judged = verdict(steps, settings.p95_ms, events)
-    plan = recommend(steps, settings.p95_ms, peak_rps=settings.peak_rps,
-                     function_p95_ms=function_p95_ms(steps, settings.p95_ms) if settings.target == "function" else None,
+    mean_ms = function_mean_ms(steps, settings.p95_ms) if settings.target == "function" else None
+    plan = recommend(steps, settings.p95_ms, peak_rps=settings.peak_rps, function_mean_ms=mean_ms,
                      min_capacity=config.autoscaling.min_capacity,
                      reserved_concurrency=config.function.reserved_concurrency)
     region = config.aws.region or DEFAULT_REGION
@@ -357,10 +382,20 @@ def build_report(config: PipelineConfig, settings: LoadTestSettings, *, target: 
         else:
             where = (f"on AWS: {config.hosting.instance_type} instances and Lambda in {region}, "
                      f"{HOURS_PER_MONTH} h a month, prices of {prices.as_of}")
-            note = (f"the local backend costs nothing; this is what each choice would cost {where}"
+            note = (f"the local backend costs nothing; this is what each choice would cost {where}. "
+                    f"{local_measurement_caveat(config)}"
                     if config.backend == "local" else f"what each choice costs {where}")
     return LoadTestReport(target, config.backend, settings.model_dump(mode="json"), duration, stopped, images,
                           per_second(outcomes, samples, duration), steps, events, judged, plan, costs, note)
+
+
+def local_measurement_caveat(config: PipelineConfig) -> str:
+    """Why a local test's rate does not carry over to the AWS instances it is priced on."""
+    training = config.training
+    return (f"But the rate was measured on this machine's local instances serving {training.architecture} at "
+            f"{training.image_size} px, not on {config.hosting.instance_type} serving the model you deploy there: "
+            "before using these settings on AWS, measure there (sagemaker-flows loadtest --config <your aws "
+            "configuration> --recommend, against the aws endpoint)")
 
 
 def check_settings(config: PipelineConfig, settings: LoadTestSettings) -> None:

@@ -159,11 +159,21 @@ def _releases(args: argparse.Namespace) -> int:
 
 
 def _loadtest(args: argparse.Namespace) -> int:
+    from backends import get_backend
+    from core.loadtest import check_settings
     from flows.loadtest import loadtest
     from flows.loadtest_options import settings_from_arguments
+    from tasks.run_load_test import prepare
 
     config = _config(args)
     settings = settings_from_arguments(args)
+    # Checked before any Prefect server starts: bad input is one line, not a failed flow's traceback.
+    check_settings(config, settings)
+    backend = get_backend(config.backend, config)
+    try:
+        prepare(config, backend, settings, images_limit=1)
+    finally:
+        backend.close()
     with _prefect_api(config):
         report = _run_flow(loadtest, config, settings)
     if args.json:
@@ -316,9 +326,17 @@ def build_parser() -> argparse.ArgumentParser:
     back.add_argument("--to", type=int, required=True, metavar="N", help="the model version to serve")
     back.set_defaults(handler=_rollback)
 
-    load = commands.add_parser("loadtest", help="an open-loop load test of the deployed endpoint or function: "
-                                                "latency, throughput, errors and instances over time; --recommend: "
-                                                "the capacity settings it supports")
+    load = commands.add_parser(
+        "loadtest", help="an open-loop load test of the deployed endpoint or function: latency, throughput, errors "
+                         "and instances over time; --recommend: the capacity settings it supports",
+        description="Send an open-loop load (steps or a ramp of requests per second, bounded in requests and "
+                    "seconds) to the pipeline's deployed endpoint (or, --target function, its Lambda), and report "
+                    "latency, throughput, errors and the instance count over time against a p95 objective. "
+                    "--recommend turns the rate one instance sustained into autoscaling settings (and, for a "
+                    "function with --peak-rps, provisioned concurrency), priced on AWS. On aws you pay the endpoint's "
+                    "instance-hours while it runs, and any instances it scales out to stay until traffic is low "
+                    "again (without traffic nothing scales in). Images: --images, else the test split of data.source "
+                    "(a sample of an s3:// source's test/).")
     _pipeline_arguments(load)
     from flows.loadtest_options import add_arguments
 

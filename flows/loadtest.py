@@ -17,7 +17,7 @@ from core.config import PipelineConfig
 from core.loadtest import LoadTestReport, LoadTestSettings, build_report, check_settings
 from core.pricing import load_prices
 from tasks import artifacts
-from tasks.run_load_test import run_load_test
+from tasks.run_load_test import LoadRecord, run_load_test
 
 
 @flow(name="loadtest", log_prints=True)
@@ -29,12 +29,17 @@ def loadtest(config: PipelineConfig, settings: LoadTestSettings) -> LoadTestRepo
         record = run_load_test(config, backend, settings)
     finally:
         backend.close()
-    report = build_report(config, settings, target=record.target, outcomes=record.outcomes, samples=record.samples,
-                          duration=record.duration, stopped=record.stopped, images=record.images,
-                          prices=load_prices())
+    report = report_of(config, settings, record)
     leave_artifacts(config.stage, report)
     print(f"load test of {report.target}: {report.verdict.summary}")
     return report
+
+
+def report_of(config: PipelineConfig, settings: LoadTestSettings, record: LoadRecord) -> LoadTestReport:
+    """The record's report, priced with preflight.prices_file when the configuration names one."""
+    return build_report(config, settings, target=record.target, outcomes=record.outcomes, samples=record.samples,
+                        duration=record.duration, stopped=record.stopped, images=record.images,
+                        prices=load_prices(config.preflight.prices_file))
 
 
 # -- artifacts ----------------------------------------------------------------------------
@@ -95,6 +100,8 @@ def verdict_markdown(report: LoadTestReport) -> str:
                   f"{plan.sustainable_per_instance_per_minute:g} invocations a minute "
                   f"at p95 <= {plan.p95_objective_ms:g} ms; the target keeps half of that as headroom",
                   "```", " ".join(f"--set {o}" for o in plan.overrides()), "```"]
+        if plan.peak_rps is not None and plan.provisioned_concurrency is None:
+            lines.insert(-3, "- provisioned concurrency is sized only by a test of the function (--target function)")
     if report.costs:
         lines += ["", f"Costs: {report.cost_note}.", "",
                   "| setting | configured | recommended | per month now | per month recommended | of |",

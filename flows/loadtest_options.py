@@ -15,17 +15,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     load.add_argument("--ramp", metavar="FROM:TO", help="a linear ramp of requests per second instead, e.g. 1:20")
     parser.add_argument("--seconds", type=float, help="how long the ramp lasts (default 120)")
     parser.add_argument("--step-seconds", type=float, help="each step's length (default 30)")
-    parser.add_argument("--idle-seconds", type=float, help="quiet after the load, to watch it scale in (default 0)")
+    parser.add_argument("--idle-seconds", type=float, help="quiet after the load while the last answers come back "
+                                                           "(default 0); without traffic nothing scales in, as on AWS: "
+                                                           "end on a low rate to watch a scale-in")
     parser.add_argument("--max-requests", type=int, help="send no more than this many (default 20000)")
     parser.add_argument("--max-seconds", type=float, help="stop sending after this long (default 900)")
     parser.add_argument("--max-in-flight", type=int, help="requests awaiting an answer at most; more are dropped "
                                                           "(default 32)")
-    parser.add_argument("--images", help="a folder of images to send (default: the test split of data.source)")
+    parser.add_argument("--images", metavar="DIR|s3://PREFIX",
+                        help="the images to send (default: the test split of data.source; of an s3:// source, "
+                             "50 images spread over its test/)")
     parser.add_argument("--time-scale", type=float, help="local backend: run the autoscaling policy's minutes and "
                                                          "cooldowns this many times faster during the test (default 1)")
     parser.add_argument("--p95-ms", type=float, help="the latency objective (default 500)")
-    parser.add_argument("--peak-rps", type=float, help="the peak rate to size max_capacity and provisioned "
-                                                       "concurrency for")
+    parser.add_argument("--peak-rps", type=float,
+                        help="with --recommend: the peak rate to size autoscaling.max_capacity for, and, with "
+                             "--target function, provisioned concurrency (only a test of the function sizes it)")
     parser.add_argument("--recommend", action="store_true",
                         help="print the settings the test supports as --set overrides, with their monthly cost")
     parser.add_argument("--json", action="store_true", help="one JSON document, for scripts")

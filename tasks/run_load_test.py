@@ -7,6 +7,10 @@ request is dropped (counted), never sent late; latency runs from the due time, s
 falls behind shows in it. Each request is sent once (botocore's retries are taken off these clients:
 a retried 429 would hide the throttle and its wait). Sending stops at max_requests or max_seconds;
 answers are awaited for ANSWER_GRACE_SECONDS more, then whatever is still out counts as an error.
+The images are --images (a folder or an s3:// prefix), else the test split of data.source: a local
+folder's, or a sample of an s3:// source's test/ (MAX_S3_IMAGES, spread over its classes).
+`prepare` checks everything the test needs, with one request answered, before it starts (the CLI
+calls it before any Prefect server starts, so bad input is one line, not a flow's traceback).
 On the local backend, a time scale other than 1 registers the configuration's autoscaling policy at
 that time scale for the test and registers it again at real time after it.
 """
@@ -27,15 +31,18 @@ from botocore.exceptions import BotoCoreError, ClientError
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from backends.aws.errors import is_not_found
 from backends.aws.functions import ALIAS
 from backends.backend import Backend
+from backends.types import EndpointState
 from core.config import PipelineConfig
 from core.datasets import dataset_root
 from core.loadtest import DROPPED, ERROR, OK, THROTTLED, LoadTestSettings, Outcome, Planned
 from core.retry import PermanentError
 from tasks import artifacts
 
-MAX_IMAGES = 200  # sent in turn; enough variety for a classifier, little memory
+MAX_IMAGES = 200  # of a folder, sent in turn; enough variety for a classifier, little memory
+MAX_S3_IMAGES = 50  # of an s3:// prefix, read before the test starts: a few MB and seconds
 IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}
 THROTTLE_CODES = {"ThrottlingException", "TooManyRequestsException", "Throttling", "ThrottledException"}
 ANSWER_GRACE_SECONDS = 30.0
@@ -53,26 +60,53 @@ class LoadRecord:
     images: int
 
 
-def images_folder(config: PipelineConfig, settings: LoadTestSettings) -> Path:
-    """settings.images, else the test split of a local data.source."""
+def images_location(config: PipelineConfig, settings: LoadTestSettings) -> str:
+    """Where the images to send are: settings.images (a folder or an s3:// prefix), else the test split of
+    data.source (a local folder's, or an s3:// source's test/)."""
     if settings.images:
-        folder = Path(settings.images).expanduser()
-    elif "://" not in config.data.source and Path(config.data.source).is_dir():
-        folder = dataset_root(Path(config.data.source)) / "test"
+        return settings.images if settings.images.startswith("s3://") else str(Path(settings.images).expanduser())
+    source = config.data.source
+    if source.startswith("s3://"):
+        return source.rstrip("/") + "/test"
+    if "://" not in source and Path(source).expanduser().is_dir():
+        return str(dataset_root(Path(source).expanduser()) / "test")
+    raise PermanentError(f"data.source {source} is neither a local folder nor an s3:// prefix: give the images to "
+                         "send (--images DIR or s3://bucket/prefix)")
+
+
+def spread(names: Sequence[str], limit: int) -> list[str]:
+    """At most `limit` of `names`, evenly spaced (sorted class folders each keep their share)."""
+    return list(names) if len(names) <= limit else [names[i * len(names) // limit] for i in range(limit)]
+
+
+def image_names(location: str, storage) -> list[str]:
+    """The PNG and JPEG images to send at `location`, relative to it, sorted: up to MAX_IMAGES of a folder,
+    MAX_S3_IMAGES of an s3:// prefix (read through `storage`), spread over all there are."""
+    if location.startswith("s3://"):
+        try:
+            found = storage.list_objects(location)
+        except Exception as exc:
+            if is_not_found(exc):  # no such bucket
+                raise PermanentError(f"images: {location} cannot be listed: {exc}") from None
+            raise
+        limit = MAX_S3_IMAGES
     else:
-        raise PermanentError(f"data.source {config.data.source} is not a local folder: give the images to send "
-                             "(--images DIR)")
-    if not folder.is_dir():
-        raise PermanentError(f"images: {folder} is not a folder")
-    return folder
+        folder = Path(location)
+        if not folder.is_dir():
+            raise PermanentError(f"images: {folder} is not a folder")
+        found = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+        limit = MAX_IMAGES
+    names = [name for name in found if Path(name).suffix.lower() in IMAGE_TYPES]
+    if not names:
+        raise PermanentError(f"no .png, .jpg or .jpeg images under {location}")
+    return spread(names, limit)
 
 
-def load_images(folder: Path, limit: int = MAX_IMAGES) -> list[tuple[bytes, str]]:
-    """Up to `limit` images under `folder` (PNG or JPEG, in sorted order) with their content types."""
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_TYPES and p.is_file())[:limit]
-    if not files:
-        raise PermanentError(f"no .png, .jpg or .jpeg images under {folder}")
-    return [(p.read_bytes(), IMAGE_TYPES[p.suffix.lower()]) for p in files]
+def read_images(location: str, names: Sequence[str], storage) -> list[tuple[bytes, str]]:
+    """The images `names` at `location` (see image_names), with their content types."""
+    read = ((lambda name: storage.read_object(f"{location.rstrip('/')}/{name}")) if location.startswith("s3://")
+            else (lambda name: (Path(location) / name).read_bytes()))
+    return [(read(name), IMAGE_TYPES[Path(name).suffix.lower()]) for name in names]
 
 
 def single_attempt(client):
@@ -222,16 +256,29 @@ def _progress_text(elapsed: float, duration: float, outcomes: list, samples: lis
             f"{instances} instance(s)")
 
 
-@task(name="run_load_test", cache_policy=NO_CACHE)  # never retried: a retry would send the load again
-def run_load_test(config: PipelineConfig, backend: Backend, settings: LoadTestSettings) -> LoadRecord:
-    logger = get_run_logger()
+@dataclass(frozen=True)
+class Prepared:
+    """What a load test sends, and to what: checked, with one request answered."""
+
+    endpoint: EndpointState
+    images: list[tuple[bytes, str]]
+    send: Sender
+    what: str  # "endpoint NAME" or "function NAME:ALIAS"
+
+
+def prepare(config: PipelineConfig, backend: Backend, settings: LoadTestSettings,
+            images_limit: int | None = None) -> Prepared:
+    """The endpoint serving, the images read (at most `images_limit`), the sender made, and one request
+    answered; PermanentError saying what is missing otherwise."""
     endpoint = backend.hosting.describe_endpoint(config.names.endpoint)
     if endpoint is None:
         raise PermanentError(f"endpoint {config.names.endpoint} is not deployed: deploy it first (sagemaker-flows "
                              "run, or demo)")
     if endpoint.status not in SERVING:
         raise PermanentError(f"endpoint {endpoint.name} is {endpoint.status}: it cannot serve a load test")
-    images = load_images(images_folder(config, settings))
+    location = images_location(config, settings)
+    names = image_names(location, backend.storage)
+    images = read_images(location, names[:images_limit], backend.storage)
     if settings.target == "endpoint":
         send, what = endpoint_sender(single_attempt(backend.client("sagemaker-runtime")), endpoint.name, images), \
             f"endpoint {endpoint.name}"
@@ -241,6 +288,14 @@ def run_load_test(config: PipelineConfig, backend: Backend, settings: LoadTestSe
     status, detail = send(0)  # one request first: a missing function or a refused image ends here
     if status != OK:
         raise PermanentError(f"the first request to {what} failed ({detail}); nothing was load tested")
+    return Prepared(endpoint, images, send, what)
+
+
+@task(name="run_load_test", cache_policy=NO_CACHE)  # never retried: a retry would send the load again
+def run_load_test(config: PipelineConfig, backend: Backend, settings: LoadTestSettings) -> LoadRecord:
+    logger = get_run_logger()
+    ready = prepare(config, backend, settings)
+    endpoint, images, send, what = ready.endpoint, ready.images, ready.send, ready.what
     schedule, duration = settings.schedule(), settings.duration()
     logger.info("load test of %s: %d requests over %.0f s (%d images), at most %d in flight, time scale %g",
                 what, len(schedule), duration, len(images), settings.max_in_flight, settings.time_scale)

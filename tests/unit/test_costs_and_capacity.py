@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from core.capacity import LoadStep, recommend, sustainable_rps_per_instance
+from core.capacity import LoadStep, choice_costs, poisson_quantile, recommend, sustainable_rps_per_instance
 from core.config import PipelineConfig
 from core.costs import HOURS_PER_MONTH, estimate, monthly_total
 from core.pricing import load_prices
@@ -86,15 +86,50 @@ def test_sustainable_rate_is_the_best_step_within_the_objective():
 
 
 def test_recommendation_follows_sagemakers_formula_and_littles_law():
-    plan = recommend([_step(2, 120), _step(4, 300), _step(6, 900)], 500, peak_rps=50, function_p95_ms=350,
+    plan = recommend([_step(2, 120), _step(4, 300), _step(6, 900)], 500, peak_rps=50, function_mean_ms=350,
                      reserved_concurrency=10)
     assert plan.sustainable_per_instance_per_minute == 240
     assert plan.target_invocations_per_instance == 120  # 4 rps x 0.5 x 60
     assert plan.max_capacity == 25  # 50 rps x 60 / 120
-    assert plan.provisioned_concurrency == 18  # ceil(50 x 0.35)
-    assert plan.reserved_concurrency == 18  # raised: provisioned may not exceed reserved
+    # 50 rps x 0.35 s = 17.5 in flight on average (Little); P(Poisson(17.5) <= 24) = 0.947, <= 25: 0.966.
+    assert plan.executions_in_flight == pytest.approx(17.5) and plan.provisioned_concurrency == 25
+    assert plan.reserved_concurrency == 25  # raised: provisioned may not exceed reserved
     assert plan.overrides() == ["autoscaling.target_invocations_per_instance=120", "autoscaling.max_capacity=25",
-                                "function.provisioned_concurrency=18", "function.reserved_concurrency=18"]
+                                "function.provisioned_concurrency=25", "function.reserved_concurrency=25"]
+    # Where rate x latency is small, the quantile is well above it: 1 rps x 500 ms mean is 0.5 in flight,
+    # and P(N <= 1) = 0.910, P(N <= 2) = 0.986.
+    assert recommend([_step(2, 120)], 500, peak_rps=1, function_mean_ms=500).provisioned_concurrency == 2
+    # Far below one in flight it keeps one environment warm.
+    assert recommend([_step(2, 120)], 500, peak_rps=0.1, function_mean_ms=100).provisioned_concurrency == 1
     assert recommend([_step(2, 900)], 500) is None
     only_target = recommend([_step(2, 100)], 500)
     assert only_target.overrides() == ["autoscaling.target_invocations_per_instance=60"]
+
+
+@pytest.mark.parametrize("mean, c", [(0, 0), (0.05, 0), (0.06, 1), (0.5, 2), (1, 3), (1.75, 4), (12, 18), (17.5, 25),
+                                     (100, 117), (1e6, 1_001_645)])
+def test_poisson_quantile_is_the_smallest_count_covering_95_percent(mean, c):
+    # P(N <= c) >= 0.95 > P(N <= c - 1) for N ~ Poisson(mean): e.g. e^-0.05 = 0.951, e^-0.06 = 0.942.
+    assert poisson_quantile(mean) == c
+
+
+def test_poisson_quantile_refuses_what_is_not_a_mean():
+    for mean in (-1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="mean"):
+            poisson_quantile(mean)
+
+
+def test_a_peak_past_max_capacity_is_priced_at_max_capacity_and_said_not_met():
+    # The seed: target 10, at most 100 instances. 50 rps is 3000 a minute: 300 instances at a target of 10,
+    # but autoscaling stops at 100, and 100 instances take 100 x 10 / 60 = 16.7 rps.
+    plan = recommend([_step(10, 200)], 500, peak_rps=50)  # target 300 (10 rps x 0.5 x 60): 10 instances
+    row = choice_costs(SEED, plan, load_prices())[0]
+    month = 0.115 * HOURS_PER_MONTH
+    assert (row.setting, row.configured, row.recommended) == (
+        "autoscaling.target_invocations_per_instance", "10", "300")
+    assert row.configured_monthly == pytest.approx(100 * month) and row.recommended_monthly == pytest.approx(10 * month)
+    assert row.basis == ("100 -> 10 instances for 50 rps, all month; not met at the configured settings: the peak "
+                         "needs 300 instances at a target of 10, autoscaling.max_capacity is 100 (16.7 rps at most)")
+    within = choice_costs(SEED, recommend([_step(10, 200)], 500, peak_rps=10), load_prices())[0]
+    assert within.basis == "60 -> 2 instances for 10 rps, all month"
+    assert within.configured_monthly == pytest.approx(60 * month)

@@ -1,6 +1,7 @@
 """Target tracking on invocations per instance: the pure decisions, and the local autoscaler with a fake
-manager and clock: one-minute datapoints, CloudWatch's alarms (3 of 3 above the target to scale out, 15
-of 15 below 90 % of it to scale in), cooldowns, registration, failures, and the time scale."""
+manager and clock: one-minute datapoints (none for a minute without invocations), CloudWatch's alarms
+(3 of 3 above the target to scale out, 15 of 15 below 90 % of it to scale in), cooldowns, registration,
+failures, and the time scale."""
 import asyncio
 from types import SimpleNamespace
 
@@ -8,6 +9,7 @@ import pytest
 
 from backends.local.gateway.autoscaler import Autoscaler, parse_policy
 from core.config import AutoscalingConfig
+from core.loadtest import LoadTestSettings
 from core.scaling import cooldown_allows, scalable_target, target_tracking_policy
 from core.target_tracking import DatapointSeries
 
@@ -82,15 +84,15 @@ def test_datapoints_are_invocations_per_instance_per_minute():
     clock.now += 30
     series.roll(clock.now)
     assert list(series.points) == [40.0]
-    clock.now += 120.5  # two quiet minutes are datapoints of 0
+    clock.now += 120.5  # two quiet minutes: missing datapoints (SageMaker emits none without invocations)
     series.add(clock.now, 1)
-    assert list(series.points) == [40.0, 0.0, 0.0] and series.period_end() == clock.now - 0.5 + 60
+    assert list(series.points) == [40.0, None, None] and series.period_end() == clock.now - 0.5 + 60
     clock.now += 60 * 15  # fifteen minutes later: only the 15 datapoints the alarms look at are kept
     series.roll(clock.now)
-    assert list(series.points) == [1.0] + [0.0] * 14
+    assert list(series.points) == [1.0] + [None] * 14
     clock.now += 3600
     series.roll(clock.now)
-    assert list(series.points) == [0.0] * 15
+    assert list(series.points) == [None] * 15
     fast = DatapointSeries(1.0, clock.now)  # time scale 60: a one-second datapoint, still a rate per minute
     for _ in range(3):
         fast.add(clock.now, 1)
@@ -144,7 +146,7 @@ class Scenario:
         return self.scaler.activities("ep")[index]
 
 
-def test_registration_clamps_at_once_and_quiet_scales_in_after_fifteen_minutes():
+def test_registration_clamps_at_once_and_low_traffic_scales_in_after_fifteen_minutes():
     async def scenario():
         run = Scenario(count=8)
         await run.tick()  # no policy: nothing
@@ -153,16 +155,76 @@ def test_registration_clamps_at_once_and_quiet_scales_in_after_fifteen_minutes()
                                              scale_in_cooldown_seconds=300, scale_out_cooldown_seconds=100))
         assert run.manager.calls == [6]  # registration brings 8 into [1, 6] at once
         assert (run.activity()["from"], run.activity()["to"], run.activity()["cause"]) == (8, 6, "registration")
-        await run.periods(14)  # fourteen quiet minutes: the low alarm needs fifteen
+        await run.periods(14, invocations=1)  # a request a minute (1/6 per instance): the low alarm needs fifteen
         assert run.manager.calls == [6]
-        await run.periods(1)
-        assert run.manager.calls == [6, 1]  # ceil(6 x 0 / 10) within [1, 6]
+        await run.periods(1, invocations=1)
+        assert run.manager.calls == [6, 1]  # ceil(6 x 0.17 / 10) within [1, 6]
         last = run.activity()
         assert (last["direction"], last["cause"], last["status"]) == ("in", "policy", "Successful")
         assert "below 9/min for 15 of 15 datapoints" in last["reason"]
         await run.scaler.close()
 
     asyncio.run(scenario())
+
+
+def test_without_traffic_nothing_scales_in_as_on_aws():
+    """SageMaker emits no InvocationsPerInstance datapoint for a minute without invocations, and target
+    tracking's alarms treat missing data as missing: an idle endpoint keeps its instances."""
+    async def scenario():
+        run = Scenario(count=1)
+        await run.register(AutoscalingConfig(min_capacity=1, max_capacity=4, target_invocations_per_instance=10,
+                                             scale_in_cooldown_seconds=0, scale_out_cooldown_seconds=0))
+        await run.periods(3, invocations=40)
+        assert run.manager.calls == [4]
+        await run.periods(120)  # two hours without a request
+        assert run.manager.calls == [4] and run.scaler.datapoints("ep") == [None] * 15
+        await run.periods(7, invocations=4)  # a request every quarter minute: 1 a minute per instance
+        await run.periods(1)  # a minute without one breaks the run of fifteen
+        await run.periods(14, invocations=4)
+        assert run.manager.calls == [4]
+        await run.periods(1, invocations=4)
+        assert run.manager.calls == [4, 1]  # ceil(4 x 1 / 10)
+        assert "below 9/min for 15 of 15 datapoints, the last 1.0/min on 4 instance(s)" in run.activity()["reason"]
+        await run.scaler.close()
+
+    asyncio.run(scenario())
+
+
+def replay(settings: LoadTestSettings, config: AutoscalingConfig) -> list[tuple[float, int, int]]:
+    """A load test's schedule through the autoscaler (each request answered at once, each scaling done at
+    once): (seconds from the start, from, to) of each change of the instance count."""
+    async def scenario():
+        run = Scenario(count=1)
+        await run.register(config, time_scale=settings.time_scale)
+        start, tick = run.clock.now, 60 / settings.time_scale / 10
+        due = [start + p.offset for p in settings.schedule()]
+        changes = []
+        for step in range(1, int(settings.duration() / tick) + 1):
+            now = start + step * tick
+            while due and due[0] <= now:
+                run.clock.now = due.pop(0)
+                run.scaler.record_invocation("ep", run.manager.count)
+            run.clock.now, before = now, run.manager.count
+            await run.tick()
+            if run.manager.count != before:
+                changes.append((round(now - start), before, run.manager.count))
+        await run.scaler.close()
+        return changes
+
+    return asyncio.run(scenario())
+
+
+def test_the_readmes_load_test_scales_out_then_in_while_a_low_rate_goes_on():
+    demo = AutoscalingConfig(min_capacity=1, max_capacity=4, target_invocations_per_instance=10,
+                             scale_in_cooldown_seconds=100, scale_out_cooldown_seconds=100)
+    # README: loadtest --demo --rates 4,0.3 --step-seconds 100 --time-scale 12 (a datapoint every 5 s).
+    # 4 rps is 240 a minute: out to 4 after three datapoints; 0.3 rps on 4 instances is 4.5 a minute each,
+    # below 9: in after fifteen, and again after the 8.3 s cooldown (on 3: 6 a minute each).
+    assert replay(LoadTestSettings(rates=[4, 0.3], step_seconds=100, time_scale=12), demo) == [
+        (15, 1, 4), (175, 4, 3), (190, 3, 2)]
+    # Its former form ended on quiet: without traffic there are no datapoints, and nothing scales in.
+    assert replay(LoadTestSettings(rates=[0, 4], step_seconds=50, idle_seconds=75, time_scale=20), demo) == [
+        (57, 1, 4)]
 
 
 def test_three_minutes_above_the_target_scale_out_then_the_cooldowns_hold():
@@ -183,9 +245,9 @@ def test_three_minutes_above_the_target_scale_out_then_the_cooldowns_hold():
         assert run.manager.calls == [3, 6]  # ceil(3 x 50 / 10) = 15, at most 6
         await run.periods(1, invocations=600)  # at the maximum: nothing more to ask
         assert run.manager.calls == [3, 6]
-        await run.periods(14)
+        await run.periods(14, invocations=1)
         assert run.manager.calls == [3, 6]
-        await run.periods(1)  # fifteen quiet minutes, and long past both cooldowns
+        await run.periods(1, invocations=1)  # fifteen minutes of a request each, and long past both cooldowns
         assert run.manager.calls == [3, 6, 1]
         await run.scaler.close()
 
@@ -200,9 +262,9 @@ def test_a_scale_in_waits_for_its_cooldown_after_a_scale_out():
                                              scale_in_cooldown_seconds=1200, scale_out_cooldown_seconds=0))
         await run.periods(3, invocations=40)
         assert run.manager.calls == [4]
-        await run.periods(19)  # the alarm fires after 15, the cooldown holds until 20 minutes have passed
+        await run.periods(19, invocations=1)  # the alarm fires after 15, the cooldown holds until 20 minutes passed
         assert run.manager.calls == [4]
-        await run.periods(1)
+        await run.periods(1, invocations=1)
         assert run.manager.calls == [4, 1]
         await run.scaler.close()
 
@@ -252,9 +314,9 @@ def test_time_scale_compresses_the_minutes_and_the_cooldowns_not_the_policy():
         assert run.manager.calls == [2]
         await run.periods(1, invocations=8, seconds=1)
         assert run.manager.calls == [2, 4]
-        await run.periods(14, seconds=1)
+        await run.periods(14, invocations=1, seconds=1)  # 1 a second on 4 instances: 15 a minute each
         assert run.manager.calls == [2, 4]
-        await run.periods(1, seconds=1)  # fifteen quiet seconds
+        await run.periods(1, invocations=1, seconds=1)  # fifteen seconds below 54
         assert run.manager.calls == [2, 4, 1]
 
         await run.periods(2, invocations=2, seconds=1)
@@ -270,11 +332,11 @@ def test_time_scale_compresses_the_minutes_and_the_cooldowns_not_the_policy():
 def test_activities_are_capped():
     async def scenario():
         run = Scenario(count=1)
-        await run.register(AutoscalingConfig(min_capacity=1, max_capacity=2, target_invocations_per_instance=1,
+        await run.register(AutoscalingConfig(min_capacity=1, max_capacity=2, target_invocations_per_instance=100,
                                              scale_in_cooldown_seconds=0, scale_out_cooldown_seconds=0), time_scale=60)
         for _ in range(12):
-            await run.periods(3, invocations=1, seconds=1)
-            await run.periods(15, seconds=1)
+            await run.periods(3, invocations=2, seconds=1)  # 120 a minute on 1 instance
+            await run.periods(15, invocations=1, seconds=1)  # 30 a minute on each of 2
         activities = run.scaler.activities("ep")
         assert len(activities) == 20 and activities[-1]["time"] >= activities[0]["time"]
         assert [a["to"] for a in activities] == [2, 1] * 10

@@ -28,6 +28,15 @@ def test_fifteen_minutes_below_ninety_percent_fire_the_low_alarm():
     assert capacity_for(alarm, 4, 10, 2, 100) == 2  # clamped to the minimum
 
 
+def test_a_missing_datapoint_breaches_neither_alarm():
+    # A minute without invocations has no datapoint (None): neither high nor low, so it breaks a run of either.
+    assert firing_alarm([30, None, 30, 30], 10) is None
+    assert firing_alarm([30, 30, None], 10) is None
+    assert firing_alarm([None] * 15, 10) is None  # no traffic is not low traffic
+    assert firing_alarm([2.5] * 7 + [None] + [2.5] * 7, 10) is None
+    assert firing_alarm([None] + [2.5] * 15, 10).direction == "in"
+
+
 def test_an_alarm_never_asks_against_its_direction():
     out = firing_alarm([11, 11, 11], 10)
     assert capacity_for(out, 10, 10, 1, 100) == 11

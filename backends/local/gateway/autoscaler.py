@@ -155,8 +155,9 @@ class Autoscaler:
         track = self._tracks.get(name)
         return [dict(a) for a in track.activities] if track else []
 
-    def datapoints(self, name: str) -> list[float]:
-        """The endpoint's latest complete datapoints (invocations per instance per minute), oldest first."""
+    def datapoints(self, name: str) -> list[float | None]:
+        """The endpoint's latest complete datapoints (invocations per instance per minute; None: a period
+        without invocations, missing as on CloudWatch), oldest first."""
         series = self._series.get(name)
         if series is None:
             return []
