@@ -1,6 +1,6 @@
 """The local autoscaler with a real EndpointManager and real model_worker processes, at a time scale of
-120 (a datapoint of half a second): registration clamps the count at once, three datapoints above the target
-scale out, fifteen quiet ones scale back in."""
+60 (a datapoint a second): registration clamps the count at once, three datapoints above the target
+scale out, fifteen of a low rate below 90 % of it scale back in (quiet has no datapoints: no scale-in)."""
 import asyncio
 import io
 import time
@@ -29,14 +29,15 @@ def artifact(tmp_path_factory) -> str:
 
 
 def registration(min_capacity: int, max_capacity: int) -> dict:
-    """What the local backend PUTs to /_local/endpoints/{name}/autoscaling: a target of 2 invocations
-    per instance per minute, no scale-out cooldown, 120 s of scale-in cooldown; at a time scale of 120
-    (a datapoint is half a second, the cooldown 1 s)."""
-    config = AutoscalingConfig(min_capacity=min_capacity, max_capacity=max_capacity, target_invocations_per_instance=2,
-                               scale_out_cooldown_seconds=0, scale_in_cooldown_seconds=120)
+    """What the local backend PUTs to /_local/endpoints/{name}/autoscaling: a target of 100 invocations
+    per instance per minute, no scale-out cooldown, 120 s of scale-in cooldown; at a time scale of 60
+    (a datapoint is a second, the cooldown 2 s)."""
+    config = AutoscalingConfig(min_capacity=min_capacity, max_capacity=max_capacity,
+                               target_invocations_per_instance=100, scale_out_cooldown_seconds=0,
+                               scale_in_cooldown_seconds=120)
     target = scalable_target(NAME, "AllTraffic", config)
     return {"min_capacity": target["MinCapacity"], "max_capacity": target["MaxCapacity"],
-            "policy": target_tracking_policy(NAME, "AllTraffic", config), "time_scale": 120}
+            "policy": target_tracking_policy(NAME, "AllTraffic", config), "time_scale": 60}
 
 
 async def eventually(condition, timeout: float) -> float:
@@ -55,7 +56,7 @@ def test_target_tracking_scales_out_and_in(artifact, tmp_path):
     seen: set[int] = set()
 
     async def scenario():
-        # One request in a datapoint of half a second is 120 a minute: 60 times the target.
+        # Two requests in a datapoint of a second are 120 a minute on one instance: above the target.
         manager = EndpointManager(tmp_path / "state", threads_per_instance=1)
         await manager.start()
 
@@ -84,34 +85,39 @@ def test_target_tracking_scales_out_and_in(artifact, tmp_path):
 
             # Within range, with no traffic: nothing happens.
             manager.set_autoscaling(NAME, registration(1, 2))
-            await asyncio.sleep(0.6)
+            await asyncio.sleep(1.2)
             assert describe().instance_count == 1 and len(activities()) == 1
 
             # Traffic: three datapoints above the target scale out to the maximum; no scale-in meanwhile.
             scaled_out = False
 
-            async def traffic():
-                while not scaled_out:
+            async def traffic(pause: float, until):
+                while not until():
                     assert (await manager.invoke(NAME, jpeg, "image/jpeg", "application/json")).status_code == 200
-                    await asyncio.sleep(0.05)
+                    await asyncio.sleep(pause)
 
-            load = asyncio.create_task(traffic())
+            load = asyncio.create_task(traffic(0.05, lambda: scaled_out))
             await eventually(lambda: settled(2), 30)
-            await asyncio.sleep(1.2)  # past the scale-in cooldown, still busy
+            await asyncio.sleep(2.4)  # past the scale-in cooldown, still busy
             scaled_out = True
             await load
             info = describe()
             assert (info.instance_count, info.current_instance_count, info.status) == (2, 2, "InService")
             [out] = activities(direction="out")
             assert (out["from"], out["to"], out["cause"], out["status"]) == (1, 2, "policy", "Successful")
-            assert "SageMakerVariantInvocationsPerInstance above 2/min for 3 of 3 datapoints" in out["reason"]
+            assert "SageMakerVariantInvocationsPerInstance above 100/min for 3 of 3 datapoints" in out["reason"]
             assert out["end_time"] >= out["time"]
             assert not activities(direction="in", cause="policy")
             stopped = time.monotonic()
 
-            # Quiet: fifteen datapoints below 90 % of the target, and back to the minimum.
+            # A low rate (a request every 0.6 s: 30 to 60 a minute on each of 2 instances, below 90): fifteen
+            # datapoints below 90 % of the target, and back to the minimum.
+            scaled_in = False
+            low = asyncio.create_task(traffic(0.6, lambda: scaled_in))
             await eventually(lambda: settled(1), 40)
-            assert time.monotonic() - stopped >= 7  # fifteen datapoints of half a second had to close first
+            scaled_in = True
+            await low
+            assert time.monotonic() - stopped >= 14  # fifteen datapoints of a second had to close first
             [back] = activities(direction="in", cause="policy")
             assert (back["from"], back["to"], back["status"]) == (2, 1, "Successful")
             assert back["time"] >= out["end_time"] + 1.0  # the scale-in cooldown
@@ -123,7 +129,7 @@ def test_target_tracking_scales_out_and_in(artifact, tmp_path):
             manager.set_autoscaling(NAME, None)
             for _ in range(3):
                 await manager.invoke(NAME, jpeg, "image/jpeg", "application/json")
-            await asyncio.sleep(0.6)
+            await asyncio.sleep(1.2)
             assert describe().instance_count == 1 and len(activities()) == 3
         finally:
             await manager.close()
