@@ -198,18 +198,23 @@ def _teardown(args: argparse.Namespace) -> int:
 
 def _plan(args: argparse.Namespace) -> int:
     """What a run would create, update or keep, its costs and its pre-flight checks; exit 1 when a check
-    fails. --caller-policy: the least-privilege policy of whoever runs the pipeline on aws."""
+    fails. --caller-policy: the least-privilege policies of whoever runs the pipeline on aws."""
     from backends import get_backend
 
     config = _config(args)
     if args.prices:
         config.preflight.prices_file = args.prices
-    if args.caller_policy and config.backend != "aws":
+    if args.caller_policy is not None and config.backend != "aws":
         raise ValueError("--caller-policy is the policy of an AWS caller: it needs backend: aws")
     backend = get_backend(config.backend, config)
     try:
-        if args.caller_policy:
-            print(json.dumps(backend.planning.caller_policy(config), indent=2))
+        if args.caller_policy is not None:
+            documents = backend.planning.caller_policies(config)
+            if args.json:
+                print(json.dumps(documents, indent=2))
+            else:
+                output.print_caller_policies(documents, {name: backend.planning.policy_arn(name) for name in documents},
+                                             Path(args.caller_policy) if args.caller_policy else None)
             return 0
         plan = backend.planning.plan(config)
     finally:
@@ -307,8 +312,10 @@ def build_parser() -> argparse.ArgumentParser:
     _pipeline_arguments(plan)
     plan.add_argument("--prices", metavar="FILE", help="a price table (JSON) instead of the shipped one")
     plan.add_argument("--json", action="store_true", help="the plan as one JSON document, for scripts")
-    plan.add_argument("--caller-policy", action="store_true",
-                      help="print the least-privilege IAM policy of whoever runs the pipeline (aws), and exit")
+    plan.add_argument("--caller-policy", nargs="?", const="", metavar="FOLDER",
+                      help="the least-privilege IAM policy of whoever runs the pipeline (aws) as managed policies "
+                           "of one service each: printed, or written to FOLDER as NAME.json with the commands that "
+                           "create and attach them; then exit")
     plan.set_defaults(handler=_plan)
 
     back = commands.add_parser("rollback", help="serve an earlier model version again")

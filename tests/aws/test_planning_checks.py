@@ -13,7 +13,7 @@ from backends.aws.backend import AwsBackend
 from core.config import PipelineConfig
 from core.demo import demo_config
 from core.plan import PreflightFailedError
-from tests.aws.fakes import FakeAccountSettings, FakeProvisioned
+from tests.aws.fakes import FakeAccountSettings, FakeProvisioned, answer
 from tests.aws.planning_fakes import FakePolicySimulator, FakeServiceQuotas
 
 REGION = "us-east-1"
@@ -118,6 +118,39 @@ def test_an_instance_type_without_a_quota_in_the_region_is_not_offered(world):
     offered = check(plan, "endpoint instances")
     assert offered.status == "fail" and offered.message.startswith(
         "ml.m5.4xlarge is not offered for endpoint use in us-east-1") and "choose another hosting.instance_type" in offered.message
+
+
+def test_a_quota_without_an_applied_value_is_checked_against_the_aws_default(world):
+    session, config = world  # ListServiceQuotas lists only quotas with an applied value
+    FakeAccountSettings(session.events)
+    FakePolicySimulator(session.events)
+    FakeServiceQuotas(session.events, {"ml.m5.xlarge for training job usage": 20.0},
+                      defaults={"ml.m5.xlarge for training job usage": 2.0, "ml.m5.large for endpoint usage": 3.0})
+
+    plan = plan_of(session, config)
+
+    training, endpoint = check(plan, "training instances"), check(plan, "endpoint instances")
+    assert training.status == "pass" and "within the quota of 20" in training.message  # the applied value wins
+    assert endpoint.status == "fail" and endpoint.message.startswith(
+        '4 x ml.m5.large needed at once, but the quota "ml.m5.large for endpoint usage"')
+    assert "is 3 in us-east-1" in endpoint.message and "(AWS's default: the account has no applied value)" in endpoint.message
+    fits = plan_of(session, with_settings(config, autoscaling={"max_capacity": 3}))
+    assert check(fits, "endpoint instances").status == "pass"
+
+
+def test_a_quota_whose_default_cannot_be_read_is_a_warning_not_a_type_that_is_not_offered(world):
+    session, config = world
+    FakeAccountSettings(session.events)
+    FakePolicySimulator(session.events)
+    FakeServiceQuotas(session.events, {"ml.m5.xlarge for training job usage": 20.0})
+    session.events.register_first("before-call.service-quotas.ListAWSDefaultServiceQuotas", lambda **_: answer(
+        400, {"Error": {"Code": "AccessDeniedException", "Message": "not authorized"}}))
+
+    plan = plan_of(session, config)
+
+    endpoint = check(plan, "endpoint instances")
+    assert endpoint.status == "warn" and "its default could not be read (AccessDeniedException" in endpoint.message
+    assert check(plan, "training instances").status == "pass" and plan.failed == []
 
 
 def test_reserved_concurrency_that_would_leave_fewer_than_100_unreserved_fails(world):
