@@ -121,8 +121,9 @@ def print_status(status: dict) -> None:
     console.print(functions)
 
 
-def print_plan(plan, title: str) -> None:
-    """`sagemaker-flows plan`: the changes terraform-style, the costs, the pre-flight checks."""
+def print_plan(plan, title: str, enforce: bool = True) -> None:
+    """`sagemaker-flows plan`: the changes terraform-style, the costs, the pre-flight checks. enforce:
+    preflight.enforce, whether a failed check stops a run."""
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
@@ -151,9 +152,12 @@ def print_plan(plan, title: str) -> None:
     for check in plan.checks:
         checks.add_row(check.name, Text(check.status, style=colour[check.status]), Text(check.message))
     console.print(checks)
-    if plan.failed:
+    if plan.failed and enforce:
         console.print(f"{len(plan.failed)} check(s) failed: a run stops before anything is paid for "
                       "(preflight.enforce=false makes them warnings)", markup=False, style="bold red")
+    elif plan.failed:
+        console.print(f"{len(plan.failed)} check(s) failed and preflight.enforce is false: a run does not stop "
+                      "for them, and may fail half-way, after some of it is paid for", markup=False, style="bold red")
 
 
 def print_caller_policies(documents: dict[str, dict], arns: dict[str, str], folder: Path | None = None) -> None:

@@ -7,8 +7,10 @@ import boto3
 import pytest
 from moto import mock_aws
 
+import backends.aws.backend as aws_backend
 from core import iam
 from flows.cli import main
+from tests.aws.fakes import answer
 
 SEED = Path(__file__).resolve().parents[2] / "examples" / "pipeline.aws.yaml"
 
@@ -83,3 +85,18 @@ def test_caller_policy_is_printed_under_headings_or_written_to_a_folder_with_its
     assert (f"  aws iam create-policy --policy-name {name} --policy-document file://{folder}/{name}.json\n" in out)
     assert (f"  aws iam attach-user-policy --user-name USER --policy-arn arn:aws:iam::123456789012:policy/{name}\n"
             in out) and "attach-role-policy --role-name ROLE" in out
+
+
+def test_a_fault_that_outlasts_the_retries_is_one_line_naming_the_service(account, monkeypatch, capsys):
+    # moto answers ListServiceQuotas with an error; AWS answering 500 after the client's retries is this.
+    account.events.register("before-call.service-quotas.ListServiceQuotas", lambda **_: answer(
+        500, {"Error": {"Code": "InternalError", "Message": "We encountered an internal error."}}))
+    monkeypatch.setattr(aws_backend, "aws_session", lambda *args, **kwargs: account)
+
+    assert main(["plan", "--config", str(SEED)]) == 1
+
+    captured = capsys.readouterr()
+    assert captured.err.count("\n") == 1 and "Traceback" not in captured.err
+    assert captured.err.startswith("error: service-quotas kept failing: ListServiceQuotas answered InternalError "
+                                   "(HTTP 500) on every retry. This is on AWS's side")
+    assert "try again in a few minutes" in captured.err

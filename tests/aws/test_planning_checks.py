@@ -216,6 +216,22 @@ def test_a_failed_check_stops_the_flow_before_anything_is_made(world, prefect_ap
     assert session.client("lambda").list_functions()["Functions"] == []
 
 
+def test_a_rollback_plans_first_and_a_failed_check_stops_it_unless_enforce_is_off(world, prefect_api, monkeypatch):
+    import flows.rollback as rollback_flow
+    from backends.errors import NotFoundError
+
+    session, config = world
+    FakeAccountSettings(session.events, limit=50)  # nothing can be reserved in this account
+    monkeypatch.setattr(rollback_flow, "get_backend", lambda name, cfg: AwsBackend(session, cfg.project, cfg.stage,
+                                                                                    poll_seconds=0, role_propagation_s=0))
+
+    with pytest.raises(PreflightFailedError, match=r"function concurrency: .*reserved_concurrency=10 does not fit"):
+        rollback_flow.rollback(config, 1)
+    assert session.client("s3").list_buckets()["Buckets"] == []  # nothing was made
+    with pytest.raises(NotFoundError, match="has no version 1"):  # past the plan: on to the version to serve
+        rollback_flow.rollback(with_settings(config, preflight={"enforce": False}), 1)
+
+
 def test_with_enforce_off_a_failed_check_is_a_warning(world, prefect_api):
     from tasks.plan_run import plan_run
 
