@@ -4,6 +4,8 @@ stopping the flow before anything is made or paid for.
 moto lacks Service Quotas for SageMaker and EC2, SimulatePrincipalPolicy and Lambda's
 GetAccountSettings: they are answered in-process (tests/aws/planning_fakes.py, tests/aws/fakes.py);
 a caller that simulates its policy is a real moto IAM user with its own access key."""
+from pathlib import Path
+
 import boto3
 import pytest
 from moto import mock_aws
@@ -191,6 +193,42 @@ def test_data_that_is_not_staged_fails(world):
     plan = plan_of(session, with_settings(config, data={"source": "s3://no-such-bucket/dogImages"}))
     assert check(plan, "data").status == "fail" and check(plan, "data").message.startswith(
         "data.source s3://no-such-bucket/dogImages: ")
+
+
+def test_data_synced_without_sha256_is_read_once_a_run_and_the_plan_says_what_it_costs(world, prefect_api):
+    from core.datasets import folder_checksum
+    from tasks.plan_run import plan_run
+    from tasks.stage_dataset import stage_dataset
+
+    session, config = world
+    FakeAccountSettings(session.events)
+    FakeServiceQuotas(session.events, ENOUGH)
+    FakePolicySimulator(session.events)
+    folder = Path(config.data.source)
+    files = {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+    s3 = session.client("s3")
+    s3.create_bucket(Bucket="my-ml-data")
+    for rel, body in files.items():  # as `aws s3 sync` uploads them: no SHA-256 anywhere
+        s3.put_object(Bucket="my-ml-data", Key=f"digits/{rel}", Body=body)
+    reads = []
+    session.events.register("before-parameter-build.s3.GetObject",
+                            lambda params, **_: reads.append(params["Key"]) if params["Bucket"] == "my-ml-data" and
+                            not params["Key"].endswith("_manifest.json") else None)
+    synced = with_settings(config, data={"source": "s3://my-ml-data/digits"})
+    backend = AwsBackend(session, config.project, config.stage, poll_seconds=0, role_propagation_s=0)
+
+    plan = plan_run(synced, backend)
+    staged = stage_dataset(synced, backend)
+
+    data = check(plan, "data")
+    assert data.status == "warn" and plan.failed == []
+    images = sorted(rel for rel in files if not rel.rsplit("/", 1)[-1].startswith("."))  # as staging counts them
+    megabytes = sum(len(files[rel]) for rel in images) / 1e6
+    assert data.message.startswith(f"s3://my-ml-data/digits: {len(images)} of its {len(images)} objects carry no "
+                                   f"SHA-256, so each plan and each run read them once ({megabytes:.1f} MB)")
+    assert "aws s3 sync --checksum-algorithm SHA256" in data.message
+    assert staged.uri == "s3://my-ml-data/digits" and staged.checksum == folder_checksum(folder)
+    assert sorted(reads) == [f"digits/{rel}" for rel in images]  # each object once in the run
 
 
 def test_checks_that_cannot_be_made_are_warnings(world):
