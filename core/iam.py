@@ -5,7 +5,7 @@ no resource-level permission for the action; those statements carry a Sid from
 UNAVOIDABLE_WILDCARD_SIDS so tests (and a warning) can tell them from mistakes.
 
 caller_actions / caller_policies: what whoever runs the pipeline needs, the same way (CALLER_WILDCARD_SIDS),
-as managed policies of one service each (IAM allows 6,144 characters in one), printed by
+as managed policies of one service group each (IAM allows 6,144 characters in one), printed by
 `sagemaker-flows plan --caller-policy` and simulated by the plan's pre-flight check.
 """
 from __future__ import annotations
