@@ -70,10 +70,16 @@ def plan_dataset(config: PipelineConfig, storage: Storage, bucket: str, bucket_e
                 raise
             return DatasetPlan(None, PlannedChange("dataset", source, "keep", "trained in place"),
                                Check("data", "fail", f"data.source {source}: {reason(exc)}"), 0)
-        return DatasetPlan(source, PlannedChange("dataset", source, "keep",
-                                                 f"trained in place: {staged.files} files, "
-                                                 f"{staged.total_bytes / 1e6:.1f} MB"),
-                           Check("data", "pass", f"{source} is staged ({staged.files} files)"), 0)
+        change = PlannedChange("dataset", source, "keep",
+                               f"trained in place: {staged.files} files, {staged.total_bytes / 1e6:.1f} MB")
+        # The aws store's DigestedDataset: objects without a SHA-256, read to checksum them.
+        digested, read = getattr(staged, "digested_files", 0), getattr(staged, "digested_bytes", 0)
+        if not digested:
+            return DatasetPlan(source, change, Check("data", "pass", f"{source} is staged ({staged.files} files)"), 0)
+        return DatasetPlan(source, change, Check("data", "warn", (
+            f"{source}: {digested} of its {staged.files} objects carry no SHA-256, so each plan and each run read "
+            f"them once ({read / 1e6:.1f} MB) to checksum the data; uploaded with `aws s3 sync "
+            "--checksum-algorithm SHA256` (or with data.source the local folder) they need only a listing")), 0)
     folder = Path(source).expanduser()
     try:
         check_layout(folder)

@@ -75,6 +75,12 @@ def load_config(path: str | os.PathLike | None = None, overrides: Iterable[str] 
                 loaded = yaml.safe_load(f)
         except FileNotFoundError:
             raise ConfigError(f"configuration file {path} not found") from None
+        except IsADirectoryError:
+            raise ConfigError(f"configuration file {path} is a folder: give the YAML file in it") from None
+        except PermissionError:
+            raise ConfigError(f"configuration file {path} cannot be read (permission denied)") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"configuration file {path} is not text (UTF-8): {exc.reason} at byte {exc.start}") from None
         except yaml.YAMLError as exc:
             raise ConfigError(f"configuration file {path} is not valid YAML: {exc}") from None
         if loaded is not None and not isinstance(loaded, dict):

@@ -4,11 +4,13 @@ They replace the seed's AmazonSageMakerFullAccess. A Resource of "*" appears onl
 no resource-level permission for the action; those statements carry a Sid from
 UNAVOIDABLE_WILDCARD_SIDS so tests (and a warning) can tell them from mistakes.
 
-caller_actions / caller_policy: what whoever runs the pipeline needs, the same way (CALLER_WILDCARD_SIDS),
-printed by `sagemaker-flows plan --caller-policy` and simulated by the plan's pre-flight check.
+caller_actions / caller_policies: what whoever runs the pipeline needs, the same way (CALLER_WILDCARD_SIDS),
+as managed policies of one service group each (IAM allows 6,144 characters in one), printed by
+`sagemaker-flows plan --caller-policy` and simulated by the plan's pre-flight check.
 """
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from typing import Sequence
@@ -304,13 +306,21 @@ def _as_actions(statements: Sequence[dict], context: dict[str, tuple[str, ...]])
     return actions
 
 
+def _tag_condition(names: PipelineNames, key: str) -> tuple[dict, tuple[tuple[str, tuple[str, ...]], ...]]:
+    """(condition, simulation context) holding a request's or resource's tags (`key`: aws:RequestTag or
+    aws:ResourceTag) to the pipeline's."""
+    values = {f"{key}/{tag}": value for tag, value in names.tags.items()}
+    return {"StringEquals": values}, tuple((k, (v,)) for k, v in values.items())
+
+
 def caller_actions(names: PipelineNames, account_id: str, region: str, bucket: str, *, mode: str = "tuning",
                    readable_uris: Sequence[str] = (), key_arns: Sequence[str] = (), caller_arn: str | None = None,
                    alias: str = "live") -> list[CallerAction]:
-    """Everything the caller of train_and_deploy, retrain, rollback and teardown does in AWS, on the
-    resources it does it to: the pipeline's bucket and prefix, its roles (and passing each to its own
+    """Everything the caller of train_and_deploy, retrain, rollback, loadtest and teardown does in AWS, on
+    the resources it does it to: the pipeline's bucket and prefix, its roles (and passing each to its own
     service only), its tuning or EC2 training jobs, model package group, endpoint (models, configs,
-    alarms, autoscaling), function and its alias; and the pre-flight checks' own reads.
+    alarms, autoscaling, invocations), function, its versions and alias; and the pre-flight checks' own
+    reads (the encryption of the buckets it reads, quotas, its own policy).
 
     mode: training.mode ("tuning" or "instance"). readable_uris: s3:// data and weights outside the
     prefix (a prefix ends in "/"). key_arns: SSE-KMS keys of the buckets involved. caller_arn: the
@@ -324,16 +334,20 @@ def caller_actions(names: PipelineNames, account_id: str, region: str, bucket: s
              for kind in ("sagemaker", "lambda", *(("ec2",) if mode == "instance" else ()))}
     bucket_arn = f"arn:{part}:s3:::{bucket}"
     alarms = [f"arn:{part}:cloudwatch:{region}:{account_id}:alarm:{name}" for name in alarm_names(names.endpoint)]
+    other_buckets = sorted({_split_s3_uri(uri)[0] for uri in readable_uris} - {bucket})
     found: list[CallerAction] = [
         CallerAction("PipelineBucket", ("s3:ListBucket", "s3:GetEncryptionConfiguration", "s3:CreateBucket",
                                         "s3:PutBucketPublicAccessBlock", "s3:PutEncryptionConfiguration"),
                      (bucket_arn,)),
-        CallerAction("PipelineObjects", ("s3:GetObject", "s3:PutObject", "s3:DeleteObject"),
+        # AbortMultipartUpload: boto3 aborts an upload above the multipart threshold that failed.
+        CallerAction("PipelineObjects", ("s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"),
                      (f"{bucket_arn}/{prefix}/*",)),
         *_as_actions(readable_location_statements(locations_outside(names.prefix_uri(bucket), readable_uris),
                                                   region),
                      {"s3:prefix": tuple(_clean_prefix(uri[5:].split("/", 1)[1]) for uri in readable_uris
                                          if uri.endswith("/") and uri[5:].split("/", 1)[1].strip("/"))}),
+        *([CallerAction("ReadBucketsEncryption", ("s3:GetEncryptionConfiguration",),  # their SSE-KMS keys
+                        tuple(f"arn:{part}:s3:::{b}" for b in other_buckets))] if other_buckets else []),
         CallerAction("PipelineRoles", ("iam:GetRole", "iam:CreateRole", "iam:TagRole", "iam:ListRoleTags",
                                        "iam:UpdateAssumeRolePolicy", "iam:GetRolePolicy", "iam:PutRolePolicy"),
                      tuple(roles.values())),
@@ -344,8 +358,11 @@ def caller_actions(names: PipelineNames, account_id: str, region: str, bucket: s
     ]
     for kind, arn in roles.items():  # each role only to the service that runs as it
         service = SERVICE_FOR_ROLE[kind]
+        # AddRoleToInstanceProfile also asks for iam:PassRole on the EC2 role, in a request that passes it
+        # to no service (no iam:PassedToService): IfExists lets that one through, and no other service.
+        operator = "StringEqualsIfExists" if kind == "ec2" else "StringEquals"
         found.append(CallerAction(f"Pass{kind.capitalize()}RoleToItsService", ("iam:PassRole",), (arn,),
-                                  {"StringEquals": {"iam:PassedToService": service}},
+                                  {operator: {"iam:PassedToService": service}},
                                   (("iam:PassedToService", (service,)),)))
     if key_arns:
         found.append(CallerAction("DescribeBucketKeys", ("kms:DescribeKey",), tuple(sorted(set(key_arns)))))
@@ -376,16 +393,23 @@ def caller_actions(names: PipelineNames, account_id: str, region: str, bucket: s
                          (f"arn:{part}:servicequotas:{region}:{account_id}:ec2/*",)),
         ]
     else:
+        # A tuning job's name (32 characters) holds the stage but not the project (core.names), so the
+        # names match every project's jobs of the stage: what creates, tags or stops them is also held
+        # to the pipeline's tags (which its jobs, and the training jobs they start, carry). The reads stay
+        # by name: a re-run reads the tags of each job named like the stage's to find its own.
         tuning = names.tuning_job_prefix.lower()
+        jobs, trials = f"{sm}:hyper-parameter-tuning-job/{tuning}-*", f"{sm}:training-job/{tuning}-*"
+        request_tags, resource_tags = _tag_condition(names, "aws:RequestTag"), _tag_condition(names, "aws:ResourceTag")
         found += [
-            CallerAction("TuningJobs", ("sagemaker:CreateHyperParameterTuningJob",
-                                        "sagemaker:DescribeHyperParameterTuningJob",
-                                        "sagemaker:StopHyperParameterTuningJob",
-                                        "sagemaker:ListTrainingJobsForHyperParameterTuningJob",
-                                        "sagemaker:ListTags", "sagemaker:AddTags"),
-                         (f"{sm}:hyper-parameter-tuning-job/{tuning}-*",)),
-            CallerAction("TrialTrainingJobs", ("sagemaker:DescribeTrainingJob", "sagemaker:AddTags"),
-                         (f"{sm}:training-job/{tuning}-*",)),
+            CallerAction("CreateTuningJobsWithPipelineTags", ("sagemaker:CreateHyperParameterTuningJob",
+                                                              "sagemaker:AddTags"), (jobs,), *request_tags),
+            CallerAction("TagTrialTrainingJobsWithPipelineTags", ("sagemaker:AddTags",), (trials,), *request_tags),
+            CallerAction("StopPipelineTuningJobs", ("sagemaker:StopHyperParameterTuningJob",), (jobs,),
+                         *resource_tags),
+            CallerAction("ReadStageTuningJobs", ("sagemaker:DescribeHyperParameterTuningJob",
+                                                 "sagemaker:ListTrainingJobsForHyperParameterTuningJob",
+                                                 "sagemaker:ListTags"), (jobs,)),
+            CallerAction("ReadStageTrialTrainingJobs", ("sagemaker:DescribeTrainingJob",), (trials,)),
         ]
     found += [
         CallerAction("SageMakerListsOnlyAllowWildcard", ("sagemaker:ListHyperParameterTuningJobs",
@@ -400,8 +424,9 @@ def caller_actions(names: PipelineNames, account_id: str, region: str, bucket: s
                      (f"{sm}:model/{endpoint}-v*",)),
         CallerAction("EndpointConfigs", ("sagemaker:CreateEndpointConfig", "sagemaker:DescribeEndpointConfig",
                                          "sagemaker:AddTags"), (f"{sm}:endpoint-config/{endpoint}-cfg-*",)),
-        CallerAction("Endpoint", ("sagemaker:DescribeEndpoint", "sagemaker:AddTags",
-                                  "sagemaker:UpdateEndpointWeightsAndCapacities"), (f"{sm}:endpoint/{endpoint}",)),
+        # InvokeEndpoint: `sagemaker-flows loadtest` sends its requests to the endpoint by default.
+        CallerAction("Endpoint", ("sagemaker:DescribeEndpoint", "sagemaker:AddTags", "sagemaker:InvokeEndpoint"),
+                     (f"{sm}:endpoint/{endpoint}",)),
         CallerAction("CreateAndUpdateEndpoint", ("sagemaker:CreateEndpoint", "sagemaker:UpdateEndpoint"),
                      (f"{sm}:endpoint/{endpoint}", f"{sm}:endpoint-config/{endpoint}-cfg-*")),
         CallerAction("RemoveEndpoint", ("sagemaker:DeleteEndpoint", "sagemaker:DeleteEndpointConfig",
@@ -432,6 +457,10 @@ def caller_actions(names: PipelineNames, account_id: str, region: str, bucket: s
             "lambda:ListVersionsByFunction", "lambda:GetAlias", "lambda:CreateAlias", "lambda:UpdateAlias",
             "lambda:GetFunctionConcurrency", "lambda:PutFunctionConcurrency", "lambda:DeleteFunctionConcurrency",
             "lambda:ListTags", "lambda:TagResource"), (function,)),
+        # IAM judges a call with a Qualifier (the published_version_active waiter reads version N) against
+        # function:NAME:N, which the unqualified ARN does not match.
+        CallerAction("PipelineFunctionVersions", ("lambda:GetFunction", "lambda:GetFunctionConfiguration"),
+                     (f"{function}:*",)),
         CallerAction("PipelineFunctionAlias", ("lambda:GetProvisionedConcurrencyConfig",
                                                "lambda:PutProvisionedConcurrencyConfig",
                                                "lambda:DeleteProvisionedConcurrencyConfig", "lambda:InvokeFunction"),
@@ -439,7 +468,8 @@ def caller_actions(names: PipelineNames, account_id: str, region: str, bucket: s
         CallerAction("RemovePipelineFunction", ("lambda:DeleteFunction", "lambda:ListAliases", "lambda:DeleteAlias"),
                      (function,), teardown=True),
         CallerAction("LambdaAccountSettingsOnlyAllowWildcard", ("lambda:GetAccountSettings",), ("*",)),
-        CallerAction("QuotaListingOnlyAllowsWildcard", ("servicequotas:ListServiceQuotas",), ("*",)),
+        CallerAction("QuotaListingOnlyAllowsWildcard", ("servicequotas:ListServiceQuotas",
+                                                        "servicequotas:ListAWSDefaultServiceQuotas"), ("*",)),
     ]
     if caller_arn:  # a role also reads its own ARN, which has the path its session's ARN lacks
         own = ("iam:SimulatePrincipalPolicy", *(("iam:GetRole",) if ":role/" in caller_arn else ()))
@@ -447,8 +477,49 @@ def caller_actions(names: PipelineNames, account_id: str, region: str, bucket: s
     return found
 
 
-def caller_policy(names: PipelineNames, account_id: str, region: str, bucket: str, **options) -> dict:
-    """The caller's least-privilege identity policy: caller_actions as one document. Resource "*" only
-    in the statements of CALLER_WILDCARD_SIDS."""
-    return _document(*(action.statement() for action in caller_actions(names, account_id, region, bucket,
-                                                                       **options)))
+# The caller's policy, one managed policy per group of services (IAM: at most 6,144 characters without
+# whitespace in a managed policy, 2,048 in all of a user's inline policies; the whole is over 7,000).
+MANAGED_POLICY_MAX = 6144
+CALLER_POLICY_GROUPS = {"s3": "storage", "kms": "storage", "iam": "roles", "sagemaker": "sagemaker",
+                        "ec2": "instances", "ssm": "instances", "lambda": "function", "cloudwatch": "scaling",
+                        "application-autoscaling": "scaling", "servicequotas": "scaling"}
+
+
+def policy_size(document: dict) -> int:
+    """What IAM counts against its size limits: the document's characters, whitespace left out."""
+    return len(re.sub(r"\s", "", json.dumps(document)))
+
+
+def caller_policy_name(names: PipelineNames, group: str) -> str:
+    return f"{names.project}-{names.stage}-caller-{group}"[:128]
+
+
+def policy_arn(region: str, account_id: str, name: str) -> str:
+    return f"arn:{_partition(region)}:iam::{account_id}:policy/{name}"
+
+
+def caller_policies(names: PipelineNames, account_id: str, region: str, bucket: str, **options) -> dict[str, dict]:
+    """The caller's least-privilege identity policy (caller_actions), as managed policies named
+    `<project>-<stage>-caller-<group>`, one per group of CALLER_POLICY_GROUPS, in a stable order; a group
+    over MANAGED_POLICY_MAX (many s3:// locations) goes on in `<group>-2` ... Resource "*" only in the
+    statements of CALLER_WILDCARD_SIDS."""
+    grouped: dict[str, list[dict]] = {}
+    for action in caller_actions(names, account_id, region, bucket, **options):
+        groups = {CALLER_POLICY_GROUPS[a.split(":", 1)[0]] for a in action.actions}
+        if len(groups) != 1:
+            raise ValueError(f"statement {action.sid} mixes the policies {sorted(groups)}")
+        grouped.setdefault(groups.pop(), []).append(action.statement())
+    documents: dict[str, dict] = {}
+    order = list(dict.fromkeys(CALLER_POLICY_GROUPS.values()))
+    for group, statements in sorted(grouped.items(), key=lambda item: order.index(item[0])):
+        parts: list[list[dict]] = [[]]
+        for statement in statements:
+            if parts[-1] and policy_size(_document(*parts[-1], statement)) > MANAGED_POLICY_MAX:
+                parts.append([])
+            parts[-1].append(statement)
+        for number, part in enumerate(parts, 1):
+            document = _document(*part)
+            if policy_size(document) > MANAGED_POLICY_MAX:
+                raise ValueError(f"statement {part[0]['Sid']} alone is over IAM's {MANAGED_POLICY_MAX} characters")
+            documents[caller_policy_name(names, group if number == 1 else f"{group}-{number}")] = document
+    return documents

@@ -208,18 +208,26 @@ def _teardown(args: argparse.Namespace) -> int:
 
 def _plan(args: argparse.Namespace) -> int:
     """What a run would create, update or keep, its costs and its pre-flight checks; exit 1 when a check
-    fails. --caller-policy: the least-privilege policy of whoever runs the pipeline on aws."""
+    fails. --caller-policy: the least-privilege policies of whoever runs the pipeline on aws."""
     from backends import get_backend
 
     config = _config(args)
     if args.prices:
+        if config.backend != "aws":
+            raise ValueError(f"--prices {args.prices}: a price table prices AWS; the {config.backend} backend's runs "
+                             "cost nothing, so it has no use for one")
         config.preflight.prices_file = args.prices
-    if args.caller_policy and config.backend != "aws":
+    if args.caller_policy is not None and config.backend != "aws":
         raise ValueError("--caller-policy is the policy of an AWS caller: it needs backend: aws")
     backend = get_backend(config.backend, config)
     try:
-        if args.caller_policy:
-            print(json.dumps(backend.planning.caller_policy(config), indent=2))
+        if args.caller_policy is not None:
+            documents = backend.planning.caller_policies(config)
+            if args.json:
+                print(json.dumps(documents, indent=2))
+            else:
+                output.print_caller_policies(documents, {name: backend.planning.policy_arn(name) for name in documents},
+                                             Path(args.caller_policy) if args.caller_policy else None)
             return 0
         plan = backend.planning.plan(config)
     finally:
@@ -227,7 +235,7 @@ def _plan(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(plan.to_dict(), indent=2))
     else:
-        output.print_plan(plan, f"plan of {config.project}-{config.stage}")
+        output.print_plan(plan, f"plan of {config.project}-{config.stage}", enforce=config.preflight.enforce)
     return 1 if plan.failed else 0
 
 
@@ -317,8 +325,10 @@ def build_parser() -> argparse.ArgumentParser:
     _pipeline_arguments(plan)
     plan.add_argument("--prices", metavar="FILE", help="a price table (JSON) instead of the shipped one")
     plan.add_argument("--json", action="store_true", help="the plan as one JSON document, for scripts")
-    plan.add_argument("--caller-policy", action="store_true",
-                      help="print the least-privilege IAM policy of whoever runs the pipeline (aws), and exit")
+    plan.add_argument("--caller-policy", nargs="?", const="", metavar="FOLDER",
+                      help="the least-privilege IAM policy of whoever runs the pipeline (aws) as managed policies "
+                           "of one service each: printed, or written to FOLDER as NAME.json with the commands that "
+                           "create and attach them; then exit")
     plan.set_defaults(handler=_plan)
 
     back = commands.add_parser("rollback", help="serve an earlier model version again")
@@ -386,15 +396,19 @@ def main(argv: list[str] | None = None) -> int:
 
 def _aws_problem(exc: BaseException) -> str | None:
     """What to do about an AWS failure the commands cannot get past (no credentials, no network, an
-    expired or refused identity); None for anything else, which keeps its traceback."""
+    expired or refused identity, a fault or throttling that outlasted the retries); None for anything
+    else, which keeps its traceback."""
     import botocore.exceptions as aws
+
+    from core.retry import is_transient
 
     if isinstance(exc, (aws.NoCredentialsError, aws.PartialCredentialsError)):
         return (f"{exc}: set aws.profile (or AWS_PROFILE), AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, or "
                 "aws.credentials_block (a prefect-aws AwsCredentials block)")
     if isinstance(exc, aws.ProfileNotFound):
         return f"{exc}: aws.profile names a profile ~/.aws/config does not have"
-    if isinstance(exc, (aws.EndpointConnectionError, aws.ConnectTimeoutError)):
+    if isinstance(exc, (aws.EndpointConnectionError, aws.ConnectTimeoutError, aws.ReadTimeoutError,
+                        aws.ConnectionClosedError)):
         return f"{exc}: AWS cannot be reached from here (check the network, a proxy, or aws.endpoint_url)"
     if isinstance(exc, aws.ClientError):
         code = exc.response.get("Error", {}).get("Code", "")
@@ -402,6 +416,25 @@ def _aws_problem(exc: BaseException) -> str | None:
                     "SignatureDoesNotMatch", "AccessDenied", "AccessDeniedException"):
             return f"AWS refused the request ({code}): {exc} (check the credentials, and the caller's policy: " \
                    "sagemaker-flows plan --caller-policy)"
+        if is_transient(exc):  # the clients' retries are spent: a fault on AWS's side, or throttling
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            service = _service_of(exc.operation_name)
+            return (f"{service or 'AWS'} kept failing: {exc.operation_name} answered {code or status}"
+                    f"{f' (HTTP {status})' if status and str(status) != code else ''} on every retry. This is on "
+                    f"AWS's side (an outage or throttling), not in the configuration: try again in a few minutes, "
+                    f"and if it persists look up {service or 'the service'} in the AWS Health Dashboard")
+    return None
+
+
+def _service_of(operation: str) -> str | None:
+    """The AWS service (as boto3 names its client) of one of the operations the commands call."""
+    import botocore.session
+
+    session = botocore.session.get_session()
+    for service in ("service-quotas", "sagemaker", "lambda", "s3", "iam", "sts", "ec2", "cloudwatch",
+                    "application-autoscaling", "ssm", "kms", "sagemaker-runtime"):
+        if operation in session.get_service_model(service).operation_names:
+            return service
     return None
 
 

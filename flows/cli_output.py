@@ -1,6 +1,7 @@
 """What the `sagemaker-flows` command prints: results, timings, releases, the local gateway's status."""
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -120,8 +121,9 @@ def print_status(status: dict) -> None:
     console.print(functions)
 
 
-def print_plan(plan, title: str) -> None:
-    """`sagemaker-flows plan`: the changes terraform-style, the costs, the pre-flight checks."""
+def print_plan(plan, title: str, enforce: bool = True) -> None:
+    """`sagemaker-flows plan`: the changes terraform-style, the costs, the pre-flight checks. enforce:
+    preflight.enforce, whether a failed check stops a run."""
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
@@ -150,9 +152,38 @@ def print_plan(plan, title: str) -> None:
     for check in plan.checks:
         checks.add_row(check.name, Text(check.status, style=colour[check.status]), Text(check.message))
     console.print(checks)
-    if plan.failed:
+    if plan.failed and enforce:
         console.print(f"{len(plan.failed)} check(s) failed: a run stops before anything is paid for "
                       "(preflight.enforce=false makes them warnings)", markup=False, style="bold red")
+    elif plan.failed:
+        console.print(f"{len(plan.failed)} check(s) failed and preflight.enforce is false: a run does not stop "
+                      "for them, and may fail half-way, after some of it is paid for", markup=False, style="bold red")
+
+
+def print_caller_policies(documents: dict[str, dict], arns: dict[str, str], folder: Path | None = None) -> None:
+    """`plan --caller-policy [FOLDER]`: each managed policy under a heading; with FOLDER, each written to
+    FOLDER/NAME.json instead, and the commands that create them and attach them to the caller."""
+    from backends.files import write_json
+    from core.iam import MANAGED_POLICY_MAX, policy_size
+
+    if folder is None:
+        for name, document in documents.items():
+            print(f"# {name} ({policy_size(document):,} of IAM's {MANAGED_POLICY_MAX:,} characters)")
+            print(json.dumps(document, indent=2))
+        print("# --caller-policy FOLDER writes each to FOLDER/NAME.json and prints the commands that create and "
+              "attach them")
+        return
+    for name, document in documents.items():
+        write_json(folder / f"{name}.json", document)
+    print(f"wrote {len(documents)} policies to {folder}/ (each within IAM's {MANAGED_POLICY_MAX:,} characters). "
+          "Create them once, and attach each to the user or role that runs the pipeline:")
+    for name in documents:
+        print(f"  aws iam create-policy --policy-name {name} --policy-document file://{folder / name}.json")
+    for arn in arns.values():
+        print(f"  aws iam attach-user-policy --user-name USER --policy-arn {arn}")
+    print("(a role: aws iam attach-role-policy --role-name ROLE --policy-arn ...). After a change of the "
+          "configuration, write them again and update each: aws iam create-policy-version --policy-arn ARN "
+          f"--policy-document file://{folder}/NAME.json --set-as-default")
 
 
 def load_test_for_scripts(report) -> dict:

@@ -1,5 +1,8 @@
 """rollback: serve an earlier model version again (deploy, publish the function for it, smoke test,
-make it the champion); its own smoke test failing rolls back to what served before."""
+make it the champion); its own smoke test failing rolls back to what served before.
+
+plan_run (pre-flight, as every flow that deploys: a failed check stops here unless preflight.enforce is
+off) -> release of the version (a blue/green update of the endpoint, paid by the hour)."""
 # No `from __future__ import annotations` in flow modules: Prefect builds the parameter model from
 # the real annotations.
 from prefect import flow
@@ -10,6 +13,7 @@ from backends.errors import NotFoundError
 from core.config import PipelineConfig
 from flows.release import release
 from flows.steps import StepTimer
+from tasks.plan_run import plan_run
 from tasks.stage_dataset import stage_dataset
 
 
@@ -25,6 +29,8 @@ def rollback(config: PipelineConfig, version: int) -> RollbackResult:
     backend = get_backend(config.backend, config)
     timer = StepTimer()
     try:
+        with timer.step("plan_run"):
+            plan_run(config, backend)
         versions = {v.version: v for v in backend.registry.list_model_versions(config.names.model_group)}
         if version not in versions:
             known = ", ".join(str(n) for n in sorted(versions)) or "none"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 
 from botocore.exceptions import ClientError
 
@@ -27,7 +28,7 @@ from backends.aws.sagemaker_tuning import (
 )
 from backends.aws.storage import S3Storage
 from backends.aws.training import TRAINING_DIR
-from backends.planning import attempted, concurrency_check, plan_dataset, plan_weights
+from backends.planning import attempted, concurrency_check, plan_dataset, plan_weights, reason
 from backends.requests import tuning_request
 from backends.types import TrialSummary
 from core import iam as policies
@@ -42,11 +43,12 @@ from core.plan import (
     setting_change, tuning_job_change, vcpu_quota_check, without_training,
 )
 from core.pricing import load_prices
+from core.retry import is_transient
 from core.scaling import policy_name, resource_id, scalable_target, target_tracking_policy
 from core.traffic import rollback_alarms
 
 log = logging.getLogger(__name__)
-
+_DEFAULT_QUOTA = "sagemaker-flows:default"  # marks a quota that is AWS's default, not an applied value
 
 
 class AwsPlanning:
@@ -365,26 +367,54 @@ class AwsPlanning:
                       hosting: list[PlannedChange]) -> list[Check]:
         """SageMaker's per-type instance quotas: training at max_parallel_jobs at once, the endpoint at its
         maximum capacity (and, while a blue/green update runs, the new fleet beside the old one). A type
-        with no quota in the region is not offered there."""
+        with no quota in the region, applied or default, is not offered there."""
         region = self.account.region
-        quotas = {q["QuotaName"]: q for page in self.account.client("service-quotas").get_paginator(
-            "list_service_quotas").paginate(ServiceCode="sagemaker") for q in page.get("Quotas", [])}
-        checks = []
         training, scaling, endpoint = config.training, config.autoscaling, config.hosting
-        if training.mode == "tuning":
-            checks.append(instance_quota_check(
-                "training instances", training.instance_type, "training job", training.tuning.max_parallel_jobs,
-                quotas.get(sagemaker_quota_name(training.instance_type, "training job")), region,
-                "training.instance_type", "training.tuning.max_parallel_jobs"))
         need = scaling.max_capacity if scaling.enabled else endpoint.initial_instance_count
         updating = any(c.kind == "endpoint" and c.action == "update" for c in hosting)
         if updating and served is not None and served.instance_type == endpoint.instance_type:
             need = max(need, 2 * served.instance_count)
-        checks.append(instance_quota_check(
-            "endpoint instances", endpoint.instance_type, "endpoint", need,
-            quotas.get(sagemaker_quota_name(endpoint.instance_type, "endpoint")), region, "hosting.instance_type",
-            "autoscaling.max_capacity" if scaling.enabled else "hosting.initial_instance_count"))
+        wanted = [("endpoint instances", endpoint.instance_type, "endpoint", need, "hosting.instance_type",
+                   "autoscaling.max_capacity" if scaling.enabled else "hosting.initial_instance_count")]
+        if training.mode == "tuning":
+            wanted.insert(0, ("training instances", training.instance_type, "training job",
+                              training.tuning.max_parallel_jobs, "training.instance_type",
+                              "training.tuning.max_parallel_jobs"))
+        quotas, defaults_unread = self._sagemaker_quotas({sagemaker_quota_name(t, usage) for _, t, usage, *_ in wanted})
+        checks = []
+        for name, instance_type, usage, count, setting, lower in wanted:
+            quota_name = sagemaker_quota_name(instance_type, usage)
+            quota = quotas.get(quota_name)
+            if quota is None and defaults_unread:
+                checks.append(Check(name, "warn", f"Service Quotas lists no applied value of \"{quota_name}\" and its "
+                                                  f"default could not be read ({defaults_unread}): look it up in "
+                                                  "the Service Quotas console"))
+                continue
+            check = instance_quota_check(name, instance_type, usage, count, quota, region, setting, lower)
+            if quota is not None and quota.get(_DEFAULT_QUOTA):
+                check = replace(check, message=f"{check.message} (AWS's default: the account has no applied value)")
+            checks.append(check)
         return checks
+
+    def _sagemaker_quotas(self, wanted: set[str]) -> tuple[dict[str, dict], str | None]:
+        """SageMaker's quotas by name, and why AWS's defaults could not be read (None: they could, or were not
+        needed). ListServiceQuotas leaves out the quotas without an applied value; for those the default
+        (ListAWSDefaultServiceQuotas) is the quota."""
+        client = self.account.client("service-quotas")
+        quotas = {q["QuotaName"]: q for page in client.get_paginator("list_service_quotas").paginate(
+            ServiceCode="sagemaker") for q in page.get("Quotas", [])}
+        if wanted <= quotas.keys():
+            return quotas, None
+        try:
+            for page in client.get_paginator("list_aws_default_service_quotas").paginate(ServiceCode="sagemaker"):
+                for quota in page.get("Quotas", []):
+                    quotas.setdefault(quota["QuotaName"], {**quota, _DEFAULT_QUOTA: True})
+        except ClientError as exc:
+            if is_transient(exc):
+                raise
+            log.info("plan: cannot list SageMaker's default quotas: %s", reason(exc))
+            return quotas, reason(exc)
+        return quotas, None
 
     def _ec2_checks(self, config: PipelineConfig) -> list[Check]:
         """Instance mode: the EC2 type is offered in the region and one instance fits its vCPU quota."""
@@ -406,15 +436,20 @@ class AwsPlanning:
         return [Check("EC2 instance type", "pass", f"{instance_type} is offered in {region}"),
                 vcpu_quota_check(instance_type, int(vcpus), value, region)]
 
-    def caller_policy(self, config: PipelineConfig) -> dict:
-        """The least-privilege identity policy of whoever runs `config` (core.iam.caller_policy), for the
-        bucket and SSE-KMS keys as they are now, the caller allowed to simulate its own policy."""
+    def caller_policies(self, config: PipelineConfig) -> dict[str, dict]:
+        """The least-privilege identity policy of whoever runs `config` as managed policies by name
+        (core.iam.caller_policies), for the bucket and SSE-KMS keys as they are now, the caller allowed to
+        simulate its own policy."""
         bucket = self.bucket_name()
         keys = self.roles.key_arns([f"s3://{bucket}/", *self.roles.readable_uris])
         caller = self.account.client("sts").get_caller_identity()["Arn"]
-        return policies.caller_policy(config.names, self.account.account_id, self.account.region, bucket,
-                                      mode=config.training.mode, readable_uris=self.roles.readable_uris, key_arns=keys,
-                                      caller_arn=self._principal(caller))
+        return policies.caller_policies(config.names, self.account.account_id, self.account.region, bucket,
+                                        mode=config.training.mode, readable_uris=self.roles.readable_uris,
+                                        key_arns=keys, caller_arn=self._principal(caller))
+
+    def policy_arn(self, name: str) -> str:
+        """The ARN a managed policy called `name` has in this account."""
+        return policies.policy_arn(self.account.region, self.account.account_id, name)
 
     def _principal(self, caller: str) -> str | None:
         """The caller's principal; for a role, its own ARN (the session's lacks the role's path) when the

@@ -14,7 +14,10 @@ It behaves like the local store (backends/local/store.py) on real S3:
   refuses it) and the next run re-sends exactly what may be half-written.
 
 The dataset checksum is the one of ``core.datasets.folder_checksum``: SHA-256 over the lines
-``"relpath\\0sha256hex\\n"`` of every non-hidden file, sorted by path.
+``"relpath\\0sha256hex\\n"`` of every non-hidden file, sorted by path. It is recorded with each model
+version (the data it was trained on) and names a staged prefix, so a prefix uploaded by other means
+(``aws s3 sync``) is checksummed the same way: from each object's SHA-256 where S3 or its metadata
+holds one, else by reading the object once (``DigestedDataset`` says how many and how much).
 """
 from __future__ import annotations
 
@@ -22,8 +25,10 @@ import base64
 import binascii
 import json
 import logging
+import hashlib
 import os
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -36,7 +41,7 @@ from backends.aws.waiters import wait_until
 from backends.errors import InvalidRequestError, NotFoundError
 from backends.types import Progress, StagedDataset
 from core.datasets import manifest_checksum, sha256_file
-from core.retry import PermanentError, is_transient
+from core.retry import PermanentError, TransientError, is_transient
 from core.uris import S3Uri, parse_s3_uri
 
 log = logging.getLogger(__name__)
@@ -45,6 +50,16 @@ MANIFEST_NAME = "_manifest.json"
 MANIFEST_VERSION = 1
 MULTIPART_THRESHOLD = 16 * 1024 * 1024
 DELETE_BATCH = 1000  # the most keys one DeleteObjects call takes
+DIGEST_CHUNK = 1024 * 1024  # what reading an object to checksum it holds in memory at once, per thread
+
+
+@dataclass(frozen=True)
+class DigestedDataset(StagedDataset):
+    """A prefix without a manifest some of whose objects carry no SHA-256 (e.g. `aws s3 sync` without
+    --checksum-algorithm SHA256): their checksums come from reading them, digested_bytes in all."""
+
+    digested_files: int = 0
+    digested_bytes: int = 0
 
 
 def _is_hidden(rel: str) -> bool:
@@ -65,6 +80,9 @@ class S3Storage:
         self.bucket_wait_s = 60.0  # how long a new bucket may take to answer HEAD
         self._bucket = bucket
         self._bucket_ready: str | None = None
+        # SHA-256 of objects read to checksum them, by (bucket, key, ETag, size): a run's plan and its
+        # staging (one backend) read each once.
+        self._read_digests: dict[tuple[str, str, str, int], str] = {}
         self.max_workers = max(1, max_workers)
         self.transfer_config = transfer_config or TransferConfig(
             multipart_threshold=MULTIPART_THRESHOLD, multipart_chunksize=MULTIPART_THRESHOLD, max_concurrency=4,
@@ -260,7 +278,8 @@ class S3Storage:
         """A prefix that is already staged. With a manifest (staged by upload_folder): its checksum, after
         a listing confirms the objects are still those it names. Without one (uploaded by other
         means): the checksum from each object's SHA-256 (its `sha256` metadata, or a full-object
-        SHA-256 checksum S3 kept), or an InvalidRequestError when some object has none."""
+        SHA-256 checksum S3 kept), and for objects with neither, from reading them once (a
+        DigestedDataset then says how many and how many bytes)."""
         prefix = parse_s3_uri(prefix_uri)
         manifest = self._read_manifest(prefix)
         if manifest is not None:
@@ -297,19 +316,41 @@ class S3Storage:
         if not listed:
             raise NotFoundError(f"nothing is stored under {prefix.uri}: give a local folder as data.source, or the "
                              "s3:// prefix the pipeline staged it to")
+        located = {rel: S3Uri(prefix.bucket, self._key(prefix, rel)) for rel in listed}
+        read_before = {rel: self._read_digests.get((loc.bucket, loc.key, listed[rel]["etag"], listed[rel]["size"]))
+                       for rel, loc in located.items()}
         with ThreadPoolExecutor(self.max_workers, thread_name_prefix="s3-head") as pool:
-            digests = dict(zip(listed, pool.map(
-                lambda rel: self._object_sha256(S3Uri(prefix.bucket, self._key(prefix, rel))), listed)))
+            digests = dict(zip(listed, pool.map(lambda rel: read_before[rel] or self._object_sha256(located[rel]),
+                                                listed)))
         unknown = sorted(rel for rel, digest in digests.items() if digest is None)
         if unknown:
-            raise InvalidRequestError(
-                f"{prefix.uri} has no staging manifest and {len(unknown)} of its {len(listed)} objects carry no SHA-256 "
-                f"(e.g. {', '.join(unknown[:3])}), so its content can't be checksummed without downloading it all. "
-                "Stage the folder with the pipeline (data.source = the local folder), or give a local folder instead "
-                "of this prefix")
-        total_bytes = sum(obj["size"] for obj in listed.values())
-        return StagedDataset(uri=prefix.uri, files=len(listed), uploaded=0, unchanged=len(listed),
-                             total_bytes=total_bytes, checksum=manifest_checksum(digests))
+            log.warning("%s: %d of its %d objects carry no SHA-256; reading them (%.1f MB) to checksum them",
+                        prefix.uri, len(unknown), len(listed), sum(listed[rel]["size"] for rel in unknown) / 1e6)
+            with ThreadPoolExecutor(self.max_workers, thread_name_prefix="s3-digest") as pool:
+                digests.update(zip(unknown, pool.map(lambda rel: self._read_sha256(located[rel], listed[rel]),
+                                                     unknown)))
+        staged = dict(uri=prefix.uri, files=len(listed), uploaded=0, unchanged=len(listed),
+                      total_bytes=sum(obj["size"] for obj in listed.values()), checksum=manifest_checksum(digests))
+        digested = [rel for rel in listed if read_before[rel]] + unknown  # read now or earlier in this run
+        if not digested:
+            return StagedDataset(**staged)
+        return DigestedDataset(**staged, digested_files=len(digested),
+                               digested_bytes=sum(listed[rel]["size"] for rel in digested))
+
+    def _read_sha256(self, loc: S3Uri, listed: dict) -> str:
+        """The SHA-256 of an object's bytes, read once in chunks; IfMatch holds the read to the object listed."""
+        try:
+            body = self.client.get_object(Bucket=loc.bucket, Key=loc.key, IfMatch=listed["etag"])["Body"]
+        except ClientError as exc:
+            if error_code(exc) == "PreconditionFailed" or http_status(exc) == 412:
+                raise TransientError(f"{loc.uri} changed while its checksum was computed; run again") from None
+            raise
+        digest = hashlib.sha256()
+        with body:
+            for chunk in body.iter_chunks(DIGEST_CHUNK):
+                digest.update(chunk)
+        self._read_digests[(loc.bucket, loc.key, listed["etag"], listed["size"])] = digest.hexdigest()
+        return digest.hexdigest()
 
     def _object_sha256(self, loc: S3Uri) -> str | None:
         head = self.client.head_object(Bucket=loc.bucket, Key=loc.key, ChecksumMode="ENABLED")

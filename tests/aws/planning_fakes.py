@@ -8,12 +8,15 @@ from tests.aws.fakes import answer
 
 
 class FakeServiceQuotas:
-    """ListServiceQuotas (ServiceCode sagemaker) from `sagemaker` {quota name: value}, and GetServiceQuota
+    """ListServiceQuotas (ServiceCode sagemaker) from `sagemaker` {quota name: applied value},
+    ListAWSDefaultServiceQuotas from `defaults` {quota name: default value}, and GetServiceQuota
     (ServiceCode ec2) from `ec2` {quota code: value}; a code not there is NoSuchResourceException."""
 
-    def __init__(self, events, sagemaker: dict[str, float], ec2: dict[str, float] | None = None):
-        self.sagemaker, self.ec2 = sagemaker, ec2 or {}
+    def __init__(self, events, sagemaker: dict[str, float], ec2: dict[str, float] | None = None,
+                 defaults: dict[str, float] | None = None):
+        self.sagemaker, self.ec2, self.defaults = sagemaker, ec2 or {}, defaults or {}
         events.register("before-call.service-quotas.ListServiceQuotas", self._list)
+        events.register("before-call.service-quotas.ListAWSDefaultServiceQuotas", self._list_defaults)
         events.register("before-call.service-quotas.GetServiceQuota", self._get)
 
     @staticmethod
@@ -26,6 +29,12 @@ class FakeServiceQuotas:
         assert body["ServiceCode"] == "sagemaker"
         quotas = [self._quota("sagemaker", f"L-{n:08X}", name, value)
                   for n, (name, value) in enumerate(sorted(self.sagemaker.items()))]
+        return answer(200, {"Quotas": quotas})
+
+    def _list_defaults(self, params, **_):
+        assert json.loads(params["body"])["ServiceCode"] == "sagemaker"
+        quotas = [self._quota("sagemaker", f"L-D{n:07X}", name, value)
+                  for n, (name, value) in enumerate(sorted(self.defaults.items()))]
         return answer(200, {"Quotas": quotas})
 
     def _get(self, params, **_):

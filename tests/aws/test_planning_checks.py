@@ -4,6 +4,8 @@ stopping the flow before anything is made or paid for.
 moto lacks Service Quotas for SageMaker and EC2, SimulatePrincipalPolicy and Lambda's
 GetAccountSettings: they are answered in-process (tests/aws/planning_fakes.py, tests/aws/fakes.py);
 a caller that simulates its policy is a real moto IAM user with its own access key."""
+from pathlib import Path
+
 import boto3
 import pytest
 from moto import mock_aws
@@ -13,7 +15,7 @@ from backends.aws.backend import AwsBackend
 from core.config import PipelineConfig
 from core.demo import demo_config
 from core.plan import PreflightFailedError
-from tests.aws.fakes import FakeAccountSettings, FakeProvisioned
+from tests.aws.fakes import FakeAccountSettings, FakeProvisioned, answer
 from tests.aws.planning_fakes import FakePolicySimulator, FakeServiceQuotas
 
 REGION = "us-east-1"
@@ -120,6 +122,39 @@ def test_an_instance_type_without_a_quota_in_the_region_is_not_offered(world):
         "ml.m5.4xlarge is not offered for endpoint use in us-east-1") and "choose another hosting.instance_type" in offered.message
 
 
+def test_a_quota_without_an_applied_value_is_checked_against_the_aws_default(world):
+    session, config = world  # ListServiceQuotas lists only quotas with an applied value
+    FakeAccountSettings(session.events)
+    FakePolicySimulator(session.events)
+    FakeServiceQuotas(session.events, {"ml.m5.xlarge for training job usage": 20.0},
+                      defaults={"ml.m5.xlarge for training job usage": 2.0, "ml.m5.large for endpoint usage": 3.0})
+
+    plan = plan_of(session, config)
+
+    training, endpoint = check(plan, "training instances"), check(plan, "endpoint instances")
+    assert training.status == "pass" and "within the quota of 20" in training.message  # the applied value wins
+    assert endpoint.status == "fail" and endpoint.message.startswith(
+        '4 x ml.m5.large needed at once, but the quota "ml.m5.large for endpoint usage"')
+    assert "is 3 in us-east-1" in endpoint.message and "(AWS's default: the account has no applied value)" in endpoint.message
+    fits = plan_of(session, with_settings(config, autoscaling={"max_capacity": 3}))
+    assert check(fits, "endpoint instances").status == "pass"
+
+
+def test_a_quota_whose_default_cannot_be_read_is_a_warning_not_a_type_that_is_not_offered(world):
+    session, config = world
+    FakeAccountSettings(session.events)
+    FakePolicySimulator(session.events)
+    FakeServiceQuotas(session.events, {"ml.m5.xlarge for training job usage": 20.0})
+    session.events.register_first("before-call.service-quotas.ListAWSDefaultServiceQuotas", lambda **_: answer(
+        400, {"Error": {"Code": "AccessDeniedException", "Message": "not authorized"}}))
+
+    plan = plan_of(session, config)
+
+    endpoint = check(plan, "endpoint instances")
+    assert endpoint.status == "warn" and "its default could not be read (AccessDeniedException" in endpoint.message
+    assert check(plan, "training instances").status == "pass" and plan.failed == []
+
+
 def test_reserved_concurrency_that_would_leave_fewer_than_100_unreserved_fails(world):
     session, config = world
     FakeAccountSettings(session.events, limit=105)
@@ -160,6 +195,42 @@ def test_data_that_is_not_staged_fails(world):
         "data.source s3://no-such-bucket/dogImages: ")
 
 
+def test_data_synced_without_sha256_is_read_once_a_run_and_the_plan_says_what_it_costs(world, prefect_api):
+    from core.datasets import folder_checksum
+    from tasks.plan_run import plan_run
+    from tasks.stage_dataset import stage_dataset
+
+    session, config = world
+    FakeAccountSettings(session.events)
+    FakeServiceQuotas(session.events, ENOUGH)
+    FakePolicySimulator(session.events)
+    folder = Path(config.data.source)
+    files = {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+    s3 = session.client("s3")
+    s3.create_bucket(Bucket="my-ml-data")
+    for rel, body in files.items():  # as `aws s3 sync` uploads them: no SHA-256 anywhere
+        s3.put_object(Bucket="my-ml-data", Key=f"digits/{rel}", Body=body)
+    reads = []
+    session.events.register("before-parameter-build.s3.GetObject",
+                            lambda params, **_: reads.append(params["Key"]) if params["Bucket"] == "my-ml-data" and
+                            not params["Key"].endswith("_manifest.json") else None)
+    synced = with_settings(config, data={"source": "s3://my-ml-data/digits"})
+    backend = AwsBackend(session, config.project, config.stage, poll_seconds=0, role_propagation_s=0)
+
+    plan = plan_run(synced, backend)
+    staged = stage_dataset(synced, backend)
+
+    data = check(plan, "data")
+    assert data.status == "warn" and plan.failed == []
+    images = sorted(rel for rel in files if not rel.rsplit("/", 1)[-1].startswith("."))  # as staging counts them
+    megabytes = sum(len(files[rel]) for rel in images) / 1e6
+    assert data.message.startswith(f"s3://my-ml-data/digits: {len(images)} of its {len(images)} objects carry no "
+                                   f"SHA-256, so each plan and each run read them once ({megabytes:.1f} MB)")
+    assert "aws s3 sync --checksum-algorithm SHA256" in data.message
+    assert staged.uri == "s3://my-ml-data/digits" and staged.checksum == folder_checksum(folder)
+    assert sorted(reads) == [f"digits/{rel}" for rel in images]  # each object once in the run
+
+
 def test_checks_that_cannot_be_made_are_warnings(world):
     session, config = world  # moto answers neither Service Quotas for sagemaker nor the policy simulator
     FakeAccountSettings(session.events)
@@ -181,6 +252,22 @@ def test_a_failed_check_stops_the_flow_before_anything_is_made(world, prefect_ap
     assert session.client("sagemaker").list_hyper_parameter_tuning_jobs()["HyperParameterTuningJobSummaries"] == []
     assert [r["RoleName"] for r in session.client("iam").list_roles()["Roles"]] == []
     assert session.client("lambda").list_functions()["Functions"] == []
+
+
+def test_a_rollback_plans_first_and_a_failed_check_stops_it_unless_enforce_is_off(world, prefect_api, monkeypatch):
+    import flows.rollback as rollback_flow
+    from backends.errors import NotFoundError
+
+    session, config = world
+    FakeAccountSettings(session.events, limit=50)  # nothing can be reserved in this account
+    monkeypatch.setattr(rollback_flow, "get_backend", lambda name, cfg: AwsBackend(session, cfg.project, cfg.stage,
+                                                                                    poll_seconds=0, role_propagation_s=0))
+
+    with pytest.raises(PreflightFailedError, match=r"function concurrency: .*reserved_concurrency=10 does not fit"):
+        rollback_flow.rollback(config, 1)
+    assert session.client("s3").list_buckets()["Buckets"] == []  # nothing was made
+    with pytest.raises(NotFoundError, match="has no version 1"):  # past the plan: on to the version to serve
+        rollback_flow.rollback(with_settings(config, preflight={"enforce": False}), 1)
 
 
 def test_with_enforce_off_a_failed_check_is_a_warning(world, prefect_api):

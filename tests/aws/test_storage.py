@@ -20,7 +20,7 @@ from backends.aws.storage import MANIFEST_NAME, MULTIPART_THRESHOLD, S3Storage  
 from backends.errors import InvalidRequestError, NotFoundError  # noqa: E402
 from backends.types import StagedDataset  # noqa: E402
 from core.datasets import folder_checksum  # noqa: E402
-from core.retry import is_transient  # noqa: E402
+from core.retry import TransientError, is_transient  # noqa: E402
 from tests.helpers import make_folder  # noqa: E402
 
 BUCKET = "sagemaker-flows-test"
@@ -191,20 +191,70 @@ def test_describe_prefix_without_a_manifest(s3, storage, tmp_path):
         s3.put_object(Bucket=BUCKET, Key=f"other/with-meta/{rel}", Body=FILES[rel],
                       Metadata={"sha256": hashlib.sha256(FILES[rel]).hexdigest()})
     described = storage.describe_prefix(f"s3://{BUCKET}/other/with-meta")
-    assert described.checksum == folder_checksum(folder)
+    assert described.checksum == folder_checksum(folder) and type(described) is StagedDataset  # nothing read
     assert (described.files, described.total_bytes) == (len(VISIBLE), sum(len(FILES[rel]) for rel in VISIBLE))
 
     for rel in VISIBLE:  # no metadata, but a full-object SHA-256 that S3 checked (aws s3 cp --checksum-algorithm)
         s3.put_object(Bucket=BUCKET, Key=f"other/checksummed/{rel}", Body=FILES[rel], ChecksumAlgorithm="SHA256")
     assert storage.describe_prefix(f"s3://{BUCKET}/other/checksummed").checksum == folder_checksum(folder)
 
-    for rel in VISIBLE:
-        s3.put_object(Bucket=BUCKET, Key=f"other/plain/{rel}", Body=FILES[rel])
-    with pytest.raises(InvalidRequestError, match="can't be checksummed") as refused:
-        storage.describe_prefix(f"s3://{BUCKET}/other/plain")
-    assert "Stage the folder with the pipeline" in str(refused.value)
     with pytest.raises(NotFoundError, match="nothing is stored"):
         storage.describe_prefix(f"s3://{BUCKET}/nothing/here")
+
+
+class CountGets:
+    """Counts GetObject calls for objects under `prefix` (the manifest's left out)."""
+
+    def __init__(self, client, prefix):
+        self.prefix, self.keys = prefix, []
+        client.meta.events.register("before-parameter-build.s3.GetObject", self)
+
+    def __call__(self, params, **kwargs):
+        if params["Key"].startswith(self.prefix) and not params["Key"].endswith(MANIFEST_NAME):
+            self.keys.append(params["Key"])
+
+
+def test_objects_without_a_sha256_are_read_once_to_checksum_them(s3, storage, tmp_path):
+    # `aws s3 sync` without --checksum-algorithm: no SHA-256 in S3, no metadata, no manifest.
+    folder = make_folder(tmp_path / "pets", FILES)
+    big = os.urandom(3 * 1024 * 1024 + 5)  # more than one chunk of the read
+    (folder / "train" / "cat" / "big.png").write_bytes(big)
+    sizes = {rel: len(FILES[rel]) for rel in VISIBLE} | {"train/cat/big.png": len(big)}
+    for rel in sizes:
+        s3.put_object(Bucket=BUCKET, Key=f"synced/{rel}", Body=(folder / rel).read_bytes())
+    s3.put_object(Bucket=BUCKET, Key="synced/a/b.png", Body=FILES["a/b.png"],  # this one has its SHA-256
+                  Metadata={"sha256": hashlib.sha256(FILES["a/b.png"]).hexdigest()})
+    gets = CountGets(s3, "synced/")
+
+    described = storage.describe_prefix(f"s3://{BUCKET}/synced")
+
+    # The checksum staging the folder gives (what names the dataset and is kept with each model version).
+    assert described.checksum == folder_checksum(folder) == storage.upload_folder(folder, PREFIX).checksum
+    read = sorted(rel for rel in sizes if rel != "a/b.png")
+    assert (described.files, described.total_bytes) == (len(sizes), sum(sizes.values()))
+    assert (described.digested_files, described.digested_bytes) == (len(read), sum(sizes[rel] for rel in read))
+    assert sorted(gets.keys) == [f"synced/{rel}" for rel in read]  # each once; the checksummed one not at all
+
+    again = storage.describe_prefix(f"s3://{BUCKET}/synced")  # the same run's staging: nothing read again
+    assert again == described and len(gets.keys) == len(read)
+
+    s3.put_object(Bucket=BUCKET, Key="synced/train/dog/2.png", Body=b"dog TWO")  # a new ETag: read again
+    changed = storage.describe_prefix(f"s3://{BUCKET}/synced")
+    assert changed.checksum != described.checksum and gets.keys[len(read):] == ["synced/train/dog/2.png"]
+
+
+def test_an_object_replaced_while_it_is_read_is_a_transient_error(s3, storage):
+    for rel in VISIBLE:
+        s3.put_object(Bucket=BUCKET, Key=f"synced/{rel}", Body=FILES[rel])
+    writer = boto3.client("s3", region_name="us-east-1")
+
+    def replace_first(params, **kwargs):  # after the listing, before the read
+        if params["Key"] == "synced/a/b.png":
+            writer.put_object(Bucket=BUCKET, Key="synced/a/b.png", Body=b"replaced")
+    s3.meta.events.register("before-parameter-build.s3.GetObject", replace_first)
+
+    with pytest.raises(TransientError, match="synced/a/b.png changed while its checksum was computed"):
+        storage.describe_prefix(f"s3://{BUCKET}/synced")
 
 
 def test_describe_prefix_notices_objects_changed_after_staging(s3, storage, tmp_path):

@@ -183,7 +183,10 @@ def test_denied_pairs_from_simulation_results():
 # -- the caller's policy ---------------------------------------------------------------------------------
 
 def _policy(**options) -> dict:
-    return iam.caller_policy(NAMES, ACCOUNT, REGION, BUCKET, caller_arn=f"arn:aws:iam::{ACCOUNT}:user/ci", **options)
+    """The caller's managed policies as one document (their statements together)."""
+    documents = iam.caller_policies(NAMES, ACCOUNT, REGION, BUCKET, caller_arn=f"arn:aws:iam::{ACCOUNT}:user/ci",
+                                    **options)
+    return {"Version": "2012-10-17", "Statement": [s for d in documents.values() for s in d["Statement"]]}
 
 
 def _grants(document):
@@ -224,7 +227,7 @@ def test_caller_policy_grants_what_the_run_does_on_the_pipelines_resources():
 
 def test_roles_are_passed_only_to_their_own_service():
     document = _policy(mode="instance")
-    passes = {s["Resource"]: s["Condition"]["StringEquals"]["iam:PassedToService"]
+    passes = {s["Resource"]: next(iter(s["Condition"].values()))["iam:PassedToService"]
               for s in document["Statement"] if s["Action"] == ["iam:PassRole"]}
     assert passes == {f"arn:aws:iam::{ACCOUNT}:role/dog-breeds-dev-sagemaker": "sagemaker.amazonaws.com",
                       f"arn:aws:iam::{ACCOUNT}:role/dog-breeds-dev-lambda": "lambda.amazonaws.com",

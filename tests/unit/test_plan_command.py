@@ -41,3 +41,25 @@ def test_plan_needs_a_configuration_and_caller_policy_needs_aws(home, capsys):
     assert "plan needs --config FILE (or --demo)" in capsys.readouterr().err
     assert main(["plan", "--demo", "--data-dir", str(home / "digits"), "--caller-policy"]) == 2
     assert "--caller-policy is the policy of an AWS caller: it needs backend: aws" in capsys.readouterr().err
+
+
+def test_a_failed_check_under_enforce_false_does_not_claim_the_run_stops(home, capsys):
+    data_dir = str(home / "digits")
+    too_many = ["--set", "function.reserved_concurrency=100", "--set", "function.provisioned_concurrency=50"]
+    assert main(["plan", "--demo", "--data-dir", data_dir, *too_many]) == 1
+    assert "1 check(s) failed: a run stops before anything is paid for" in capsys.readouterr().out
+
+    assert main(["plan", "--demo", "--data-dir", data_dir, *too_many, "--set", "preflight.enforce=false"]) == 1
+    out = " ".join(capsys.readouterr().out.split())  # the footer as one line, whatever the terminal's width
+    assert "a run stops before" not in out
+    assert "1 check(s) failed and preflight.enforce is false: a run does not stop for them" in out
+
+
+def test_prices_on_the_local_backend_and_a_folder_as_configuration_are_refused_in_one_line(home, capsys):
+    assert main(["plan", "--demo", "--data-dir", str(home / "digits"), "--prices", "missing.json"]) == 2
+    err = capsys.readouterr().err
+    assert err == ("error: --prices missing.json: a price table prices AWS; the local backend's runs cost nothing, "
+                   "so it has no use for one\n")
+
+    assert main(["plan", "--config", str(home)]) == 2
+    assert capsys.readouterr().err == f"error: configuration file {home} is a folder: give the YAML file in it\n"
