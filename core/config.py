@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from core.metrics import MAXIMIZED_METRICS, MINIMIZED_METRICS
 from core.names import PipelineNames
+from core.traffic import MAX_EXECUTION_S, deployment_seconds, longest_bake_s, traffic_steps
 
 NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$"
 # Flags of training/train.py that a tuning job may vary.
@@ -237,11 +238,29 @@ class TrafficShiftConfig(Section):
     type: Literal["all_at_once", "canary", "linear"] = Field(
         default="all_at_once", description="all_at_once: every request at once; canary: a share first, then the "
         "rest; linear: equal steps.")
-    canary_percent: int = Field(default=10, ge=1, le=99, description="canary: the share of the new fleet that takes traffic first.")
-    linear_step_percent: int = Field(default=25, ge=1, le=99, description="linear: the share added at each step.")
-    wait_seconds: int = Field(default=300, ge=0, le=3600, description="Bake time: how long each step watches the alarms before the next.")
+    # SageMaker's bounds (TrafficRoutingConfig): a canary is at most 50 % of the new fleet, a linear step 10-50 %.
+    canary_percent: int = Field(default=10, ge=1, le=50, description="canary: the share of the new fleet that takes "
+                                "traffic first (SageMaker allows at most 50).")
+    linear_step_percent: int = Field(default=25, ge=10, le=50, description="linear: the share added at each step "
+                                     "(SageMaker allows 10 to 50).")
+    wait_seconds: int = Field(default=300, ge=0, le=3600, description="Bake time: how long each step watches the "
+                              "alarms before the next (all steps together must fit SageMaker's 8-hour deployment limit).")
     max_5xx_errors: int = Field(default=0, ge=0, le=100000, description="Roll back when the new model answers more 5xx errors than this in a minute.")
     max_model_latency_ms: int = Field(default=2000, ge=1, le=600000, description="Roll back when the new model's average latency in a minute is above this.")
+
+    @field_validator("wait_seconds")
+    @classmethod
+    def _deployment_fits(cls, wait_seconds: int, info) -> int:
+        if not {"type", "canary_percent", "linear_step_percent"} <= info.data.keys():
+            return wait_seconds  # those are refused already
+        steps = len(traffic_steps(cls.model_construct(**info.data)))
+        longest = longest_bake_s(steps)
+        if wait_seconds > longest:
+            raise ValueError(
+                f"must be at most {longest} with {steps} {info.data['type']} steps: each step bakes wait_seconds, "
+                f"and the whole update must end within SageMaker's {MAX_EXECUTION_S} s "
+                f"({deployment_seconds(steps, wait_seconds)} s needed); use fewer steps or a shorter bake")
+        return wait_seconds
 
 
 class HostingConfig(Section):

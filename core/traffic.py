@@ -3,9 +3,19 @@ deployment guardrails), as documents for SageMaker and CloudWatch and as the ste
 takes. Pure: both backends read the same configuration the same way."""
 from __future__ import annotations
 
-from core.config import TrafficShiftConfig
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # core.config checks its settings with this module's arithmetic
+    from core.config import TrafficShiftConfig
 
 NAMESPACE = "AWS/SageMaker"
+# How long a blue/green update may take (BlueGreenUpdatePolicy.MaximumExecutionTimeoutInSeconds, which
+# SageMaker takes within 600..28800 s and wants above the total of its waits): bringing up the new fleet
+# and its health checks, each step's bake time, then the wait before the old fleet is removed. The
+# allowance is what the fixed 3600 s used before left for the new fleet with the default 300 s bake.
+PROVISIONING_ALLOWANCE_S = 3000
+TERMINATION_WAIT_S = 300  # the old fleet stays this long after the shift (BlueGreenUpdatePolicy, 0..3600)
+MAX_EXECUTION_S = 28800
 
 
 def traffic_steps(shift: TrafficShiftConfig) -> list[int]:
@@ -16,6 +26,28 @@ def traffic_steps(shift: TrafficShiftConfig) -> list[int]:
         steps = list(range(shift.linear_step_percent, 100, shift.linear_step_percent))
         return steps + [100]
     return [100]
+
+
+def deployment_seconds(steps: int, wait_seconds: int) -> int:
+    """How long an update of `steps` steps baked `wait_seconds` each may take, uncapped."""
+    return PROVISIONING_ALLOWANCE_S + steps * wait_seconds + TERMINATION_WAIT_S
+
+
+def longest_bake_s(steps: int) -> int:
+    """The longest bake time per step with which an update of `steps` steps fits SageMaker's limit."""
+    return (MAX_EXECUTION_S - PROVISIONING_ALLOWANCE_S - TERMINATION_WAIT_S) // steps
+
+
+def max_execution_s(shift: TrafficShiftConfig) -> int:
+    """BlueGreenUpdatePolicy.MaximumExecutionTimeoutInSeconds for `shift` (config refuses a shift that
+    needs more than SageMaker's 28800 s)."""
+    return min(deployment_seconds(len(traffic_steps(shift)), shift.wait_seconds), MAX_EXECUTION_S)
+
+
+def blue_green_policy(shift: TrafficShiftConfig) -> dict:
+    """DeploymentConfig.BlueGreenUpdatePolicy of UpdateEndpoint."""
+    return {"TrafficRoutingConfiguration": traffic_routing(shift), "TerminationWaitInSeconds": TERMINATION_WAIT_S,
+            "MaximumExecutionTimeoutInSeconds": max_execution_s(shift)}
 
 
 def traffic_routing(shift: TrafficShiftConfig) -> dict:

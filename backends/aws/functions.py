@@ -3,10 +3,10 @@
 publish() creates the function or updates only what differs (code by CodeSha256, configuration by
 field), publishes a version only when something changed (or none exists yet), points an alias at
 it, and sets reserved concurrency on the function and provisioned concurrency on the alias, waiting
-for each step AWS runs asynchronously: botocore's function_active_v2 / function_updated_v2 waiters
-for the function, published_version_active for a version, backends.waiting for provisioned
-concurrency (botocore has no waiter for it). check_concurrency() says before any paid step whether
-the concurrency asked for fits the account (core.lambda_concurrency).
+for each step AWS runs asynchronously: botocore's function_active_v2 (a new function) and
+function_updated_v2 waiters for the function, published_version_active for a version,
+backends.waiting for provisioned concurrency (botocore has no waiter for it). check_concurrency()
+says before any paid step whether the concurrency asked for fits the account (core.lambda_concurrency).
 """
 from __future__ import annotations
 
@@ -145,9 +145,19 @@ class LambdaFunctions:
         return or_none(self.client.get_provisioned_concurrency_config, FunctionName=name, Qualifier=alias)
 
     # -- waits ------------------------------------------------------------------------
-    def _wait_ready(self, name: str) -> dict:
-        """Wait until the function is Active and no update is in progress; its configuration."""
-        for waiter, what in (("function_active_v2", "become Active"), ("function_updated_v2", "finish its update")):
+    def _wait_ready(self, name: str, created: bool = False) -> dict:
+        """Wait until no update of the function is in progress (and, when it was just `created`, until
+        it is Active); its configuration.
+
+        Only a new function is waited for to be Active. Lambda makes a function idle for weeks
+        Inactive, and it stays so until invoked or updated (UpdateFunctionCode and
+        UpdateFunctionConfiguration are refused only while it is Pending): function_active_v2 never
+        ends on it. function_updated_v2 covers a Pending one too, as LastUpdateStatus is first
+        Successful when its creation completes.
+        """
+        waiters = ((("function_active_v2", "become Active"),) if created else ()) + (
+            ("function_updated_v2", "finish its update"),)
+        for waiter, what in waiters:
             failed = wait_until(self.client, waiter, what=f"Lambda function {name} to {what}",
                                 timeout_s=self.timeout_s, poll_seconds=self.poll_seconds, FunctionName=name)
             if failed is not None:
@@ -232,7 +242,7 @@ class LambdaFunctions:
                    "Timeout": config.timeout_seconds, "Environment": {"Variables": dict(environment)}}
         if self._configuration(name) is None:
             self._create(name, code_zip, desired, tags)
-            current = self._wait_ready(name)
+            current = self._wait_ready(name, created=True)
         else:
             current = self._wait_ready(name)  # never update over an update still in progress
             if current.get("CodeSha256") != sha:

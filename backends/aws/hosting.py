@@ -17,7 +17,7 @@ from backends.aws.images import inference_image_uri
 from backends.errors import InvalidRequestError
 from backends.types import EndpointState, ModelVersion, ScalingState
 from core.config import AutoscalingConfig, HostingConfig
-from core.traffic import alarm_names, rollback_alarms, traffic_routing
+from core.traffic import alarm_names, rollback_alarms
 
 
 class SageMakerHosting:
@@ -32,8 +32,7 @@ class SageMakerHosting:
         alarms = self._ensure_alarms(name, hosting)
         return self.endpoints.deploy(
             name, model, inference_image_uri(self.account.region, hosting.instance_type),
-            self.roles.sagemaker_role_arn(), hosting, tags=self.tags,
-            traffic_routing=traffic_routing(hosting.traffic_shift), rollback_alarms=alarms,
+            self.roles.sagemaker_role_arn(), hosting, tags=self.tags, rollback_alarms=alarms,
             without_autoscaling=lambda variants: self.autoscaling.deregistered_for_update(
                 name, variants, hosting.variant_name))
 

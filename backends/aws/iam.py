@@ -92,20 +92,36 @@ def ensure_role(iam, name: str, trusted_service: str, policy_name: str, policy_d
 
 
 def ensure_instance_profile(iam, name: str, role_name: str) -> str:
-    """Create or converge an instance profile holding exactly `role_name`; its ARN."""
+    """Create or converge an instance profile holding exactly `role_name`; its ARN.
+
+    botocore resends a request whose connection dropped, and IAM answers the resend of one that went
+    through as it answers any repeat: EntityAlreadyExists for the profile, LimitExceeded ("Cannot exceed
+    quota for InstanceSessionsPerInstanceProfile: 1") for the role. Both are read as done, once the
+    profile, read again, shows it.
+    """
     found = or_none(iam.get_instance_profile, InstanceProfileName=name)
     if found:
         profile = found["InstanceProfile"]
     else:
-        profile = iam.create_instance_profile(
-            InstanceProfileName=name, Tags=[{"Key": MANAGED_TAG, "Value": "true"}])["InstanceProfile"]
+        try:
+            profile = iam.create_instance_profile(
+                InstanceProfileName=name, Tags=[{"Key": MANAGED_TAG, "Value": "true"}])["InstanceProfile"]
+        except ClientError as error:  # a resend, or a concurrent run: converge what exists
+            if error_code(error) != "EntityAlreadyExists":
+                raise
+            profile = iam.get_instance_profile(InstanceProfileName=name)["InstanceProfile"]
     attached = [r["RoleName"] for r in profile.get("Roles", [])]
     # A profile holds at most one role: swap out any other before adding ours.
     for other in attached:
         if other != role_name:
             iam.remove_role_from_instance_profile(InstanceProfileName=name, RoleName=other)
     if role_name not in attached:
-        iam.add_role_to_instance_profile(InstanceProfileName=name, RoleName=role_name)
+        try:
+            iam.add_role_to_instance_profile(InstanceProfileName=name, RoleName=role_name)
+        except ClientError as error:  # full: by our role (a resend that went through), or by another
+            roles = iam.get_instance_profile(InstanceProfileName=name)["InstanceProfile"].get("Roles", [])
+            if error_code(error) != "LimitExceeded" or [r["RoleName"] for r in roles] != [role_name]:
+                raise
     return profile["Arn"]
 
 

@@ -1,4 +1,4 @@
-"""botocore's waiters, with what their end means decided once for every AWS module.
+"""botocore's waiters (and the few it lacks), with what their end means decided once for every AWS module.
 
 A waiter ends in one of four ways, and each has one meaning here:
 - success: returns None;
@@ -14,8 +14,23 @@ from __future__ import annotations
 import math
 
 from botocore.exceptions import ClientError, WaiterError
+from botocore.waiter import WaiterModel, create_waiter_with_client
 
 from backends.errors import WaitTimedOutError
+
+# Waiters botocore lacks, in its own model format; wait_until takes their names as it takes botocore's.
+_OWN = WaiterModel({"version": 2, "waiters": {
+    # botocore's endpoint_in_service with failure acceptors for every state an endpoint does not leave by
+    # itself: it has one for Failed only, so it polls an UpdateRollbackFailed or OutOfService endpoint
+    # until it runs out of time.
+    "EndpointSettled": {"operation": "DescribeEndpoint", "delay": 30, "maxAttempts": 120, "acceptors": [
+        {"matcher": "path", "argument": "EndpointStatus", "state": "success", "expected": "InService"},
+        *({"matcher": "path", "argument": "EndpointStatus", "state": "failure", "expected": status}
+          for status in ("Failed", "UpdateRollbackFailed", "OutOfService")),
+        {"matcher": "error", "state": "failure", "expected": "ValidationException"},  # gone
+    ]},
+}})
+_OWN_NAMES = {"endpoint_settled": "EndpointSettled"}
 
 _STATUS_KEYS = ("EndpointStatus", "State", "LastUpdateStatus")
 
@@ -38,7 +53,8 @@ def wait_until(client, waiter_name: str, *, what: str, timeout_s: float, poll_se
         WaitTimedOutError: `what` had not happened after timeout_s.
         ClientError: a call failed with an error the waiter has no acceptor for.
     """
-    waiter = client.get_waiter(waiter_name)
+    waiter = (create_waiter_with_client(_OWN_NAMES[waiter_name], _OWN, client) if waiter_name in _OWN_NAMES
+              else client.get_waiter(waiter_name))
     attempts = max(1, math.ceil(timeout_s / max(poll_seconds, 0.01)))
     try:
         waiter.wait(**params, WaiterConfig={"Delay": poll_seconds, "MaxAttempts": attempts})

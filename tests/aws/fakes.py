@@ -9,6 +9,7 @@ from urllib.parse import unquote
 
 import boto3
 from botocore.awsrequest import AWSResponse
+from botocore.exceptions import ConnectionClosedError
 
 REGION = "us-east-1"
 
@@ -248,3 +249,45 @@ def demo_on_aws(dataset, **changes):
     values["training"]["tuning"].update(max_jobs=2, max_parallel_jobs=2)
     values["training"].update(changes)
     return PipelineConfig.model_validate(values)
+
+
+class LostAnswerResent:
+    """botocore's retry after a dropped connection, on moto. The first send of `operation` reaches moto,
+    which acts; then the connection closes before the answer arrives (ConnectionClosedError), and
+    botocore's retry handler sends the request again, as it does after every ConnectionClosedError.
+    The resend is answered with `refusal(body)` -> (status, code, message) as the real service answers
+    it (moto still sees the resend and, for SageMaker, overwrites what it keeps with the same arguments,
+    which changes nothing); without `refusal`, moto answers the resend itself. JSON protocols only
+    (SageMaker's). `sends`: how many times the request went out.
+
+    botocore calls the handlers of the operation's own event (`before-send.<service>.<operation>`)
+    before those of plain `before-send`, where moto's is: `_answer` runs before moto, `_drop`, registered
+    on `before-send` after moto's, runs after it."""
+
+    def __init__(self, client, operation: str, refusal=None):
+        self.refusal, self.sends = refusal, 0
+        self.event = f"before-send.{client.meta.service_model.service_id.hyphenize()}.{operation}"
+        client.meta.events.register(self.event, self._answer)
+        client.meta.events.register("before-send", self._drop)
+
+    def _answer(self, request, **_):
+        self.sends += 1
+        if self.sends > 1 and self.refusal is not None:
+            status, code, message = self.refusal(json.loads(request.body))
+            return AWSResponse(request.url, status, {"Content-Type": "application/x-amz-json-1.1"},
+                               _Raw(json.dumps({"__type": code, "message": message}).encode()))
+        return None
+
+    def _drop(self, event_name, request, **_):
+        if event_name == self.event and self.sends == 1:
+            raise ConnectionClosedError(endpoint_url=request.url)
+
+
+class _Raw:
+    """The raw body of an AWSResponse made here."""
+
+    def __init__(self, data: bytes):
+        self.data = data
+
+    def stream(self, **_):
+        yield self.data

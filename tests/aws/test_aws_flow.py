@@ -6,6 +6,7 @@ model packages), Application Auto Scaling and Lambda. What it lacks is answered 
 concurrency, and Lambda Invoke (moto would run the code in Docker, which this machine lacks).
 """
 import json
+from collections import Counter
 
 import boto3
 import pytest
@@ -21,11 +22,25 @@ from tests.aws.fakes import answer, demo_on_aws, pipeline_fakes
 REGION = "us-east-1"
 
 
+class SentCalls:
+    """Every request sent towards AWS (moto), by operation, botocore's own resends included; a call a
+    test answers before it is sent (a `before-call` fault) is not one. moto overwrites a second create
+    of some resources, so a count of what exists cannot tell whether a create was made twice: this can."""
+
+    def __init__(self, events):
+        self.sent: Counter = Counter()
+        events.register("before-send", self._record)
+
+    def _record(self, event_name, **_):
+        self.sent[event_name.rsplit(".", 1)[-1]] += 1
+
+
 @pytest.fixture
 def aws_world(monkeypatch, prefect_api, tiny_dataset):
     with mock_aws():
         session = boto3.Session(region_name=REGION)
         fakes = pipeline_fakes(session.events)
+        fakes["sent"] = SentCalls(session.events)
         config = demo_on_aws(tiny_dataset)
 
         def backend_for(name, cfg):
@@ -155,7 +170,7 @@ TRANSIENT = {
 
 
 def test_transient_errors_in_every_kind_of_call_are_retried(aws_world):
-    session, config, _ = aws_world
+    session, config, fakes = aws_world
     failed: dict[str, int] = {}
 
     def fail_once(event_name, **_):
@@ -175,11 +190,18 @@ def test_transient_errors_in_every_kind_of_call_are_retried(aws_world):
 
     assert result.model_version == 1
     assert sorted(failed) == sorted(TRANSIENT)  # every kind of call failed once, and the flow still completed
-    assert_one_of_each(session, config)
+    assert_one_of_each(session, config, fakes["sent"])
 
 
-def assert_one_of_each(session, config):
-    """Exactly one of every resource the pipeline makes, however many times a call was retried."""
+# The creates of the resources below: each sent once, however many times a step was retried.
+CREATES = ("CreateHyperParameterTuningJob", "CreateModel", "CreateEndpointConfig", "CreateEndpoint",
+           "CreateModelPackage", "CreateFunction", "PublishVersion", "CreateAlias")
+
+
+def assert_one_of_each(session, config, sent: SentCalls):
+    """Exactly one of every resource the pipeline makes, each created by one request, however many
+    times a call was retried."""
+    assert {op: sent.sent[op] for op in CREATES} == dict.fromkeys(CREATES, 1)
     c, names = clients(session), config.names
     sagemaker = c["sagemaker"]
     assert len(sagemaker.list_hyper_parameter_tuning_jobs()["HyperParameterTuningJobSummaries"]) == 1
@@ -226,5 +248,5 @@ def test_answers_lost_after_every_create_leave_one_of_each(aws_world):
 
     assert result.model_version == 1
     assert sorted(lost) == sorted(LOST_ANSWERS)  # every create acted, lost its answer, and was retried
-    assert_one_of_each(session, config)
-    assert len(fakes["sagemaker"].tuning_jobs) >= 1
+    assert_one_of_each(session, config, fakes["sent"])
+    assert len(fakes["sagemaker"].tuning_jobs) == 1  # one CreateHyperParameterTuningJob call: the retry attached

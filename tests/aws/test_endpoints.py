@@ -9,6 +9,7 @@ endpoint to the new config (a successful update) or leaves it on the old one (a 
 """
 import contextlib
 import os
+from collections import Counter
 
 # Fake credentials before boto3 is imported: no test may reach a real AWS account.
 for _key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
@@ -24,12 +25,13 @@ from botocore.exceptions import ClientError, ConnectionClosedError  # noqa: E402
 
 from backends.aws.endpoints import SageMakerEndpoints  # noqa: E402
 from backends.aws.errors import RoleNotUsableError  # noqa: E402
+from backends.session import make_client  # noqa: E402
 from backends.errors import DeploymentFailedError, WaitTimedOutError  # noqa: E402
 from backends.types import ModelVersion  # noqa: E402
 from backends.waiting import Clock  # noqa: E402
 from core.config import HostingConfig  # noqa: E402
 from core.retry import is_transient  # noqa: E402
-from tests.aws.fakes import answer  # noqa: E402
+from tests.aws.fakes import LostAnswerResent, answer  # noqa: E402
 from tests.helpers import FakeClock
 
 REGION = "us-east-1"
@@ -51,7 +53,8 @@ class Calls:
     def __init__(self, client, update: str | None = None):
         self.names: list[str] = []
         self.updates: list[dict] = []
-        self._update = update  # "apply": move to the new config; "rollback": stay on the old one
+        # "apply": move to the new config; "rollback": stay on the old one; any other status: end in it
+        self._update = update
         self._other = boto3.client("sagemaker", region_name=REGION)  # plays SageMaker for updates
         client.meta.events.register("before-parameter-build.sagemaker", self._record)
         client.meta.events.register("before-call.sagemaker.UpdateEndpoint", self._answer_update)
@@ -68,6 +71,8 @@ class Calls:
             self._other.delete_endpoint(EndpointName=request["EndpointName"])
             self._other.create_endpoint(EndpointName=request["EndpointName"],
                                         EndpointConfigName=request["EndpointConfigName"])
+        elif self._update not in (None, "rollback"):
+            _stuck(self._update, "the new fleet failed its health check, and so did the way back")
         arn = f"arn:aws:sagemaker:{REGION}:123456789012:endpoint/{request['EndpointName'].lower()}"
         http = AWSResponse(f"https://api.sagemaker.{REGION}.amazonaws.com/", 200, {}, None)
         return http, {"EndpointArn": arn, "ResponseMetadata": {"HTTPStatusCode": 200}}
@@ -168,7 +173,7 @@ def test_deploy_of_a_new_version_updates_blue_green_keeping_autoscaling(endpoint
     assert update == {
         "EndpointName": NAME, "EndpointConfigName": new_config, "RetainAllVariantProperties": True,
         "DeploymentConfig": {"BlueGreenUpdatePolicy": {
-            "TrafficRoutingConfiguration": {"Type": "ALL_AT_ONCE", "WaitIntervalInSeconds": 0},
+            "TrafficRoutingConfiguration": {"Type": "ALL_AT_ONCE", "WaitIntervalInSeconds": 300},
             "TerminationWaitInSeconds": 300, "MaximumExecutionTimeoutInSeconds": 3600}}}
     assert (state.status, state.model_version) == ("InService", "proj-dev-models/2")
     assert endpoints.describe(NAME).model_version == "proj-dev-models/2"
@@ -302,8 +307,16 @@ def _lose_the_answer_once(client, operation: str) -> list[str]:
     return lost
 
 
+def _creates(calls: Calls) -> Counter:
+    return Counter(n for n in calls.names if n.startswith("Create"))
+
+
+ONE_OF_EACH = {"CreateModel": 1, "CreateEndpointConfig": 1, "CreateEndpoint": 1}
+
+
 @pytest.mark.parametrize("operation", ["CreateModel", "CreateEndpointConfig", "CreateEndpoint"])
 def test_a_create_whose_answer_was_lost_is_not_made_twice(endpoints, sagemaker, operation):
+    calls = Calls(sagemaker)  # moto overwrites a second create: count the calls, not what is left
     lost = _lose_the_answer_once(sagemaker, operation)
     with pytest.raises(ConnectionClosedError):
         endpoints.deploy(NAME, _version(1), IMAGE, ROLE, HOSTING)
@@ -311,9 +324,86 @@ def test_a_create_whose_answer_was_lost_is_not_made_twice(endpoints, sagemaker, 
 
     state = endpoints.deploy(NAME, _version(1), IMAGE, ROLE, HOSTING)  # as the task's retry does
 
+    assert _creates(calls) == ONE_OF_EACH
     models, configs, eps = _names(sagemaker)
     assert (len(models), len(configs), eps) == (1, 1, [NAME])
     assert state.status == "InService" and state.model_version == "proj-dev-models/1"
+
+
+# What SageMaker answers a create of a name that exists, as AWS writes it (a ValidationException):
+#   Cannot create already existing model "arn:aws:sagemaker:us-east-2:...:model/provider-knn-model".
+#       (astronomer/astronomer-providers#1055)
+#   Cannot create already existing endpoint configuration "arn:aws-cn:sagemaker:...:endpoint-config/..."
+#       (awslabs/spot-tagging-bot-for-digital-assets#2)
+#   Cannot create already existing endpoint "arn:aws:sagemaker:eu-west-1:...:endpoint/iris".
+#       (aws/sagemaker-python-sdk#101)
+_EXISTING = {"CreateModel": ("ModelName", "model", "model"),
+             "CreateEndpointConfig": ("EndpointConfigName", "endpoint configuration", "endpoint-config"),
+             "CreateEndpoint": ("EndpointName", "endpoint", "endpoint")}
+
+
+def _already_existing(operation: str):
+    key, noun, kind = _EXISTING[operation]
+    return lambda body: (400, "ValidationException", f'Cannot create already existing {noun} '
+                                                     f'"arn:aws:sagemaker:{REGION}:123456789012:{kind}/{body[key]}".')
+
+
+@pytest.mark.parametrize("operation", ["CreateModel", "CreateEndpointConfig", "CreateEndpoint"])
+def test_a_create_botocore_resent_after_a_dropped_connection_completes_the_deploy(sagemaker, operation):
+    client = make_client(boto3.Session(region_name=REGION), "sagemaker")  # the pipeline's retry settings
+    calls = Calls(client)
+    resent = LostAnswerResent(client, operation, _already_existing(operation))
+
+    state = SageMakerEndpoints(client, poll_seconds=0.01, timeout_s=5).deploy(NAME, _version(1), IMAGE, ROLE,
+                                                                              HOSTING)
+
+    assert resent.sends == 2  # botocore did resend it, and SageMaker refused the resend
+    assert _creates(calls) == ONE_OF_EACH
+    models, configs, eps = _names(client)
+    assert (len(models), len(configs), eps) == (1, 1, [NAME])
+    assert client.describe_endpoint(EndpointName=NAME)["EndpointConfigName"] == configs[0]
+    assert client.describe_endpoint_config(EndpointConfigName=configs[0])["ProductionVariants"][0]["ModelName"] == (
+        models[0])
+    assert state.status == "InService" and state.model_version == "proj-dev-models/1"
+
+
+def _update_refused_as_in_progress(client) -> None:
+    """UpdateEndpoint answered as SageMaker answers a resent one whose first send went through (botocore
+    resends after a dropped connection; moto lacks UpdateEndpoint, so Calls answers it without sending,
+    and this `after-call` hook hands the caller the resend's answer instead). AWS writes it
+    ValidationException: Cannot update in-progress endpoint "arn:aws:sagemaker:...:endpoint/<name>".
+    (aws/amazon-sagemaker-operator-for-k8s classes it by that message)."""
+    def refuse(http_response, parsed, **_):
+        http_response.status_code = 400
+        parsed["ResponseMetadata"]["HTTPStatusCode"] = 400
+        parsed["Error"] = {"Code": "ValidationException", "Message": 'Cannot update in-progress endpoint '
+                           f'"arn:aws:sagemaker:{REGION}:123456789012:endpoint/{NAME}".'}
+    client.meta.events.register("after-call.sagemaker.UpdateEndpoint", refuse)
+
+
+def test_an_update_resent_after_a_dropped_connection_follows_the_update_it_started(endpoints, sagemaker):
+    endpoints.deploy(NAME, _version(1), IMAGE, ROLE, HOSTING)
+    calls = Calls(sagemaker, update="apply")  # the first send went through: the endpoint moves
+    _update_refused_as_in_progress(sagemaker)
+
+    state = endpoints.deploy(NAME, _version(2), IMAGE, ROLE, HOSTING)
+
+    (update,) = calls.updates
+    assert sagemaker.describe_endpoint(EndpointName=NAME)["EndpointConfigName"] == update["EndpointConfigName"]
+    assert (state.status, state.model_version) == ("InService", "proj-dev-models/2")
+
+
+def test_an_update_refused_while_another_is_in_progress_is_a_clear_permanent_error(endpoints, sagemaker):
+    endpoints.deploy(NAME, _version(1), IMAGE, ROLE, HOSTING)
+    old_config = sagemaker.describe_endpoint(EndpointName=NAME)["EndpointConfigName"]
+    calls = Calls(sagemaker)  # nothing of ours was applied: another update held the endpoint
+    _update_refused_as_in_progress(sagemaker)
+
+    with pytest.raises(DeploymentFailedError, match=f"serves {old_config}, not .*already in progress") as failure:
+        endpoints.deploy(NAME, _version(2), IMAGE, ROLE, HOSTING)
+
+    assert not is_transient(failure.value) and len(calls.updates) == 1
+    assert endpoints.describe(NAME).model_version == "proj-dev-models/1"
 
 
 def test_an_update_whose_answer_was_lost_is_not_sent_twice(endpoints, sagemaker):
@@ -363,20 +453,97 @@ def test_a_role_still_refused_after_the_budget_is_a_permanent_error(sagemaker):
     assert sum(clock.sleeps) == 30 and clock.sleeps[:5] == [1.0, 2.0, 4.0, 8.0, 15.0]
 
 
-def _stuck(status: str):
+def _stuck(status: str, reason: str | None = None):
     from moto.core import DEFAULT_ACCOUNT_ID
     from moto.sagemaker.models import sagemaker_backends
 
-    sagemaker_backends[DEFAULT_ACCOUNT_ID][REGION].endpoints[NAME].endpoint_status = status
+    endpoint = sagemaker_backends[DEFAULT_ACCOUNT_ID][REGION].endpoints[NAME]
+    endpoint.endpoint_status = status
+    if reason is not None:
+        endpoint.failure_reason = reason
+
+
+@pytest.mark.parametrize("status", ["UpdateRollbackFailed", "OutOfService"])
+def test_an_update_ending_where_no_endpoint_leaves_by_itself_fails_at_once_saying_why(sagemaker, status):
+    # botocore's endpoint_in_service knows Failed only: it would poll these until the hour is out.
+    endpoints = SageMakerEndpoints(sagemaker, poll_seconds=0.01, timeout_s=3600)
+    endpoints.deploy(NAME, _version(1), IMAGE, ROLE, HOSTING)
+    calls = Calls(sagemaker, update=status)
+
+    with pytest.raises(DeploymentFailedError, match=f"is {status} .*the way back") as failure:
+        endpoints.deploy(NAME, _version(2), IMAGE, ROLE, HOSTING)
+
+    assert not is_transient(failure.value)
+    after_update = calls.names[calls.names.index("UpdateEndpoint"):]
+    assert after_update.count("DescribeEndpoint") == 2  # the waiter's first poll, then the description
+
+
+def test_an_endpoint_whose_rollback_failed_is_updated_not_deleted(endpoints, sagemaker):
+    # It still serves (a mix of both configurations), and AWS has it brought back by an update;
+    # DeleteEndpoint is for Failed ones, on which it is the only operation AWS allows.
+    endpoints.deploy(NAME, _version(1), IMAGE, ROLE, HOSTING)
+    _stuck("UpdateRollbackFailed", "alarm 5xx-errors went off, and the rollback failed")
+    calls = Calls(sagemaker, update="apply")
+
+    state = endpoints.deploy(NAME, _version(2), IMAGE, ROLE, HOSTING)
+
+    assert calls.mutating() == ["CreateModel", "CreateEndpointConfig", "UpdateEndpoint"]
+    assert (state.status, state.model_version) == ("InService", "proj-dev-models/2")
+
+
+def test_an_endpoint_created_again_after_failing_starts_with_the_configured_instance_count(endpoints, sagemaker):
+    endpoints.deploy(NAME, _version(1), IMAGE, ROLE, HOSTING)  # 2 instances
+    sagemaker.update_endpoint_weights_and_capacities(  # as autoscaling does
+        EndpointName=NAME, DesiredWeightsAndCapacities=[{"VariantName": "AllTraffic", "DesiredInstanceCount": 3}])
+    Calls(sagemaker, update="apply")
+    endpoints.deploy(NAME, _version(2), IMAGE, ROLE, HOSTING)  # its config keeps the 3 instances
+    _stuck("Failed", "container did not pass the ping check")
+    calls = Calls(sagemaker)
+
+    state = endpoints.deploy(NAME, _version(2), IMAGE, ROLE, HOSTING)
+
+    assert calls.mutating() == ["DeleteEndpoint", "CreateEndpointConfig", "CreateEndpoint"]
+    config = sagemaker.describe_endpoint_config(
+        EndpointConfigName=sagemaker.describe_endpoint(EndpointName=NAME)["EndpointConfigName"])
+    assert config["ProductionVariants"][0]["InitialInstanceCount"] == 2 == HOSTING.initial_instance_count
+    assert (state.status, state.instance_count, state.model_version) == ("InService", 2, "proj-dev-models/2")
 
 
 def test_an_endpoint_that_never_settles_times_out_permanently(sagemaker):
     endpoints = SageMakerEndpoints(sagemaker, poll_seconds=0, timeout_s=0)  # botocore's waiter: one attempt
     endpoints.deploy(NAME, _version(1), IMAGE, ROLE, HOSTING)
-    _stuck("Updating")
-    with pytest.raises(WaitTimedOutError, match=f"endpoint {NAME} to be InService.*still Updating") as failure:
+    _stuck("Creating")  # (an Updating one is given its update's own time limit: the test below)
+    with pytest.raises(WaitTimedOutError, match=f"endpoint {NAME} to be InService.*still Creating") as failure:
         endpoints.deploy(NAME, _version(2), IMAGE, ROLE, HOSTING)
     assert not is_transient(failure.value)
+
+
+def _updating_for(client, polls: int) -> list[int]:
+    """DescribeEndpoint reports the endpoint Updating for `polls` answers after an UpdateEndpoint, as
+    SageMaker does while a blue/green update provisions, bakes and shifts; the list counts them."""
+    seen: list[int] = []
+    updated: list[int] = []
+    client.meta.events.register("after-call.sagemaker.UpdateEndpoint", lambda **_: updated.append(1))
+
+    def still_updating(parsed, **_):
+        if updated and len(seen) < polls:
+            seen.append(1)
+            parsed["EndpointStatus"] = "Updating"
+    client.meta.events.register("after-call.sagemaker.DescribeEndpoint", still_updating)
+    return seen
+
+
+def test_an_update_is_waited_for_as_long_as_its_own_time_limit(sagemaker):
+    # timeout_s=0 leaves a create one poll; an update gets MaximumExecutionTimeoutInSeconds on top.
+    endpoints = SageMakerEndpoints(sagemaker, poll_seconds=0, timeout_s=0)
+    endpoints.deploy(NAME, _version(1), IMAGE, ROLE, HOSTING)
+    calls = Calls(sagemaker, update="apply")
+    polls = _updating_for(sagemaker, 20)
+
+    state = endpoints.deploy(NAME, _version(2), IMAGE, ROLE, HOSTING)
+
+    assert len(polls) == 20 and len(calls.updates) == 1
+    assert (state.status, state.model_version) == ("InService", "proj-dev-models/2")
 
 
 def test_an_endpoint_that_is_never_deleted_times_out_permanently(sagemaker):

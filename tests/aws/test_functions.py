@@ -374,6 +374,25 @@ def test_a_function_that_never_settles_times_out_permanently(aws, tmp_path, oper
     assert not is_transient(failure.value)
 
 
+def test_an_inactive_function_is_updated_without_waiting_for_it_to_be_active(aws, tmp_path):
+    """Lambda makes a function idle for weeks Inactive; it may be updated then (only a Pending one
+    refuses UpdateFunctionCode), and stays Inactive until invoked or updated. moto's functions are
+    always Active, so GetFunction is made to say Inactive."""
+    client, role = aws
+    FakeProvisioned(client.meta.events)
+    functions = LambdaFunctions(client, poll_seconds=0, timeout_s=2)
+    folder = _source(tmp_path)
+    functions.publish(NAME, role, zip_source(str(folder)), ENVIRONMENT, FunctionConfig())
+    _report(client, "GetFunction", State="Inactive")
+    calls = Calls(client)
+
+    (folder / "handler.py").write_text("def lambda_handler(event, context):\n    return 2\n")
+    state = functions.publish(NAME, role, zip_source(str(folder)), ENVIRONMENT, FunctionConfig())
+
+    assert calls.names().count("UpdateFunctionCode") == 1 and state.version == "2"
+    assert client.get_alias(FunctionName=NAME, Name="live")["FunctionVersion"] == "2"
+
+
 def test_a_failed_function_update_says_why(aws, tmp_path):
     client, role = aws
     FakeProvisioned(client.meta.events)

@@ -38,6 +38,8 @@ def test_canary_update_with_the_pipelines_rollback_alarms(world):
     policy = fake.updates[-1]["DeploymentConfig"]
     assert policy["BlueGreenUpdatePolicy"]["TrafficRoutingConfiguration"] == {
         "Type": "CANARY", "WaitIntervalInSeconds": 600, "CanarySize": {"Type": "CAPACITY_PERCENT", "Value": 20}}
+    # Time for the new fleet (3000 s), two bakes and the termination wait: not a fixed hour.
+    assert policy["BlueGreenUpdatePolicy"]["MaximumExecutionTimeoutInSeconds"] == 3000 + 2 * 600 + 300
     names = ["proj-dev-endpoint-5xx-errors", "proj-dev-endpoint-model-latency"]
     assert policy["AutoRollbackConfiguration"] == {"Alarms": [{"AlarmName": n} for n in names]}
     alarms = {a["AlarmName"]: a for a in cloudwatch.describe_alarms(AlarmNames=names)["MetricAlarms"]}

@@ -13,8 +13,10 @@ from moto import mock_aws  # noqa: E402
 from backends.aws import iam as iam_ops  # noqa: E402
 from backends.aws.iam import PipelineRoles  # noqa: E402
 from backends.aws.storage import S3Storage  # noqa: E402
+from backends.session import make_client  # noqa: E402
 from core import iam as policies  # noqa: E402
 from core.names import PipelineNames  # noqa: E402
+from tests.aws.fakes import LostAnswerResent  # noqa: E402
 
 ACCOUNT = "123456789012"  # moto's default account
 POLICY = policies.sagemaker_execution_policy("bucket", "proj/dev", ACCOUNT, "us-east-1")
@@ -208,3 +210,38 @@ def test_a_pipeline_reading_s3_data_and_weights_where_they_are_gets_roles_that_m
     assert statements["ReadGivenLocations"]["Resource"] == [
         "arn:aws:s3:::other-data/dogs/*", "arn:aws:s3:::weights-bucket/resnet.pth"]
     assert statements["ReadWriteUnderPrefix"]["Resource"] == "arn:aws:s3:::mine/proj/dev/*"
+
+
+@pytest.mark.parametrize("operation", ["CreateInstanceProfile", "AddRoleToInstanceProfile"])
+def test_an_instance_profile_call_botocore_resent_after_a_dropped_connection_is_done_once(operation):
+    """moto answers the resend as IAM does: EntityAlreadyExists "Instance Profile <name> already exists."
+    (hashicorp/terraform-provider-aws#8041), LimitExceeded "Cannot exceed quota for
+    InstanceSessionsPerInstanceProfile: 1" (getmoto/moto#6404, checked against AWS there)."""
+    with mock_aws():
+        client = make_client(boto3.Session(region_name="us-east-1"), "iam")  # the pipeline's retry settings
+        client.create_role(RoleName="proj-dev-ec2", AssumeRolePolicyDocument=json.dumps(
+            policies.assume_role_policy("ec2.amazonaws.com")))
+        resent = LostAnswerResent(client, operation)  # IAM's answer to the resend: moto's own
+
+        arn = iam_ops.ensure_instance_profile(client, "proj-dev-ec2", "proj-dev-ec2")
+
+        assert resent.sends == 2
+        profile = client.get_instance_profile(InstanceProfileName="proj-dev-ec2")["InstanceProfile"]
+        assert profile["Arn"] == arn and [r["RoleName"] for r in profile["Roles"]] == ["proj-dev-ec2"]
+        assert iam_ops.ensure_instance_profile(client, "proj-dev-ec2", "proj-dev-ec2") == arn
+
+
+def test_a_profile_full_with_another_role_is_still_an_error(iam):
+    for role in ("proj-dev-ec2", "other"):
+        iam.create_role(RoleName=role, AssumeRolePolicyDocument="{}")
+    iam.create_instance_profile(InstanceProfileName="proj-dev-ec2")
+    reads = []
+
+    def another_run_adds_its_role(parsed, **_):  # between our read of the empty profile and our add
+        if not reads:
+            reads.append(1)
+            iam.add_role_to_instance_profile(InstanceProfileName="proj-dev-ec2", RoleName="other")
+    iam.meta.events.register("after-call.iam.GetInstanceProfile", another_run_adds_its_role)
+
+    with pytest.raises(iam.exceptions.LimitExceededException):
+        iam_ops.ensure_instance_profile(iam, "proj-dev-ec2", "proj-dev-ec2")

@@ -123,3 +123,30 @@ def test_schema_is_a_form_with_descriptions():
     assert autoscaling["max_capacity"]["description"]
     assert autoscaling["min_capacity"]["minimum"] == 1
     assert schema["$defs"]["TuningConfig"]["properties"]["strategy"]["enum"] == ["Bayesian", "Random", "Grid"]
+
+
+def test_traffic_shift_sizes_are_what_sagemaker_accepts():
+    # TrafficRoutingConfig: CanarySize at most 50 % of the new fleet, LinearStepSize 10-50 %.
+    text = messages(["hosting.traffic_shift.canary_percent=51", "hosting.traffic_shift.linear_step_percent=5"])
+    assert "hosting.traffic_shift.canary_percent Input should be less than or equal to 50" in text
+    assert "hosting.traffic_shift.linear_step_percent Input should be greater than or equal to 10" in text
+    assert "linear_step_percent Input should be less than or equal to 50" in messages(
+        ["hosting.traffic_shift.linear_step_percent=60"])
+    shift = load_config(base=BASE, overrides=["hosting.traffic_shift.type=canary",
+                                              "hosting.traffic_shift.canary_percent=50"]).hosting.traffic_shift
+    assert shift.canary_percent == 50
+
+
+def test_a_traffic_shift_that_cannot_end_within_sagemakers_limit_is_refused():
+    # Ten linear steps of an hour each, with the new fleet's start and the termination wait, exceed 28800 s.
+    text = messages(["hosting.traffic_shift.type=linear", "hosting.traffic_shift.linear_step_percent=10",
+                     "hosting.traffic_shift.wait_seconds=3600"])
+    assert "hosting.traffic_shift.wait_seconds must be at most 2550 with 10 linear steps" in text
+    assert "39300 s needed" in text
+    fits = load_config(base=BASE, overrides=["hosting.traffic_shift.type=linear",
+                                             "hosting.traffic_shift.linear_step_percent=10",
+                                             "hosting.traffic_shift.wait_seconds=2550"])
+    assert fits.hosting.traffic_shift.wait_seconds == 2550
+    hour_long_canary = load_config(base=BASE, overrides=["hosting.traffic_shift.type=canary",
+                                                         "hosting.traffic_shift.wait_seconds=3600"])
+    assert hour_long_canary.hosting.traffic_shift.wait_seconds == 3600

@@ -1,6 +1,7 @@
 """core.traffic: the steps, SageMaker's traffic routing, and the rollback alarms' documents."""
 from core.config import TrafficShiftConfig
-from core.traffic import gateway_shift, rollback_alarms, traffic_routing, traffic_steps
+from core.traffic import (blue_green_policy, gateway_shift, longest_bake_s, max_execution_s, rollback_alarms,
+                          traffic_routing, traffic_steps)
 
 
 def test_steps_end_at_all_traffic():
@@ -27,3 +28,16 @@ def test_alarms_watch_the_variant_in_cloudwatch_units():
     assert errors["Dimensions"] == latency["Dimensions"] == dimensions and errors["Namespace"] == "AWS/SageMaker"
     assert gateway_shift(TrafficShiftConfig(type="canary", wait_seconds=7)) == {
         "steps": [10, 100], "wait_seconds": 7, "max_5xx_errors": 0, "max_model_latency_ms": 2000}
+
+
+def test_an_update_may_last_as_long_as_its_bakes_and_the_termination_wait_need():
+    # 3000 s to bring up the new fleet + every step's bake + 300 s before the old fleet goes.
+    assert blue_green_policy(TrafficShiftConfig()) == {
+        "TrafficRoutingConfiguration": {"Type": "ALL_AT_ONCE", "WaitIntervalInSeconds": 300},
+        "TerminationWaitInSeconds": 300, "MaximumExecutionTimeoutInSeconds": 3600}
+    assert max_execution_s(TrafficShiftConfig(type="canary", wait_seconds=3600)) == 3000 + 2 * 3600 + 300
+    assert max_execution_s(TrafficShiftConfig(type="linear", linear_step_percent=25, wait_seconds=1800)) == (
+        3000 + 4 * 1800 + 300)
+    # Ten linear steps: the longest bake that fits SageMaker's 28800 s gives exactly that.
+    assert longest_bake_s(10) == 2550
+    assert max_execution_s(TrafficShiftConfig(type="linear", linear_step_percent=10, wait_seconds=2550)) == 28800
