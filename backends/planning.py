@@ -47,6 +47,7 @@ class DatasetPlan:
     change: PlannedChange
     check: Check
     bytes_to_stage: int  # what staging copies (0 when it is staged already)
+    checksum: str = ""  # its content (StagedDataset.checksum), when known before the run
 
 
 def _folder_bytes(folder: Path) -> int:
@@ -75,32 +76,34 @@ def plan_dataset(config: PipelineConfig, storage: Storage, bucket: str, bucket_e
         # The aws store's DigestedDataset: objects without a SHA-256, read to checksum them.
         digested, read = getattr(staged, "digested_files", 0), getattr(staged, "digested_bytes", 0)
         if not digested:
-            return DatasetPlan(source, change, Check("data", "pass", f"{source} is staged ({staged.files} files)"), 0)
+            return DatasetPlan(source, change, Check("data", "pass", f"{source} is staged ({staged.files} files)"), 0,
+                               staged.checksum)
         return DatasetPlan(source, change, Check("data", "warn", (
             f"{source}: {digested} of its {staged.files} objects carry no SHA-256, so each plan and each run read "
             f"them once ({read / 1e6:.1f} MB) to checksum the data; uploaded with `aws s3 sync "
-            "--checksum-algorithm SHA256` (or with data.source the local folder) they need only a listing")), 0)
+            "--checksum-algorithm SHA256` (or with data.source the local folder) they need only a listing")), 0,
+                           staged.checksum)
     folder = Path(source).expanduser()
     try:
         check_layout(folder)
     except DatasetError as exc:
         return DatasetPlan(None, PlannedChange("dataset", source, "create", "not a dataset folder"),
                            Check("data", "fail", str(exc)), 0)
-    size = _folder_bytes(folder)
-    uri = names.dataset_uri(bucket, folder_checksum(folder))
+    size, checksum = _folder_bytes(folder), folder_checksum(folder)
+    uri = names.dataset_uri(bucket, checksum)
     check = Check("data", "pass", f"{folder}: train/, valid/ and test/, {size / 1e6:.1f} MB")
     if not bucket_exists:
         return DatasetPlan(uri, PlannedChange("dataset", uri, "create", f"{size / 1e6:.1f} MB from {folder}"),
-                           check, size)
+                           check, size, checksum)
     try:
         staged = storage.describe_prefix(uri)
     except NotFoundError:
         return DatasetPlan(uri, PlannedChange("dataset", uri, "create", f"{size / 1e6:.1f} MB from {folder}"),
-                           check, size)
+                           check, size, checksum)
     except InvalidRequestError:  # an upload that did not finish: the next one re-sends what may be half-written
         return DatasetPlan(uri, PlannedChange("dataset", uri, "update", f"finishes an incomplete upload from {folder}"),
-                           check, size)
-    return DatasetPlan(uri, PlannedChange("dataset", uri, "keep", f"staged: {staged.files} files"), check, 0)
+                           check, size, checksum)
+    return DatasetPlan(uri, PlannedChange("dataset", uri, "keep", f"staged: {staged.files} files"), check, 0, checksum)
 
 
 def plan_weights(config: PipelineConfig, storage: Storage, bucket: str, exists: Callable[[str], bool],

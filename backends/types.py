@@ -27,6 +27,7 @@ class TrainingRequest:
     instance_type: str = "ml.m5.xlarge"
     max_runtime_seconds: int = 86400
     ec2_instance_type: str | None = None  # the aws backend's instance for one job (None: instance_type less "ml.")
+    dataset_checksum: str = ""  # the data's content (an s3:// source keeps its URI when its objects change)
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,7 @@ class TuningRequest:
     instance_type: str = "ml.m5.xlarge"
     max_runtime_seconds: int = 86400
     seed: int = 0
+    dataset_checksum: str = ""  # the data's content (an s3:// source keeps its URI when its objects change)
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ def train_model(config: PipelineConfig, backend: Backend, dataset: StagedDataset
         logger.info("epoch %d: %s", int(values["epoch"]),
                     " ".join(f"{k}={v:.4f}" for k, v in values.items() if k != "epoch"))
 
-    request = training_request(config, name, dataset.uri, output_uri(config, backend), pretrained_uri)
+    request = training_request(config, name, dataset.uri, output_uri(config, backend), pretrained_uri, dataset.checksum)
     outcome = backend.training.run_training_job(request, on_epoch=on_epoch)
     if outcome.job_name != name:  # a job of the same configuration, started by an earlier run, was followed
         logger.info("training job %s: followed %s, which was asked the same", name, outcome.job_name)

@@ -50,7 +50,7 @@ def tune_hyperparameters(config: PipelineConfig, backend: Backend, dataset: Stag
         artifacts.report(f"trial {trial}", values["epoch"] / training.epochs,
                          f"epoch {int(values['epoch'])}/{training.epochs} valid_loss={values.get('valid_loss', float('nan')):.4f}")
 
-    request = tuning_request(config, name, dataset.uri, output_uri(config, backend), pretrained_uri)
+    request = tuning_request(config, name, dataset.uri, output_uri(config, backend), pretrained_uri, dataset.checksum)
     outcome = backend.training.run_tuning_job(request, on_trial=on_trial, on_trial_progress=on_trial_progress)
     # Every trial got the requested static values (a backend may add its own, e.g. the weights file's name).
     outcome = replace(outcome, static_hyperparameters={**request.static_hyperparameters,

@@ -107,10 +107,14 @@ class LambdaFunctions:
         """Raise InvalidRequestError, saying what to change, when `config`'s reserved and provisioned
         concurrency would leave the account fewer than the 100 unreserved executions AWS keeps."""
         limit = self.client.get_account_settings()["AccountLimit"]
-        current = or_none(self.client.get_function_concurrency, FunctionName=name) or {}
+        reserved_now = (or_none(self.client.get_function_concurrency, FunctionName=name) or {}).get(
+            "ReservedConcurrentExecutions")
+        provisioned_now = 0
+        if reserved_now is None and config.reserved_concurrency is None:  # then it is out of the unreserved pool
+            provisioned_now = (self._provisioned(name, ALIAS) or {}).get("RequestedProvisionedConcurrentExecutions", 0)
         problem = concurrency_problem(limit["ConcurrentExecutions"], limit["UnreservedConcurrentExecutions"],
-                                      current.get("ReservedConcurrentExecutions"), config.reserved_concurrency,
-                                      config.provisioned_concurrency)
+                                      reserved_now, config.reserved_concurrency, config.provisioned_concurrency,
+                                      provisioned_now)
         if problem:
             raise InvalidRequestError(f"Lambda function {name}: {problem}")
 

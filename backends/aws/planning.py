@@ -81,7 +81,8 @@ class AwsPlanning:
         changes += attempted(checks, "IAM roles", lambda: self._roles(config, bucket, role_arns), [])
 
         followed = attempted(checks, "tuning jobs",
-                             lambda: self._followed_tuning_job(config, bucket, dataset.uri, weights), None)
+                             lambda: self._followed_tuning_job(config, bucket, dataset.uri, dataset.checksum, weights),
+                             None)
         changes.append(self._training_change(config, followed))
         best = attempted(checks, "best training job", lambda: self._best_trial(config, followed), None)
         label, artifact, registry_changes = attempted(checks, "model registry", lambda: self._registry(config, best),
@@ -189,7 +190,7 @@ class AwsPlanning:
         account = self.account
         return SageMakerTuning(account.session, account.client("sagemaker"), account.client("s3"))
 
-    def _followed_tuning_job(self, config: PipelineConfig, bucket: str, dataset_uri: str | None,
+    def _followed_tuning_job(self, config: PipelineConfig, bucket: str, dataset_uri: str | None, checksum: str,
                              weights: str | None) -> tuple[str, str] | None:
         """The stage's tuning job of the same configuration digest that tune_hyperparameters would follow
         (its name and status), or None: a new one is started."""
@@ -197,7 +198,7 @@ class AwsPlanning:
             return None
         names = config.names
         # The request tasks/tune_hyperparameters.py sends (the job name is not part of the digest).
-        request = tuning_request(config, "", dataset_uri, names.jobs_uri(bucket), weights)
+        request = tuning_request(config, "", dataset_uri, names.jobs_uri(bucket), weights, checksum)
         wanted_tags = {**names.tags, PipelineNames.DIGEST_TAG: tuning_digest(request, source_digest(str(TRAINING_DIR)))}
         runner = self._tuning()
         name = runner.same_configuration(names.tuning_job_prefix, wanted_tags)

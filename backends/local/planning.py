@@ -18,7 +18,7 @@ from backends.local.registry import LocalRegistry
 from backends.local.state import LocalState
 from backends.local.storage import LocalStorage
 from backends.local.training import LocalTraining, request_digest
-from backends.planning import attempted, concurrency_check, plan_dataset, plan_weights
+from backends.planning import DatasetPlan, attempted, concurrency_check, plan_dataset, plan_weights
 from backends.requests import training_request, tuning_request
 from core.config import PipelineConfig
 from core.costs import CostLine
@@ -52,8 +52,7 @@ class LocalPlanning:
         weights, weight_changes = plan_weights(config, self.storage, bucket, self.storage.store.exists, checks)
         running = self.gateway.running()
         changes = [dataset.change, *weight_changes]
-        followed = attempted(checks, "training jobs", lambda: self._followed_job(config, bucket, dataset.uri, weights),
-                             None)
+        followed = attempted(checks, "training jobs", lambda: self._followed_job(config, bucket, dataset, weights), None)
         if followed is not None:
             kind, name, status, _ = followed
             changes.append(PlannedChange(kind, name, "keep", "completed with the same configuration: nothing new is "
@@ -106,20 +105,20 @@ class LocalPlanning:
         costs = [CostLine("everything", "the local backend runs on this machine", 0.0, "once")]
         return Plan("local", REGION, changes, costs, checks)
 
-    def _followed_job(self, config: PipelineConfig, bucket: str, dataset_uri: str | None,
+    def _followed_job(self, config: PipelineConfig, bucket: str, dataset: DatasetPlan,
                       weights: str | None) -> tuple[str, str, str, str | None] | None:
         """The job of the same configuration digest a run would follow instead of training: (kind, name,
         status, the job whose model it registers), else None."""
-        if self.training is None or dataset_uri is None:
+        if self.training is None or dataset.uri is None:
             return None
-        output = config.names.jobs_uri(bucket)
+        output, uri, checksum = config.names.jobs_uri(bucket), dataset.uri, dataset.checksum
         if config.training.mode == "tuning":
-            found = self.training.tuning.find(request_digest(tuning_request(config, "", dataset_uri, output, weights)))
+            found = self.training.tuning.find(request_digest(tuning_request(config, "", uri, output, weights, checksum)))
             if found is None:
                 return None
             best = found.best.job_name if found.best else None
             return "tuning job", found.name, found.status, best
-        job = self.training.jobs.find(request_digest(training_request(config, "", dataset_uri, output, weights)))
+        job = self.training.jobs.find(request_digest(training_request(config, "", uri, output, weights, checksum)))
         return None if job is None else ("training job", job.name, job.status, job.name)
 
     def _hosted(self, kind: str, name: str, running: bool) -> dict | None:

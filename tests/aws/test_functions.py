@@ -456,3 +456,18 @@ def test_provisioned_concurrency_without_a_reservation_comes_out_of_the_unreserv
     functions.check_concurrency(NAME, FunctionConfig(reserved_concurrency=None, provisioned_concurrency=50))
     with pytest.raises(InvalidRequestError, match="Lower function.provisioned_concurrency to 50 or less"):
         functions.check_concurrency(NAME, FunctionConfig(reserved_concurrency=None, provisioned_concurrency=51))
+
+
+def test_a_rerun_gives_back_the_provisioned_concurrency_the_function_holds_without_a_reservation(aws, tmp_path):
+    """Unreserved 100 already excludes this function's provisioned 50 (no reservation): the same setting
+    fits again, one more does not."""
+    client, role = aws
+    FakeProvisioned(client.meta.events)
+    functions = LambdaFunctions(client, poll_seconds=0)
+    settings = FunctionConfig(reserved_concurrency=None, provisioned_concurrency=50)
+    functions.publish(NAME, role, zip_source(str(_source(tmp_path))), ENVIRONMENT, settings)
+    _account(client, limit=1000, unreserved=100)
+
+    functions.check_concurrency(NAME, settings)
+    with pytest.raises(InvalidRequestError, match="Lower function.provisioned_concurrency to 50 or less"):
+        functions.check_concurrency(NAME, FunctionConfig(reserved_concurrency=None, provisioned_concurrency=51))

@@ -41,8 +41,17 @@ def history(prefect_api, tiny_dataset):
         patch.setattr(pipeline, "get_backend", backend_for)
         first = plan(config)
         result = pipeline.train_and_deploy(config)
-        yield SimpleNamespace(config=config, first=first, result=result, again=plan(config),
-                              reseeded=plan(reseeded), session=session)
+        again, reseeded_plan = plan(config), plan(reseeded)
+        # The staged data as an s3:// source trained in place: the same content is the same job; an object
+        # changed under the same URI is new data, which a re-run must not answer with the old job's model.
+        in_place = config.model_copy(update={"data": config.data.model_copy(update={"source": result.dataset_uri})})
+        in_place_same = plan(in_place)
+        bucket, _, prefix = result.dataset_uri.removeprefix("s3://").partition("/")
+        s3 = session.client("s3")
+        key = next(o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=prefix.rstrip("/") + "/train/")["Contents"])
+        s3.put_object(Bucket=bucket, Key=key, Body=b"a changed image", ChecksumAlgorithm="SHA256")
+        yield SimpleNamespace(config=config, first=first, result=result, again=again, reseeded=reseeded_plan,
+                              in_place_same=in_place_same, in_place_changed=plan(in_place), session=session)
 
 
 def by_kind(plan, kind):
@@ -97,3 +106,12 @@ def test_a_changed_seed_tunes_again_and_updates_the_endpoint(history):
     warning = next(c for c in plan.checks if c.name == "existing endpoint")
     assert warning.status == "warn" and f"{names.endpoint} serves {names.model_group}/1 now" in warning.message
     assert {c.item for c in plan.costs} >= {"training (expected)", "training (at most)"}
+
+
+def test_staged_data_as_the_source_follows_its_job_until_an_object_changes(history):
+    assert one(history.in_place_same, "tuning job").action == "keep"
+    changed = history.in_place_changed
+    assert one(changed, "tuning job").action == "create"
+    [data] = [c for c in changed.checks if c.name == "data"]
+    assert data.status == "fail" and "changed" in data.message
+

@@ -90,9 +90,10 @@ def test_a_finished_tuning_job_of_the_same_configuration_is_followed_and_its_mod
 
     backend, config = local
     bucket = backend.storage.default_bucket()
-    uri = config.names.dataset_uri(bucket, folder_checksum(tiny_dataset))
+    checksum = folder_checksum(tiny_dataset)
+    uri = config.names.dataset_uri(bucket, checksum)
     backend.storage.upload_folder(str(tiny_dataset), uri)
-    digest = request_digest(tuning_request(config, "", uri, config.names.jobs_uri(bucket), None))
+    digest = request_digest(tuning_request(config, "", uri, config.names.jobs_uri(bucket), None, checksum))
     best = TrialSummary(1, "demo-tune-x-001-aaaa", "Completed", {"learning-rate": "0.001"}, 0.3, None,
                         {"test_accuracy": 0.9}, f"s3://{bucket}/m.tar.gz", 1.0)
     record = TuningJobResult("demo-tune-x", "Completed", "valid_loss", "Minimize", "Bayesian", trials=[best],
@@ -111,3 +112,20 @@ def test_a_finished_tuning_job_of_the_same_configuration_is_followed_and_its_mod
     changed = config.model_copy(update={"training": config.training.model_copy(update={"seed": 7})})
     actions = {c.kind: (c.name, c.action) for c in backend.planning.plan(changed).changes}
     assert actions["tuning job"][1] == "create" and actions["model version"] == ("sagemaker-flows-demo-models/2", "create")
+
+
+def test_the_same_data_uri_with_other_content_is_another_job():
+    """An s3:// source trained in place keeps its URI when its objects change: the content's checksum is
+    part of what both backends digest to find the job a run would follow."""
+    from backends.aws.sagemaker_tuning import tuning_digest
+    from backends.local.training import request_digest
+    from backends.requests import training_request, tuning_request
+
+    config = demo_config("/data")
+    uri, out = "s3://bucket/images", "s3://bucket/jobs"
+    old, new = (tuning_request(config, "", uri, out, None, checksum) for checksum in ("aaaa", "bbbb"))
+    assert tuning_digest(old, "code") != tuning_digest(new, "code")
+    assert request_digest(old) != request_digest(new)
+    assert request_digest(tuning_request(config, "", uri, out, None, "aaaa")) == request_digest(old)
+    assert (request_digest(training_request(config, "", uri, out, None, "aaaa"))
+            != request_digest(training_request(config, "", uri, out, None, "bbbb")))
