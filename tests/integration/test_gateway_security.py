@@ -5,11 +5,18 @@ What a caller without the secret, from a foreign Host (DNS rebinding), with a cr
 type or a foreign Origin can do to the control API (nothing), bodies that would exhaust memory, a
 Lambda event that would crash the execution environment, the local S3 a function reads through, and
 how Invoke reads qualified names and ARNs."""
+import asyncio
 import base64
+import contextlib
 import json
+import os
+import select
+import socket
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from pathlib import Path
 
 import boto3
@@ -18,10 +25,13 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
+from backends.errors import InvalidRequestError
 from backends.local.gateway.client import GatewayClient
 from backends.local.gateway.environments import MAX_LOCAL_PROVISIONED
+from backends.local.gateway.functions import MAX_EVENT_BYTES
+from backends.local.gateway.guard import BODY_BUDGET_BYTES
 from backends.local.gateway.instances import MAX_LOCAL_INSTANCES
-from backends.local.gateway.server import ensure_gateway, running_gateway, stop_gateway
+from backends.local.gateway.server import MAX_CONNECTIONS, ensure_gateway, running_gateway, stop_gateway
 from backends.local.state import DEFAULT_BUCKET, LocalState
 from backends.local.store import LocalStore
 from tests.helpers import CLASSES, image_bytes, make_model_artifact
@@ -196,6 +206,19 @@ def test_the_client_and_the_cli_work_with_the_secret(gateway):
     ("PUT", "/_local/functions/f", b'{"code_dir": "/nonexistent", "memory_mb": "big"}', "memory_mb", "must be int"),
     ("PUT", "/_local/functions/f", b'{"code_dir": "/nonexistent", "reserved_concurrency": 1.5}',
      "reserved_concurrency", "int or null"),
+    # what JSON allows but the gateway could not keep or answer: lone surrogates, NaN/Infinity, overflow
+    ("PUT", "/_local/functions/f4", b'{"code_dir": "/tmp", "handler": "\\ud800.x"}', "handler", "not valid UTF-8"),
+    ("PUT", "/_local/functions/f4", b'{"code_dir": "/tmp", "environment": {"AB": "\\ud800"}}', "environment.AB",
+     "not valid UTF-8"),
+    ("PUT", "/_local/functions/f4", b'{"code_dir": "\\ud800"}', "code_dir", "not valid UTF-8"),
+    ("PUT", "/_local/endpoints/pets", b'{"model_artifact": "x", "traffic_shift": {"steps": [100], "wait_seconds": 0, '
+     b'"max_5xx_errors": Infinity, "max_model_latency_ms": 1}}', "traffic_shift.max_5xx_errors", "finite number"),
+    ("PUT", "/_local/endpoints/pets", b'{"model_artifact": "x", "traffic_shift": {"steps": [100], "wait_seconds": 1e400, '
+     b'"max_5xx_errors": 1, "max_model_latency_ms": 1}}', "traffic_shift.wait_seconds", "finite number"),
+    ("PUT", "/_local/endpoints/pets/autoscaling", b'{"min_capacity": 1, "max_capacity": 2, "policy": {}, '
+     b'"time_scale": NaN}', "time_scale", "finite number"),
+    ("PUT", "/_local/functions/f4", b'{"code_dir": "/tmp", "handler": "' + b"h" * 5000 + b'.x"}', "handler",
+     "1-128 characters"),
 ])
 def test_bad_control_input_is_a_400_naming_the_field(gateway, method, path, body, field, words):
     info, client, *_ = gateway
@@ -383,3 +406,233 @@ def test_the_runtime_api_still_answers_images(gateway):
     assert json.loads(response["Body"].read())["model_version"] == "v1"
     encoded = base64.b64encode(image_bytes("PNG")).decode()
     assert invoke_json(info.url, {"image": encoded}, FunctionName="pets-fn")["statusCode"] == 200
+
+
+def test_a_refused_control_value_is_not_stored_and_the_gateway_keeps_answering(gateway):
+    """A lone surrogate stored in a function used to make every later status a 500 (so clients saw no gateway)."""
+    info, client, state, factory = gateway
+    code = factory.mktemp("f4")
+    (code / "handler.py").write_text(textwrap.dedent(ECHO))
+    auth = {"Authorization": f"Bearer {info.secret}", "Content-Type": "application/json"}
+    for spec in ({"code_dir": str(code), "handler": "\ud800.x"}, {"code_dir": str(code), "environment": {"AB": "\ud800"}}):
+        # json.dumps sends the lone surrogate as the escape \ud800 (httpx's json= could not encode it)
+        response = httpx.put(f"{info.url}/_local/functions/f4", content=json.dumps(spec), headers=auth, timeout=30)
+        assert response.status_code == 400 and "not valid UTF-8" in response.json()["error"], response.text
+    assert "f4" not in hosted(client)[1]
+    assert running_gateway(state).pid == info.pid
+    with pytest.raises(ClientError) as error:
+        lambda_client(info.url).invoke(FunctionName="f4", Payload=b"{}")
+    assert error.value.response["Error"]["Code"] == "ResourceNotFoundException"
+
+
+@pytest.mark.parametrize("kind", ["link loop", "link to /", "named pipe"])
+def test_a_code_folder_with_links_or_special_files_is_a_400_and_leaves_nothing(gateway, kind):
+    info, client, state, factory = gateway
+    code = factory.mktemp("linked")
+    (code / "handler.py").write_text(textwrap.dedent(ECHO))
+    bad = code / "bad"
+    if kind == "link loop":
+        bad.symlink_to(bad)
+    elif kind == "link to /":
+        bad.symlink_to("/")
+    else:
+        os.mkfifo(bad)
+    response = httpx.put(f"{info.url}/_local/functions/f5", json={"code_dir": str(code)}, timeout=30,
+                         headers={"Authorization": f"Bearer {info.secret}"})
+    assert response.status_code == 400, response.text
+    assert response.json()["field"] == "code_dir" and str(bad) in response.json()["error"]
+    assert "f5" not in hosted(client)[1]
+    assert not list((state.home / "gateway" / "functions").glob("f5/code/*"))  # no partial copy
+
+
+# -- model workers: the same Host/Origin guard --------------------------------------------------
+def test_a_model_worker_refuses_foreign_hosts_and_origins(gateway):
+    """DNS rebinding against a worker's own port: it answers only to its own Host, as the gateway does."""
+    info, client, *_ = gateway
+    port = next(e for e in client.status()["endpoints"] if e["name"] == "pets")["instances"][0]["port"]
+    url = f"http://127.0.0.1:{port}/invocations"
+    image = {"content": image_bytes("PNG"), "timeout": 60}
+    for headers, status in [({"Host": f"attacker.example:{port}", "Origin": "http://attacker.example"}, 421),
+                            ({"Host": f"attacker.example:{port}"}, 421),
+                            ({"Origin": "http://attacker.example"}, 403),
+                            ({"Host": f"localhost:{port}"}, 200), ({}, 200)]:
+        response = httpx.post(url, headers={"Content-Type": "image/png", **headers}, **image)
+        assert response.status_code == status, (headers, response.text)
+        assert ("predictions" in response.json()) == (status == 200)
+
+
+# -- Lambda: Event invocations, versions -----------------------------------------------------------
+def test_event_invocations_are_queued_and_bounded_to_lambdas_async_payload_limit(gateway):
+    info, client, *_ = gateway
+    lam = lambda_client(info.url)
+    received = next(f for f in client.status()["functions"] if f["name"] == "echo")["async_events_received"]
+    for n in range(16):
+        answer = lam.invoke(FunctionName="echo", InvocationType="Event", Payload=json.dumps({"n": n}))
+        assert answer["StatusCode"] == 202
+    padding = "x" * (MAX_EVENT_BYTES - 20)
+    with pytest.raises(lam.exceptions.RequestTooLargeException, match="too large for the Event invocation type"):
+        lam.invoke(FunctionName="echo", InvocationType="Event", Payload=json.dumps({"pad": padding + "x" * 40}))
+    assert lam.invoke(FunctionName="echo", InvocationType="Event", Payload=json.dumps({"pad": padding[:-20]}))[
+        "StatusCode"] == 202  # just under 1 MB: taken
+    assert len(json.loads(lam.invoke(FunctionName="echo", Payload=json.dumps({"pad": padding * 2}))["Payload"]
+                          .read())["event"]["pad"]) == len(padding) * 2  # 2 MB: synchronous invocations take 6 MB
+    with pytest.raises(lam.exceptions.InvalidRequestContentException):
+        lam.invoke(FunctionName="echo", InvocationType="Event", Payload=b"{nope")
+    echo = next(f for f in client.status()["functions"] if f["name"] == "echo")
+    assert echo["async_events_received"] == received + 17
+
+
+@pytest.mark.parametrize("extra", [{}, {"Qualifier": "live"}, {"Qualifier": "$LATEST"}])
+def test_the_executed_version_is_latest_even_through_the_alias(gateway, extra):
+    """Locally a function has one version, $LATEST, and `live` is an alias pointing at it (Lambda lets
+    an alias point at $LATEST): Lambda then answers the version the alias resolved to, $LATEST."""
+    info, *_ = gateway
+    response = lambda_client(info.url).invoke(FunctionName="echo", Payload=b"{}", **extra)
+    body = json.loads(response["Payload"].read())
+    assert response["ExecutedVersion"] == "$LATEST"
+    assert body["arn"].endswith(":function:echo" + (f":{extra['Qualifier']}" if extra else ""))
+
+
+# -- bodies held open: a gateway-wide budget, a deadline, a connection limit -----------------------
+def open_invocation(info, declared: int, sent: int) -> socket.socket:
+    """A connection that declares a `declared`-byte Lambda payload, sends `sent` bytes of it, and waits."""
+    sock = socket.create_connection(("127.0.0.1", info.port), timeout=30)
+    sock.sendall(f"POST /2015-03-31/functions/echo/invocations HTTP/1.1\r\nHost: 127.0.0.1:{info.port}\r\n"
+                 f"Content-Length: {declared}\r\n\r\n".encode())
+    sock.sendall(b"x" * sent)
+    return sock
+
+
+def answered(socks: list[socket.socket], wanted: int, timeout_s: float = 30) -> dict[socket.socket, bytes]:
+    """The first bytes each connection answered, waiting until `wanted` of them have (or the timeout)."""
+    answers: dict[socket.socket, bytes] = {}
+    deadline = time.monotonic() + timeout_s
+    while len(answers) < wanted and time.monotonic() < deadline:
+        ready, _, _ = select.select([s for s in socks if s not in answers], [], [], 0.2)
+        for sock in ready:
+            answers[sock] = sock.recv(65536)
+    return answers
+
+
+def test_bodies_held_open_are_bounded_by_the_gateways_budget(gateway):
+    """12 connections each declaring a 6 MB payload and sending all but its last byte (the tester's
+    repro: +74 MB, linear in connections): only what fits the budget is read, the rest is a 503."""
+    info, *_ = gateway
+    size = 6 * MB
+    fits = BODY_BUDGET_BYTES // size
+    before = gateway_rss_mb(info.pid)
+    socks = [open_invocation(info, size, size - 1) for _ in range(12)]
+    try:
+        refusals = answered(socks, 12 - fits)
+        during = gateway_rss_mb(info.pid)
+        held = [s for s in socks if s not in refusals]
+        assert len(refusals) == 12 - fits and len(held) == fits
+        assert all(a.startswith(b"HTTP/1.1 503") and b"at most 33554432 bytes at once" in a for a in refusals.values())
+    finally:
+        for sock in socks:
+            sock.close()
+    print(f"gateway RSS before {before:.0f} MB, with 12 x 6 MB bodies held open {during:.0f} MB "
+          f"(+{during - before:.0f}), after they closed {gateway_rss_mb(info.pid):.0f} MB")
+    assert during - before < BODY_BUDGET_BYTES / MB + 16
+    deadline = time.monotonic() + 30  # the held reads end with their connections; invocations go on
+    while time.monotonic() < deadline:
+        with contextlib.suppress(ClientError):
+            if invoke_json(info.url, {"n": 1}, FunctionName="echo")["event"] == {"n": 1}:
+                break
+        time.sleep(0.2)
+    assert invoke_json(info.url, {"n": 2}, FunctionName="echo")["event"] == {"n": 2}
+
+
+def test_past_its_connection_limit_the_gateway_answers_503_and_recovers(gateway):
+    info, *_ = gateway
+    idle = [socket.create_connection(("127.0.0.1", info.port), timeout=30) for _ in range(MAX_CONNECTIONS)]
+    try:
+        extra = open_invocation(info, 2, 2)
+        answer = answered([extra], 1)
+        assert answer and next(iter(answer.values())).startswith(b"HTTP/1.1 503"), answer
+        extra.close()
+    finally:
+        for sock in idle:
+            sock.close()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with contextlib.suppress(ClientError):
+            if invoke_json(info.url, {"n": 1}, FunctionName="echo")["event"] == {"n": 1}:
+                break
+        time.sleep(0.2)
+    assert invoke_json(info.url, {"n": 2}, FunctionName="echo")["event"] == {"n": 2}
+
+
+# -- the real app in this process, with its limits made small --------------------------------------
+@contextlib.contextmanager
+def served_app(home: Path, tune):
+    """The gateway's app (create_app) served by uvicorn as server.py serves it, in a thread, after
+    `tune(gateway)` set its limits; yields (url, secret)."""
+    import uvicorn
+
+    from backends.local.gateway.app import create_app
+    from backends.local.gateway.server import loopback_socket, server_config
+
+    sock = loopback_socket()
+    url, secret = f"http://127.0.0.1:{sock.getsockname()[1]}", "test-secret"
+    app, gateway_app = create_app(str(home), url, secret)
+    tune(gateway_app)
+    server = uvicorn.Server(server_config(app))
+    thread = threading.Thread(target=asyncio.run, args=(server.serve(sockets=[sock]),), daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert server.started
+    try:
+        yield url, secret
+    finally:
+        server.should_exit = True
+        thread.join(60)
+
+
+def test_past_the_cap_of_environments_an_invocation_is_throttled_as_lambda_throttles(tmp_path):
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "handler.py").write_text("import time\n\ndef lambda_handler(event, context):\n"
+                                     "    time.sleep(event.get('sleep', 0))\n    return 'done'\n")
+
+    def one_environment(gateway_app):
+        gateway_app.functions.max_environments = 1
+
+    with served_app(tmp_path / "home", one_environment) as (url, secret):
+        client = GatewayClient(url, secret)
+        client.put_function("slow", str(code))
+        client.put_function("other", str(code))
+        with pytest.raises(InvalidRequestError, match="local cap of 1 execution environments") as refused:
+            client.put_function("warm", str(code), provisioned_concurrency=2)
+        assert "provisioned_concurrency" in str(refused.value)
+        lam = lambda_client(url)
+        assert lam.invoke(FunctionName="slow", InvocationType="Event", Payload=b'{"sleep": 3}')["StatusCode"] == 202
+        deadline = time.monotonic() + 30
+        while next(f for f in client.status()["functions"] if f["name"] == "slow")["busy"] < 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        with pytest.raises(lam.exceptions.TooManyRequestsException) as throttled:
+            lam.invoke(FunctionName="other", Payload=b"{}")
+        assert throttled.value.response["Reason"] == "ConcurrentInvocationLimitExceeded"
+        assert throttled.value.response["ResponseMetadata"]["HTTPStatusCode"] == 429
+        other = next(f for f in client.status()["functions"] if f["name"] == "other")
+        assert (other["throttles"], other["environments"]) == (1, 0)
+        client.close()
+
+
+def test_a_body_that_does_not_arrive_in_time_is_a_408_and_its_connection_closed(tmp_path):
+    def short_deadline(gateway_app):
+        gateway_app.bodies.read_timeout_s = 0.5
+
+    with served_app(tmp_path / "home", short_deadline) as (url, _):
+        port = int(url.rsplit(":", 1)[1])
+        sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+        sock.sendall(f"POST /2015-03-31/functions/echo/invocations HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+                     "Content-Length: 100\r\n\r\n{".encode())
+        answer = b""
+        while chunk := sock.recv(65536):  # until the gateway closes the connection
+            answer += chunk
+        sock.close()
+        assert answer.startswith(b"HTTP/1.1 408") and b"did not arrive within 0.5 s (1 bytes came)" in answer

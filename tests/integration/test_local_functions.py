@@ -14,6 +14,7 @@ import pytest
 from backends.local.gateway.functions import (
     FunctionManager, FunctionNotFoundError, InvalidPayloadError, TooManyRequestsError,
 )
+from backends.local.gateway.guard import ControlInputError
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -362,3 +363,136 @@ async def test_each_function_has_its_own_s3_key_for_as_long_as_it_exists(tmp_pat
         assert manager.s3_grant(key_a).prefixes == ("s3://bucket/new/",)
         await manager.delete("a")
         assert manager.s3_grant(key_a) is None and manager.s3_grant("LKIA-never-issued") is None
+
+
+# -- the local cap on environment processes, and Event invocations ---------------------------------
+@run_async
+async def test_environments_alive_at_once_are_capped_for_all_functions_together(tmp_path):
+    echo, sleeper = write_code(tmp_path / "echo", ECHO), write_code(tmp_path / "sleeper", SLEEPER)
+    async with functions(tmp_path, max_environments=2) as manager:
+        for name in ("a", "b", "c"):
+            await manager.create_or_update(name, echo)
+        await manager.create_or_update("slow", sleeper)
+        _, a = await invoke_json(manager, "a", {})
+        await invoke_json(manager, "b", {})
+        assert len(runtime_pids(tmp_path)) == 2
+        # c needs a third: the least recently used idle one (a's) is stopped for it
+        result, _ = await invoke_json(manager, "c", {})
+        assert result.cold_start and manager.describe("a").environments == 0
+        assert await eventually(lambda: a["pid"] not in runtime_pids(tmp_path))
+        assert [manager.describe(n).environments for n in ("b", "c")] == [1, 1]
+
+        # both places busy: a cold start has nothing idle to stop and is throttled, as Lambda throttles
+        busy = [asyncio.ensure_future(manager.invoke("slow", b'{"sleep": 1.5}')) for _ in range(2)]
+        assert await eventually(lambda: (manager.describe("slow").busy, manager.describe("slow").environments) == (2, 2))
+        with pytest.raises(TooManyRequestsError) as throttled:
+            await manager.invoke("a", b"{}")
+        assert throttled.value.reason == "ConcurrentInvocationLimitExceeded" and throttled.value.status_code == 429
+        assert "local cap is 2" in str(throttled.value)
+        info = manager.describe("a")
+        assert (info.throttles, info.invocations, info.environments) == (1, 1, 0)
+        assert [json.loads(r.payload) for r in await asyncio.gather(*busy)] == [{"slept": 1.5}] * 2
+        assert len(runtime_pids(tmp_path)) <= 2
+
+        # provisioned environments count toward the cap, and are never stopped to make room
+        with pytest.raises(ControlInputError, match="would pass the local cap of 2") as refused:
+            await manager.create_or_update("warm", echo, provisioned_concurrency=3)
+        assert refused.value.field == "provisioned_concurrency"
+        await manager.create_or_update("warm", echo, provisioned_concurrency=2)  # the idle on-demand ones go
+        assert manager.describe("warm").environments == 2 and manager.describe("slow").environments == 0
+        with pytest.raises(TooManyRequestsError):
+            await manager.invoke("a", b"{}")
+        with pytest.raises(ControlInputError, match="and the other functions' 2 would pass"):
+            await manager.create_or_update("b", echo, provisioned_concurrency=1)
+        assert not (await manager.invoke("warm", b"{}")).cold_start
+        # an update's new provisioned environments may take the places of the ones they replace
+        updated = await manager.create_or_update("warm", echo, environment={"GREETING": "v2"},
+                                                 provisioned_concurrency=2)
+        assert updated.environments == 2
+        _, body = await invoke_json(manager, "warm", {})
+        assert body["greeting"] == "v2"
+        assert len(runtime_pids(tmp_path)) <= 2
+
+
+@run_async
+async def test_event_invocations_wait_in_a_bounded_queue_and_throttled_ones_are_retried_then_dropped(tmp_path):
+    code = write_code(tmp_path / "echo", ECHO)
+    async with functions(tmp_path, max_queued_events=2, event_workers=1, event_retry_delays_s=(0.05, 0.05)) as manager:
+        await manager.create_or_update("off", code, reserved_concurrency=0)  # every invocation is throttled
+        with pytest.raises(InvalidPayloadError):
+            manager.submit_event("off", b"{nope")
+        with pytest.raises(FunctionNotFoundError):
+            manager.submit_event("nope", b"{}")
+        manager.submit_event("off", b'{"n": 1}')
+        manager.submit_event("off", b'{"n": 2}')
+        with pytest.raises(TooManyRequestsError) as full:  # the worker has not taken one yet: the queue holds 2
+            manager.submit_event("off", b'{"n": 3}')
+        assert full.value.status_code == 429 and "the local queue holds 2" in str(full.value)
+        assert await eventually(lambda: manager.describe("off").async_events_dropped == 2)
+        info = manager.describe("off")
+        # each event tried 3 times (two retries), plus the refused third
+        assert (info.async_events_received, info.throttles, info.invocations) == (2, 7, 0)
+
+    async with functions(tmp_path, max_queued_event_bytes=100, event_workers=1) as manager:
+        await manager.create_or_update("echo", code)
+        manager.submit_event("echo", json.dumps({"pad": "x" * 60}).encode())
+        with pytest.raises(TooManyRequestsError, match="bytes"):  # its bytes count until it is delivered
+            manager.submit_event("echo", json.dumps({"pad": "y" * 60}).encode())
+        assert await eventually(lambda: (manager.describe("echo").invocations, manager.describe("echo").busy) == (1, 0))
+        manager.submit_event("echo", json.dumps({"pad": "z" * 60}).encode())  # delivered: its bytes were given back
+        assert await eventually(lambda: manager.describe("echo").invocations == 2)
+
+
+@run_async
+async def test_events_past_the_cap_wait_for_a_place_and_all_run(tmp_path):
+    code = write_code(tmp_path / "sleeper", SLEEPER)
+    async with functions(tmp_path, max_environments=2, event_retry_delays_s=(0.5, 1, 2, 4, 8)) as manager:
+        await manager.create_or_update("slow", code)
+        for _ in range(4):
+            manager.submit_event("slow", b'{"sleep": 0.5}')
+        assert await eventually(lambda: manager.describe("slow").invocations == 4, timeout_s=30)
+        assert await eventually(lambda: manager.describe("slow").busy == 0)
+        info = manager.describe("slow")
+        # two environments did all of it: the two throttled events ran on them once they were idle
+        assert (info.cold_starts, info.environments, info.async_events_dropped) == (2, 2, 0) and info.throttles >= 2
+
+
+# -- the code folder -----------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["link loop", "link to /", "named pipe"])
+@run_async
+async def test_a_code_folder_with_links_or_special_files_is_refused_naming_the_path(tmp_path, kind):
+    import os
+
+    code = Path(write_code(tmp_path / "code", ECHO))
+    (code / "pkg").mkdir()
+    bad = code / "pkg" / "bad"
+    if kind == "link loop":
+        bad.symlink_to(bad)
+    elif kind == "link to /":
+        bad.symlink_to("/")
+    else:
+        os.mkfifo(bad)
+    async with functions(tmp_path) as manager:
+        with pytest.raises(ControlInputError) as refused:
+            await manager.create_or_update("fn", str(code))
+        assert refused.value.field == "code_dir" and str(bad) in str(refused.value)
+        assert ("symbolic link" if kind != "named pipe" else "named pipe") in str(refused.value)
+        with pytest.raises(FunctionNotFoundError):
+            manager.describe("fn")
+        assert list((tmp_path / "state" / "fn" / "code").iterdir()) == []  # no partial copy left behind
+
+
+@run_async
+async def test_stale_partial_copies_are_cleaned_and_handlers_are_checked(tmp_path):
+    code = write_code(tmp_path / "echo", ECHO)
+    async with functions(tmp_path) as manager:
+        stale = tmp_path / "state" / "fn" / "code" / ".tmp-0123abcd"
+        stale.mkdir(parents=True)
+        (stale / "handler.py").write_text("left by a gateway that was killed while copying")
+        await manager.create_or_update("fn", code)
+        assert not stale.exists()
+        for handler in ("h" * 129, "handler .lambda_handler", ""):
+            with pytest.raises(ControlInputError, match="1-128 characters, no white space") as refused:
+                await manager.create_or_update("fn", code, handler=handler)
+            assert refused.value.field == "handler"
+        await manager.create_or_update("fn", code, handler="handler.lambda_handler".rjust(128, "_")[-128:])

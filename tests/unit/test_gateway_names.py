@@ -20,10 +20,18 @@ REGION, ACCOUNT = "us-east-1", "000000000000"
     ("arn:aws:lambda:us-east-1:000000000000:function:fn", None, FunctionRef("fn", None)),
     ("arn:aws:lambda:us-east-1:000000000000:function:fn:live", None, FunctionRef("fn", "live")),
     ("arn:aws:lambda:us-east-1:000000000000:function:fn", "$LATEST", FunctionRef("fn", "$LATEST")),
-    ("arn:aws-cn:lambda:us-east-1:000000000000:function:my_fn-2", None, FunctionRef("my_fn-2", None)),
+    ("arn:aws:lambda:us-east-1:000000000000:function:my_fn-2", None, FunctionRef("my_fn-2", None)),
 ])
 def test_the_forms_lambda_accepts(function_name, qualifier, expected):
     assert resolve_function_name(function_name, qualifier, REGION, ACCOUNT) == expected
+
+
+@pytest.mark.parametrize("region,arn_partition", [("cn-north-1", "aws-cn"), ("us-gov-west-1", "aws-us-gov"),
+                                                  ("eu-west-1", "aws")])
+def test_an_arn_of_the_regions_own_partition_is_accepted(region, arn_partition):
+    ref = resolve_function_name(f"arn:{arn_partition}:lambda:{region}:000000000000:function:fn", None, region, ACCOUNT)
+    assert ref == FunctionRef("fn", None)
+    assert ref.arn(region, ACCOUNT) == f"arn:{arn_partition}:lambda:{region}:000000000000:function:fn"
 
 
 @pytest.mark.parametrize("function_name,qualifier,status,error_type,words", [
@@ -34,6 +42,11 @@ def test_the_forms_lambda_accepts(function_name, qualifier, expected):
      "arn:aws:lambda:us-east-1:123456789012:function:fn:live"),
     ("arn:aws:lambda:eu-west-1:000000000000:function:fn", None, 404, "ResourceNotFoundException",
      "Functions from 'eu-west-1' are not reachable in this region ('us-east-1')"),
+    # another partition's ARN names another account's function (accounts belong to one partition)
+    ("arn:aws-cn:lambda:us-east-1:000000000000:function:fn", None, 403, "AccessDeniedException",
+     "on resource: arn:aws-cn:lambda:us-east-1:000000000000:function:fn because"),
+    ("arn:aws-us-gov:lambda:us-east-1:000000000000:function:fn:live", None, 403, "AccessDeniedException",
+     "arn:aws-us-gov:lambda:us-east-1:000000000000:function:fn:live"),
     ("arn:aws:lambda:us-east-1:000000000000:layer:fn", None, 400, "ValidationException", "at 'functionName'"),
     ("arn:aws:lambda:us-east-1:0000:function:fn", None, 400, "ValidationException", "at 'functionName'"),
     ("12:function:fn", None, 400, "ValidationException", "at 'functionName'"),

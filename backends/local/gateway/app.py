@@ -2,13 +2,16 @@
 (so boto3 clients work unchanged with endpoint_url=<gateway url>), the part of S3 a local function
 reads (s3.py, under /s3), plus a small control API under /_local/ that the local backend and the CLI
 use to create, update and list resources. guard.py decides which requests get in at all (Host,
-Origin, the control API's secret and content type) and reads every body with a size limit; a bad
-control request is a 400 naming the field, never a 500."""
+Origin, the control API's secret and content type) and reads every body with a size limit, within
+the gateway's budget of bodies being read at once (503 past it) and a read deadline (408); a bad
+control request is a 400 naming the field, never a 500. Event invocations are queued by the
+FunctionManager (functions.py), which bounds their queue and the environments they start."""
 from __future__ import annotations
 
 import asyncio
 import base64
 import contextlib
+import json
 import os
 import uuid
 from dataclasses import asdict, is_dataclass
@@ -26,14 +29,15 @@ from backends.local.gateway.endpoints import (
     EndpointManager, EndpointNotFoundError, EndpointUnavailableError, EndpointUpdateError,
 )
 from backends.local.gateway.functions import (
-    FunctionManager, FunctionNotFoundError, InvalidPayloadError, TooManyRequestsError,
+    MAX_EVENT_BYTES, FunctionManager, FunctionNotFoundError, InvalidPayloadError, TooManyRequestsError,
 )
 from backends.local.gateway.guard import (
-    BodyTooLargeError, ControlInputError, RequestGuard, discard_disconnects, read_body, read_json_object,
+    BodyBudget, BodyBudgetError, BodyReadTimeoutError, BodyTooLargeError, ControlInputError, RequestGuard,
+    discard_disconnects, read_body, read_json_object,
 )
 from backends.local.gateway.instances import MAX_LOCAL_INSTANCES
 from backends.local.gateway.lambda_names import LambdaRequestError, resolve_function_name
-from backends.local.gateway.lambda_runtime import ACCOUNT_ID, decode_event
+from backends.local.gateway.lambda_runtime import ACCOUNT_ID
 from backends.local.gateway.s3 import S3_PATH, LocalS3
 from backends.local.state import LocalState
 from backends.local.store import LocalStore
@@ -45,10 +49,17 @@ INVOCATION_TYPES = ("RequestResponse", "Event", "DryRun")
 _REQUIRED = object()
 
 
+class JSON(JSONResponse):
+    """JSON rendered in ASCII (\\u escapes): an answer can hold any string, never fail to encode."""
+
+    def render(self, content) -> bytes:
+        return json.dumps(content, allow_nan=False, separators=(",", ":")).encode("ascii")
+
+
 def _aws_error(status: int, error_type: str, message: str, **extra) -> Response:
     body = {"message": message, "Message": message, **extra}
-    return JSONResponse(body, status_code=status, headers={"x-amzn-ErrorType": error_type,
-                                                           "x-amzn-RequestId": str(uuid.uuid4())})
+    return JSON(body, status_code=status, headers={"x-amzn-ErrorType": error_type,
+                                                   "x-amzn-RequestId": str(uuid.uuid4())})
 
 
 def _take(spec: dict, name: str, kinds: type | tuple[type, ...], default=_REQUIRED, nullable: bool = False):
@@ -96,7 +107,7 @@ def _traffic_shift(value) -> dict | None:
         steps = [int(p) for p in value["steps"]]
         shift = {"steps": steps, "wait_seconds": float(value["wait_seconds"]),
                  "max_5xx_errors": int(value["max_5xx_errors"]), "max_model_latency_ms": float(value["max_model_latency_ms"])}
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, OverflowError) as exc:
         raise ControlInputError("traffic_shift", "traffic_shift needs steps, wait_seconds, max_5xx_errors and "
                                                  f"max_model_latency_ms ({type(exc).__name__}: {exc})") from None
     if not steps or steps[-1] != 100 or any(not 0 < p <= 100 for p in steps) or steps != sorted(steps):
@@ -107,7 +118,7 @@ def _traffic_shift(value) -> dict | None:
 
 
 def _control_error(status: int, message: str, field: str | None = None) -> JSONResponse:
-    return JSONResponse({"error": message, **({"field": field} if field else {})}, status_code=status)
+    return JSON({"error": message, **({"field": field} if field else {})}, status_code=status)
 
 
 def _plain(value):
@@ -123,13 +134,14 @@ class Gateway:
         self.functions = FunctionManager(root / "functions", base_env={
             "AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME": url, "AWS_ENDPOINT_URL_S3": url + S3_PATH})
         self.s3 = LocalS3(LocalStore(LocalState(Path(home)).store), self.functions.s3_grant)
+        self.bodies = BodyBudget()  # every body this gateway reads, whatever the route
         self.shutdown_event = asyncio.Event()
 
     # -- SageMaker Runtime ------------------------------------------------------------
     async def invoke_endpoint(self, request: Request) -> Response:
         name = request.path_params["name"]
         try:
-            body = await read_body(request, MAX_INVOKE_BYTES)
+            body = await read_body(request, MAX_INVOKE_BYTES, self.bodies)
         except BodyTooLargeError as exc:
             return _aws_error(413, "ValidationError", f"Request body is {'over ' if exc.size is None else ''}"
                               f"{exc.size or exc.limit} bytes; the limit is {MAX_INVOKE_BYTES}")
@@ -166,23 +178,19 @@ class Gateway:
             return _aws_error(400, "ValidationException",
                               f"1 validation error detected: Value '{invocation_type}' at 'invocationType' failed to "
                               f"satisfy constraint: Member must satisfy enum value set: [{', '.join(INVOCATION_TYPES)}]")
+        limit = MAX_EVENT_BYTES if invocation_type == "Event" else MAX_INVOKE_BYTES
         try:
-            payload = await read_body(request, MAX_INVOKE_BYTES)
+            payload = await read_body(request, limit, self.bodies)
         except BodyTooLargeError as exc:
             return _aws_error(413, "RequestTooLargeException",
                               f"{'over ' if exc.size is None else ''}{exc.size or exc.limit} byte payload is too large "
-                              f"for the {invocation_type} invocation type (limit {MAX_INVOKE_BYTES} bytes)", Type="User")
+                              f"for the {invocation_type} invocation type (limit {limit} bytes)", Type="User")
         try:
             if invocation_type == "DryRun":
                 self.functions.resolve(ref.name, ref.qualifier)
                 return Response(status_code=204)
             if invocation_type == "Event":
-                self.functions.resolve(ref.name, ref.qualifier)
-                try:
-                    decode_event(payload)
-                except ValueError as exc:
-                    raise InvalidPayloadError(str(exc)) from None
-                asyncio.get_running_loop().create_task(self._invoke_quietly(ref.name, payload, ref.qualifier))
+                self.functions.submit_event(ref.name, payload, ref.qualifier)
                 return Response(status_code=202, headers={"x-amzn-RequestId": str(uuid.uuid4())})
             result = await self.functions.invoke(ref.name, payload, ref.qualifier)
         except FunctionNotFoundError as exc:
@@ -200,23 +208,23 @@ class Gateway:
             headers["X-Amz-Log-Result"] = base64.b64encode(tail).decode()
         return Response(result.payload, status_code=result.status_code, media_type="application/json", headers=headers)
 
-    async def _invoke_quietly(self, name: str, payload: bytes, qualifier: str | None) -> None:
-        with contextlib.suppress(Exception):
-            await self.functions.invoke(name, payload, qualifier)
-
     # -- control API ------------------------------------------------------------------
+    async def _spec(self, request: Request, *fields: str) -> dict:
+        """A control request's JSON object (read within the gateway's budget), with only these fields."""
+        return _only(await read_json_object(request, self.bodies), *fields)
+
     async def status(self, request: Request) -> Response:
         url = self.url
         endpoints = [{**_plain(e), "invoke_url": f"{url}/endpoints/{e.name}/invocations"} for e in self.endpoints.list()]
         functions = [{**_plain(f), "invoke_url": f"{url}/2015-03-31/functions/{f.name}/invocations"}
                      for f in self.functions.list()]
-        return JSONResponse({"gateway": {"url": url, "pid": os.getpid(), "account_id": ACCOUNT_ID,
-                                         "region": self.functions.region},
-                             "endpoints": endpoints, "functions": functions})
+        return JSON({"gateway": {"url": url, "pid": os.getpid(), "account_id": ACCOUNT_ID,
+                                 "region": self.functions.region},
+                     "endpoints": endpoints, "functions": functions})
 
     async def put_endpoint(self, request: Request) -> Response:
-        spec = _only(await read_json_object(request), "model_artifact", "instance_count", "model_version",
-                     "environment", "traffic_shift")
+        spec = await self._spec(request, "model_artifact", "instance_count", "model_version", "environment",
+                                "traffic_shift")
         arguments = (_take(spec, "model_artifact", str), _instance_count(spec, 1), _take(spec, "model_version", str, ""),
                      _string_map(spec, "environment") or None,
                      _traffic_shift(_take(spec, "traffic_shift", dict, None, nullable=True)))
@@ -226,10 +234,10 @@ class Gateway:
             return _control_error(422, str(exc))
         except (ValueError, FileNotFoundError) as exc:
             return _control_error(400, f"bad endpoint spec: {exc}")
-        return JSONResponse(_plain(info))
+        return JSON(_plain(info))
 
     async def scale_endpoint(self, request: Request) -> Response:
-        count = _instance_count(_only(await read_json_object(request), "instance_count"))
+        count = _instance_count(await self._spec(request, "instance_count"))
         try:
             info = await self.endpoints.set_instance_count(request.path_params["name"], count)
         except EndpointNotFoundError:
@@ -238,12 +246,12 @@ class Gateway:
             return _control_error(422, str(exc))
         except ValueError as exc:
             return _control_error(400, str(exc))
-        return JSONResponse(_plain(info))
+        return JSON(_plain(info))
 
     async def put_autoscaling(self, request: Request) -> Response:
         policy = None
         if request.method == "PUT":
-            policy = _only(await read_json_object(request), "min_capacity", "max_capacity", "policy", "time_scale")
+            policy = await self._spec(request, "min_capacity", "max_capacity", "policy", "time_scale")
             try:
                 check_time_scale(_take(policy, "time_scale", (int, float), 1))
             except ValueError as exc:
@@ -254,7 +262,7 @@ class Gateway:
                 return _control_error(400, f"bad autoscaling policy: {exc}")
         try:
             self.endpoints.set_autoscaling(request.path_params["name"], policy)
-            return JSONResponse(_plain(self.endpoints.describe(request.path_params["name"])))
+            return JSON(_plain(self.endpoints.describe(request.path_params["name"])))
         except EndpointNotFoundError:
             return _control_error(404, f"no endpoint {request.path_params['name']}")
 
@@ -266,8 +274,8 @@ class Gateway:
         return Response(status_code=204)
 
     async def put_function(self, request: Request) -> Response:
-        spec = _only(await read_json_object(request), "code_dir", "handler", "environment", "memory_mb", "timeout_s",
-                     "reserved_concurrency", "provisioned_concurrency")
+        spec = await self._spec(request, "code_dir", "handler", "environment", "memory_mb", "timeout_s",
+                                "reserved_concurrency", "provisioned_concurrency")
         arguments = (_take(spec, "code_dir", str), _take(spec, "handler", str, "handler.lambda_handler"),
                      _string_map(spec, "environment"), _take(spec, "memory_mb", int, 512),
                      _take(spec, "timeout_s", int, 30), _take(spec, "reserved_concurrency", int, None, nullable=True),
@@ -275,8 +283,10 @@ class Gateway:
         try:
             info = await self.functions.create_or_update(request.path_params["name"], *arguments)
         except (ValueError, FileNotFoundError) as exc:
-            return _control_error(400, f"bad function spec: {exc}")
-        return JSONResponse(_plain(info))
+            return _control_error(400, f"bad function spec: {exc}", getattr(exc, "field", None))
+        except TooManyRequestsError as exc:  # its provisioned environments do not fit now: others are busy
+            return _control_error(503, f"cannot start the function's provisioned environments now: {exc}")
+        return JSON(_plain(info))
 
     async def delete_function(self, request: Request) -> Response:
         try:
@@ -313,6 +323,18 @@ async def _body_too_large(request: Request, exc: BodyTooLargeError) -> Response:
     return _control_error(413, str(exc))
 
 
+async def _bodies_busy(request: Request, exc: BodyBudgetError) -> Response:
+    """Any route: the gateway's budget of bodies being read is spent (boto3 retries a 503)."""
+    return JSON({"error": str(exc), "message": str(exc), "Message": str(exc)}, status_code=503,
+                headers={"x-amzn-ErrorType": "ServiceUnavailableException", "Retry-After": "1"})
+
+
+async def _body_too_slow(request: Request, exc: BodyReadTimeoutError) -> Response:
+    """Any route: the body was not sent in time; the connection is closed with the answer."""
+    return JSON({"error": str(exc), "message": str(exc), "Message": str(exc)}, status_code=408,
+                headers={"x-amzn-ErrorType": "RequestTimeoutException", "Connection": "close"})
+
+
 def create_app(home: str, url: str, secret: str) -> tuple[Starlette, Gateway]:
     """The gateway's app for `url` (http://127.0.0.1:PORT); control requests must carry `secret`."""
     gateway = Gateway(home, url)
@@ -330,5 +352,6 @@ def create_app(home: str, url: str, secret: str) -> tuple[Starlette, Gateway]:
     app = Starlette(routes=gateway.routes(), lifespan=lifespan,
                     middleware=[Middleware(RequestGuard, port=urlsplit(url).port, secret=secret)],
                     exception_handlers={ControlInputError: _bad_control_input, BodyTooLargeError: _body_too_large,
+                                        BodyBudgetError: _bodies_busy, BodyReadTimeoutError: _body_too_slow,
                                         ClientDisconnect: discard_disconnects})
     return app, gateway

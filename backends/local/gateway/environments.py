@@ -1,7 +1,7 @@
 """Execution environments for functions.py: the manager's side of one lambda_runtime.py process (spawn,
 wait for its init, send invocations over the frame protocol, stop or kill it), the process environment
 Lambda gives it, a function's configuration (one generation per code + configuration), its code copy
-and the checks on a create/update request."""
+and the checks on a create/update request (ControlInputError naming the field: a 400)."""
 from __future__ import annotations
 
 import asyncio
@@ -14,6 +14,7 @@ import re
 import secrets
 import shutil
 import signal
+import stat
 import sys
 import time
 import uuid
@@ -21,11 +22,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from backends.local.gateway.guard import ControlInputError
 from backends.local.gateway.lambda_runtime import FRAME, encode_frame
 
 RUNTIME_SCRIPT = Path(__file__).with_name("lambda_runtime.py")
 LOG_TAIL_BYTES = 4096
 NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+MAX_HANDLER_CHARS = 128  # Lambda's Handler: at most 128 characters, pattern [^\s]+
 ENV_KEY_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]+$")
 RESERVED_ENV = {"_HANDLER", "_X_AMZN_TRACE_ID", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_EXECUTION_ENV",
                 "AWS_LAMBDA_FUNCTION_NAME", "AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "AWS_LAMBDA_FUNCTION_VERSION",
@@ -34,6 +37,14 @@ RESERVED_ENV = {"_HANDLER", "_X_AMZN_TRACE_ID", "AWS_REGION", "AWS_DEFAULT_REGIO
 # Each environment is a process, so a local function keeps at most this many initialized (AWS allows
 # thousands; a configuration that asks for more is refused, naming the cap).
 MAX_LOCAL_PROVISIONED = 32
+# Environment processes alive at once, all functions together, provisioned ones included: each is
+# 45-65 MB resident with lambda_src's handler and its boto3 client (44 MB measured here), so 3-4 GB
+# at the cap. Lambda allows the account 1000 concurrent executions (FunctionManager.max_concurrency
+# keeps that rule); locally a new environment past this cap first stops the least recently used idle
+# on-demand one, and is throttled (429 ConcurrentInvocationLimitExceeded) when none is idle.
+MAX_LOCAL_ENVIRONMENTS = 64
+MAX_CODE_BYTES = 250 * 1024 * 1024  # Lambda's limit on a function's unzipped code
+_SKIPPED = shutil.ignore_patterns("__pycache__", "*.pyc", ".git")
 ACCESS_KEY_PREFIX = "LKIA"  # local keys: the gateway's S3 (s3.py) answers only them, nothing on AWS knows them
 
 
@@ -84,6 +95,8 @@ class HostedFunction:
     errors: int = 0
     busy: int = 0
     last_init_error: str | None = None
+    async_events_received: int = 0
+    async_events_dropped: int = 0
     credentials: dict[str, str] = field(default_factory=issue_credentials)
 
 
@@ -97,20 +110,73 @@ def error_payload(error_type: str, message: str) -> bytes:
 
 
 def copy_and_hash(source: Path, code_root: Path) -> tuple[str, Path]:
-    """Copy ``source`` to code_root/<sha>/ (once per content): (base64 sha256 of the copy, its folder)."""
+    """Copy ``source`` to code_root/<sha>/ (once per content): (base64 sha256 of the copy, its folder).
+
+    Only folders and regular files are copied, never through a link (a link to / would copy the
+    machine): a symbolic link, named pipe, socket or device under ``source``, more than MAX_CODE_BYTES,
+    or a file that cannot be read is a ControlInputError on code_dir naming the path; nothing is left."""
     code_root.mkdir(parents=True, exist_ok=True)
     tmp = code_root / f".tmp-{uuid.uuid4().hex}"
-    shutil.copytree(source, tmp, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".git"))
-    digest = hashlib.sha256()
-    for path in sorted(p for p in tmp.rglob("*") if p.is_file()):
-        data = path.read_bytes()
-        digest.update(f"{path.relative_to(tmp).as_posix()}\0{len(data)}\0".encode() + data)
-    target = code_root / digest.hexdigest()[:20]
-    if target.exists():
+    try:
+        tmp.mkdir()
+        digest = hashlib.sha256()
+        for rel, path in _code_files(source):
+            _copy_file(path, tmp.joinpath(*rel), "/".join(rel), digest)
+        target = code_root / digest.hexdigest()[:20]
+        if target.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.rename(target)
+    except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-    else:
-        tmp.rename(target)
+        raise ControlInputError("code_dir", f"code_dir: cannot copy {source}: {exc}") from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return base64.b64encode(digest.digest()).decode(), target
+
+
+def _code_files(source: Path) -> list[tuple[tuple[str, ...], Path]]:
+    """The regular files under ``source`` (relative path parts, path), in path order; ControlInputError
+    at the first entry that is neither a folder nor a regular file, or once they pass MAX_CODE_BYTES."""
+    files, folders, total = [], [(source, ())], 0
+    while folders:
+        folder, rel = folders.pop()
+        with os.scandir(folder) as scan:
+            entries = list(scan)
+        skipped = _SKIPPED(str(folder), [e.name for e in entries])
+        for entry in entries:
+            if entry.name in skipped:
+                continue
+            info = entry.stat(follow_symlinks=False)
+            if stat.S_ISDIR(info.st_mode):
+                folders.append((Path(entry.path), rel + (entry.name,)))
+            elif stat.S_ISREG(info.st_mode):
+                files.append((rel + (entry.name,), Path(entry.path)))
+                total += info.st_size
+                if total > MAX_CODE_BYTES:
+                    raise ControlInputError("code_dir", f"code_dir holds more than {MAX_CODE_BYTES} bytes "
+                                                        f"(Lambda's limit on unzipped code), at {entry.path}")
+            else:
+                kind = "a symbolic link" if stat.S_ISLNK(info.st_mode) else "a named pipe, socket or device"
+                raise ControlInputError("code_dir", f"code_dir: {entry.path} is {kind}; a function's code "
+                                                    "folder may hold only folders and regular files")
+    return sorted(files)
+
+
+def _copy_file(path: Path, copy: Path, rel: str, digest) -> None:
+    """Copy one regular file, opened without following a link (and refused if it is no longer a
+    regular file), adding its relative path, size and bytes to ``digest``."""
+    copy.parent.mkdir(parents=True, exist_ok=True)
+    with open(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK), "rb") as src:
+        info = os.fstat(src.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise ControlInputError("code_dir", f"code_dir: {path} is not a regular file")
+        digest.update(os.fsencode(rel) + f"\0{info.st_size}\0".encode())  # fsencode: any file name
+        with open(copy, "xb") as dst:
+            while chunk := src.read(1024 * 1024):
+                digest.update(chunk)
+                dst.write(chunk)
 
 
 def process_env(name: str, cfg: Config, provisioned: bool, region: str, base_env: dict[str, str],
@@ -139,28 +205,36 @@ def process_env(name: str, cfg: Config, provisioned: bool, region: str, base_env
 
 
 def validate(name, handler, environment, memory_mb, timeout_s, reserved, provisioned) -> None:
-    """Lambda's checks on CreateFunction / UpdateFunctionConfiguration / concurrency settings (ValueError)."""
+    """Lambda's checks on CreateFunction / UpdateFunctionConfiguration / concurrency settings
+    (ControlInputError, a ValueError, naming the field)."""
     if not isinstance(name, str) or not NAME_RE.match(name):
-        raise ValueError(f"function name {name!r} must be 1-64 letters, digits, '-' or '_'")
-    if not isinstance(handler, str) or not handler.strip() or any(c.isspace() for c in handler):
-        raise ValueError(f"handler {handler!r} must look like module.function")
+        raise ControlInputError("name", f"function name {name!r} must be 1-64 letters, digits, '-' or '_'")
+    if (not isinstance(handler, str) or not handler or len(handler) > MAX_HANDLER_CHARS
+            or any(c.isspace() for c in handler)):
+        shown = repr(handler) if len(str(handler)) <= 80 else f"of {len(handler)} characters"
+        raise ControlInputError("handler", f"handler {shown} must look like module.function: 1-{MAX_HANDLER_CHARS} "
+                                           "characters, no white space")
     bad = [k for k, v in environment.items() if not isinstance(k, str) or not ENV_KEY_RE.match(k) or not isinstance(v, str)]
     if bad:
-        raise ValueError(f"environment variables must be str -> str with names like [A-Za-z][A-Za-z0-9_]+: {bad}")
+        raise ControlInputError("environment", "environment variables must be str -> str with names like "
+                                               f"[A-Za-z][A-Za-z0-9_]+: {bad}")
     if reserved_keys := sorted(RESERVED_ENV & set(environment)):
-        raise ValueError("Lambda was unable to configure your environment variables because the environment "
-                         f"variables you have provided contains reserved keys: {', '.join(reserved_keys)}")
+        raise ControlInputError("environment", "Lambda was unable to configure your environment variables because "
+                                               "the environment variables you have provided contains reserved keys: "
+                                               f"{', '.join(reserved_keys)}")
     if not 128 <= int(memory_mb) <= 10240:
-        raise ValueError(f"memory_mb must be 128..10240, not {memory_mb}")
+        raise ControlInputError("memory_mb", f"memory_mb must be 128..10240, not {memory_mb}")
     if not 1 <= int(timeout_s) <= 900:
-        raise ValueError(f"timeout_s must be 1..900, not {timeout_s}")
+        raise ControlInputError("timeout_s", f"timeout_s must be 1..900, not {timeout_s}")
     if reserved is not None and int(reserved) < 0:
-        raise ValueError(f"reserved_concurrency must be >= 0 or None, not {reserved}")
+        raise ControlInputError("reserved_concurrency", f"reserved_concurrency must be >= 0 or None, not {reserved}")
     if not 0 <= int(provisioned) <= MAX_LOCAL_PROVISIONED:
-        raise ValueError(f"provisioned_concurrency must be 0..{MAX_LOCAL_PROVISIONED} locally (each is a process; "
-                         f"MAX_LOCAL_PROVISIONED), not {provisioned}")
+        raise ControlInputError("provisioned_concurrency", f"provisioned_concurrency must be 0..{MAX_LOCAL_PROVISIONED} "
+                                                           "locally (each is a process; MAX_LOCAL_PROVISIONED), not "
+                                                           f"{provisioned}")
     if reserved is not None and int(provisioned) > int(reserved):
-        raise ValueError(f"provisioned_concurrency ({provisioned}) cannot exceed reserved_concurrency ({reserved})")
+        raise ControlInputError("provisioned_concurrency", f"provisioned_concurrency ({provisioned}) cannot exceed "
+                                                           f"reserved_concurrency ({reserved})")
 
 
 class EnvironmentGoneError(Exception):

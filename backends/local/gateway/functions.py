@@ -4,6 +4,15 @@ environments reused, a cold start when none is idle, provisioned environments in
 reserved concurrency as a hard cap (429 beyond it), the function timeout enforced by killing the
 environment, and code/configuration updates served by new environments while old ones drain.
 
+Each environment is a process on this machine, so at most MAX_LOCAL_ENVIRONMENTS live at once, all
+functions together (provisioned ones included): a cold start at the cap first stops the least
+recently used idle on-demand environment of any function, and is throttled (429,
+ConcurrentInvocationLimitExceeded) when none is idle. Event (asynchronous) invocations wait in one
+bounded queue (MAX_QUEUED_EVENTS events, MAX_QUEUED_EVENT_BYTES of payloads: a 429 beyond it) for
+EVENT_WORKERS workers; a throttled event is retried after each of EVENT_RETRY_DELAYS_S, then dropped
+and counted (async_events_dropped), as Lambda retries throttled events (for hours there). A handler's
+error is not retried locally (Lambda retries an event's function error twice).
+
 State lives under ``state_dir/<name>/``: ``code/<sha>/`` (an immutable copy of the code folder),
 ``logs/<generation>-<n>.log`` (one per environment: START/END/REPORT lines and the handler's output)
 (the configuration lives in memory: a stopped gateway's functions are published again by the next flow run).
@@ -14,6 +23,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import logging
 import os
 import shutil
 import sys
@@ -25,16 +35,25 @@ from pathlib import Path
 from backends.aws.functions import ALIAS
 from backends.errors import InvalidRequestError, NotFoundError, ServiceUnavailableError
 from backends.local.gateway.environments import (
-    Config, Environment, EnvironmentGoneError, Generation, HostedFunction, copy_and_hash, error_payload, now_iso,
-    process_env, validate,
+    MAX_LOCAL_ENVIRONMENTS, Config, Environment, EnvironmentGoneError, Generation, HostedFunction, copy_and_hash,
+    error_payload, now_iso, process_env, validate,
 )
+from backends.local.gateway.guard import ControlInputError
+from backends.local.gateway.lambda_names import partition
 from backends.local.gateway.lambda_runtime import ACCOUNT_ID, decode_event
 from backends.local.gateway.s3 import S3Grant
 
+log = logging.getLogger(__name__)
 # What a local function answers to besides its name: $LATEST, and the alias the aws backend points
-# at each release (locally there is one version, so the alias is that version).
+# at each release. Locally a function has one version, $LATEST, and the alias points at it (Lambda
+# lets an alias point at $LATEST), so an invocation through it executes, and reports, $LATEST.
 QUALIFIERS = ("$LATEST", ALIAS)
 PRECHECK_BYTES = 64 * 1024  # payloads up to this are checked for JSON before an environment is taken
+MAX_EVENT_BYTES = 1024 * 1024  # Lambda's limit on an asynchronous (Event) payload (a synchronous one: 6 MB)
+MAX_QUEUED_EVENTS = 256  # Event invocations waiting for a worker, all functions together
+MAX_QUEUED_EVENT_BYTES = 32 * 1024 * 1024  # their payloads, until each is delivered or dropped
+EVENT_WORKERS = 8  # Event invocations running at once
+EVENT_RETRY_DELAYS_S = (1.0, 2.0, 4.0, 8.0)  # a throttled event waits this long before each new try
 
 
 class FunctionNotFoundError(NotFoundError):
@@ -57,9 +76,17 @@ class TooManyRequestsError(ServiceUnavailableError):
 
     status_code, error_type = 429, "TooManyRequestsException"
 
-    def __init__(self, name: str, reason: str = "ReservedFunctionConcurrentInvocationLimitExceeded"):
-        super().__init__(f"Rate Exceeded. ({name}: {reason})")
+    def __init__(self, name: str, reason: str = "ReservedFunctionConcurrentInvocationLimitExceeded",
+                 detail: str = ""):
+        super().__init__(f"Rate Exceeded. ({name}: {reason}{'; ' + detail if detail else ''})")
         self.reason = reason
+
+
+@dataclass
+class QueuedEvent:
+    name: str
+    payload: bytes
+    qualifier: str | None
 
 
 @dataclass
@@ -82,6 +109,8 @@ class FunctionInfo:
     arn: str = ""
     code_dir: str = ""  # the immutable copy the environments run
     last_init_error: str | None = None
+    async_events_received: int = 0  # Event invocations queued (Lambda's AsyncEventsReceived)
+    async_events_dropped: int = 0  # ... given up on after throttles (Lambda's AsyncEventsDropped)
 
 
 @dataclass
@@ -100,10 +129,21 @@ class FunctionReply:
 class FunctionManager:
     def __init__(self, state_dir: Path, python: str = sys.executable, idle_timeout_s: float = 300,
                  init_timeout_s: float = 10, max_concurrency: int = 1000, base_env: dict[str, str] | None = None,
-                 region: str | None = None):
+                 region: str | None = None, max_environments: int = MAX_LOCAL_ENVIRONMENTS,
+                 max_queued_events: int = MAX_QUEUED_EVENTS, max_queued_event_bytes: int = MAX_QUEUED_EVENT_BYTES,
+                 event_workers: int = EVENT_WORKERS,
+                 event_retry_delays_s: tuple[float, ...] = EVENT_RETRY_DELAYS_S):
         self.state_dir = Path(state_dir)
         self.python = python
+        # max_concurrency: the account's concurrent executions (Lambda's rule); max_environments: the
+        # processes this machine runs at once (the local cap).
         self.idle_timeout_s, self.init_timeout_s, self.max_concurrency = idle_timeout_s, init_timeout_s, max_concurrency
+        self.max_environments = max_environments
+        self.max_queued_events, self.max_queued_event_bytes = max_queued_events, max_queued_event_bytes
+        self.event_workers, self.event_retry_delays_s = event_workers, tuple(event_retry_delays_s)
+        self._events: asyncio.Queue[QueuedEvent] = asyncio.Queue()
+        self._event_bytes = 0  # payloads queued or being delivered
+        self._workers: list[asyncio.Task] = []
         self.base_env = dict(base_env or {})  # under every function's own environment
         self.region = region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
         self._functions: dict[str, HostedFunction] = {}
@@ -118,15 +158,22 @@ class FunctionManager:
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        loop = asyncio.get_running_loop()
         if self._reaper is None:
-            self._reaper = asyncio.get_running_loop().create_task(self._reap_loop())
+            self._reaper = loop.create_task(self._reap_loop())
+        if not self._workers:
+            self._workers = [loop.create_task(self._event_worker()) for _ in range(self.event_workers)]
 
     async def close(self) -> None:
-        if self._reaper is not None:
-            self._reaper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reaper
-            self._reaper = None
+        background = [task for task in (self._reaper, *self._workers) if task is not None]
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
+        self._reaper, self._workers = None, []
+        while not self._events.empty():  # events not yet delivered are lost with the gateway, as logged
+            log.warning("function %s: an Event invocation was not delivered before the gateway stopped",
+                        self._events.get_nowait().name)
+        self._event_bytes = 0
         for task in list(self._tasks):
             task.cancel()
         envs = list(self._alive)
@@ -144,9 +191,15 @@ class FunctionManager:
         environment = dict(environment or {})
         validate(name, handler, environment, memory_mb, timeout_s, reserved_concurrency, provisioned_concurrency)
         if not Path(code_dir).is_dir():
-            raise FileNotFoundError(f"code_dir {code_dir} is not a folder")
+            raise ControlInputError("code_dir", f"code_dir {code_dir} is not a folder")
         reserved = None if reserved_concurrency is None else int(reserved_concurrency)
         provisioned = int(provisioned_concurrency)
+        others = sum(fn.provisioned for other, fn in self._functions.items() if other != name)
+        if others + provisioned > self.max_environments:
+            raise ControlInputError("provisioned_concurrency", (
+                f"provisioned_concurrency {provisioned} and the other functions' {others} would pass the local cap "
+                f"of {self.max_environments} execution environments alive at once (MAX_LOCAL_ENVIRONMENTS: each is "
+                "a process on this machine)"))
         async with self._locks.setdefault(name, asyncio.Lock()):
             sha, stored = await asyncio.to_thread(copy_and_hash, Path(code_dir), self.state_dir / name / "code")
             config = Config(sha, stored, handler, tuple(sorted(environment.items())), int(memory_mb), int(timeout_s))
@@ -156,7 +209,7 @@ class FunctionManager:
                     fn.reserved, fn.provisioned, fn.last_modified = reserved, provisioned, now_iso()
                     for env in [e for e in fn.gen.envs if e.provisioned][provisioned:]:
                         env.provisioned, env.last_used = False, time.monotonic()  # demoted: reaped once idle
-                    await self._refill(fn, fn.gen, provisioned)
+                await self._refill(fn, fn.gen, provisioned)  # also what a refused earlier call did not start
                 return self.describe(name)
             gen = Generation(name, config, next(self._numbers))
             self._gens.add(gen)
@@ -191,7 +244,7 @@ class FunctionManager:
         return FunctionInfo(name, cfg.code_sha256, cfg.handler, dict(cfg.environment), cfg.memory_mb, cfg.timeout_s,
                             fn.reserved, fn.provisioned, fn.last_modified, fn.invocations, fn.cold_starts,
                             fn.throttles, fn.errors, alive, fn.busy, self._arn(name), str(cfg.code_dir),
-                            fn.last_init_error)
+                            fn.last_init_error, fn.async_events_received, fn.async_events_dropped)
 
     def list(self) -> list[FunctionInfo]:
         return [self.describe(name) for name in sorted(self._functions)]
@@ -232,8 +285,9 @@ class FunctionManager:
         self._busy += 1
         try:
             result = await self._invoke(fn, fn.gen, payload, self._arn(name, qualifier))
-        except InvalidPayloadError:
+        except (InvalidPayloadError, TooManyRequestsError) as refused:
             fn.invocations -= 1  # refused before the handler ran
+            fn.throttles += isinstance(refused, TooManyRequestsError)
             raise
         finally:
             fn.busy -= 1
@@ -241,6 +295,53 @@ class FunctionManager:
         if result.function_error:
             fn.errors += 1
         return result
+
+    def submit_event(self, name: str, payload: bytes, qualifier: str | None = None) -> None:
+        """Queue an Event (asynchronous) invocation, checked as Lambda checks it before answering 202:
+        FunctionNotFoundError, InvalidPayloadError, TooManyRequestsError when the queue is full."""
+        fn = self.resolve(name, qualifier)
+        try:
+            decode_event(payload)
+        except ValueError as exc:
+            raise InvalidPayloadError(str(exc)) from None
+        if (self._events.qsize() >= self.max_queued_events
+                or self._event_bytes + len(payload) > self.max_queued_event_bytes):
+            fn.throttles += 1
+            raise TooManyRequestsError(name, "FunctionInvocationRateLimitExceeded", (
+                f"{self._events.qsize()} Event invocations ({self._event_bytes} bytes) wait already; the local "
+                f"queue holds {self.max_queued_events} ({self.max_queued_event_bytes} bytes)"))
+        self._events.put_nowait(QueuedEvent(name, payload, qualifier))
+        self._event_bytes += len(payload)
+        fn.async_events_received += 1
+
+    async def _event_worker(self) -> None:
+        while True:
+            event = await self._events.get()
+            try:
+                await self._deliver(event)
+            except Exception:  # the caller had its 202; the worker must live on
+                log.exception("function %s: an Event invocation failed in the gateway", event.name)
+            finally:
+                self._event_bytes -= len(event.payload)
+
+    async def _deliver(self, event: QueuedEvent) -> None:
+        """Run one queued event; a throttled one is retried after each delay, then dropped and counted."""
+        for delay in (*self.event_retry_delays_s, None):
+            try:
+                await self.invoke(event.name, event.payload, event.qualifier)
+                return
+            except TooManyRequestsError as throttled:
+                reason = throttled.reason
+            except FunctionNotFoundError:
+                log.warning("function %s: an Event invocation was dropped: the function is gone", event.name)
+                return
+            if delay is not None:
+                await asyncio.sleep(delay)
+        fn = self._functions.get(event.name)
+        if fn is not None:
+            fn.async_events_dropped += 1
+        log.warning("function %s: an Event invocation was dropped after %d throttled tries (%s)", event.name,
+                    len(self.event_retry_delays_s) + 1, reason)
 
     async def _invoke(self, fn: HostedFunction, gen: Generation, payload: bytes, arn: str) -> FunctionReply:
         request_id, began = str(uuid.uuid4()), time.perf_counter()
@@ -252,8 +353,8 @@ class FunctionManager:
                 env = None
         cold = env is None
         if cold:
+            env, init_error = await self._start_env(fn, gen, provisioned=False)  # TooManyRequestsError at the cap
             fn.cold_starts += 1
-            env, init_error = await self._start_env(fn, gen, provisioned=False)
             if init_error is not None:
                 return FunctionReply(init_error, function_error="Unhandled", cold_start=True, request_id=request_id,
                                         duration_ms=(time.perf_counter() - began) * 1000, log_result=env.log_tail(0))
@@ -290,6 +391,7 @@ class FunctionManager:
         """Spawn and init one environment of ``gen``: (env, None) when ready, else (env, error payload)."""
         cfg = gen.config
         log_path = self.state_dir / fn.name / "logs" / f"{gen.number}-{uuid.uuid4().hex[:8]}.log"
+        self._make_room(fn, gen)  # with the count below, before any await: two starts never share a place
         gen.starting += 1
         try:
             env = await Environment.spawn(self.python, cfg.code_dir, cfg.handler, fn.name, cfg.memory_mb, cfg.timeout_s,
@@ -327,6 +429,24 @@ class FunctionManager:
         for item in started:
             if isinstance(item, BaseException):
                 raise item
+
+    def _environment_count(self) -> int:
+        """Environment processes alive or starting, all functions together (stopping ones no longer count)."""
+        return sum(len(g.envs) + g.starting for g in self._gens)
+
+    def _make_room(self, fn: HostedFunction, gen: Generation) -> None:
+        """Make room for one more environment of ``gen`` under max_environments: stop the least recently
+        used idle on-demand environment of any function (or an idle one of ``fn``'s generation being
+        replaced); TooManyRequestsError (ConcurrentInvocationLimitExceeded) when there is none."""
+        if self._environment_count() < self.max_environments:
+            return
+        idle = [env for g in self._gens for env in g.idle
+                if not env.provisioned or (g.name == fn.name and g is not gen and g is fn.gen)]
+        if not idle:
+            raise TooManyRequestsError(fn.name, "ConcurrentInvocationLimitExceeded", (
+                f"{self._environment_count()} execution environments are alive and none is idle; the local cap is "
+                f"{self.max_environments} (MAX_LOCAL_ENVIRONMENTS)"))
+        self._discard(min(idle, key=lambda env: env.last_used), kill=False)
 
     def _release(self, env: Environment) -> None:
         env.last_used = time.monotonic()
@@ -372,6 +492,8 @@ class FunctionManager:
         async def run():
             try:
                 await coro
+            except TooManyRequestsError as exc:  # a lost provisioned environment not replaced: at the cap
+                log.warning("%s", exc)
             finally:
                 after()
         task = asyncio.get_running_loop().create_task(run())
@@ -390,10 +512,10 @@ class FunctionManager:
             shutil.rmtree(root, ignore_errors=True)
             return
         keep = {g.config.code_dir for g in self._gens}
-        for folder in (root / "code").glob("[!.]*"):
+        for folder in (root / "code").glob("*"):  # .tmp-* too: no copy is under way (the lock is free)
             if folder not in keep:
                 shutil.rmtree(folder, ignore_errors=True)
 
     def _arn(self, name: str, qualifier: str | None = None) -> str:
-        arn = f"arn:aws:lambda:{self.region}:{ACCOUNT_ID}:function:{name}"
+        arn = f"arn:{partition(self.region)}:lambda:{self.region}:{ACCOUNT_ID}:function:{name}"
         return f"{arn}:{qualifier}" if qualifier else arn

@@ -5,7 +5,9 @@ FunctionName is a name (`my-function`), a name with a qualifier (`my-function:li
 (`arn:aws:lambda:us-east-1:123456789012:function:my-function[:qualifier]`); `?Qualifier=` names the
 version or alias too, and must then agree with the one in FunctionName. A function of another
 account is AccessDeniedException, one of another region ResourceNotFoundException, as Lambda answers
-(the messages are Lambda's). Pure functions: no gateway state.
+(the messages are Lambda's); an ARN of another partition (`arn:aws-cn:...` where the region is
+us-east-1) names another account's function, since accounts belong to one partition: AccessDeniedException.
+Pure functions: no gateway state.
 """
 from __future__ import annotations
 
@@ -21,6 +23,13 @@ _QUALIFIER = re.compile(r"[a-zA-Z0-9$_-]{1,128}")
 _ACCOUNT = re.compile(r"\d{12}")
 _REGION = re.compile(r"(eusc-)?[a-z]{2}((-gov)|(-iso([a-z]?)))?-[a-z]+-\d")
 _PARTITION = re.compile(r"aws[a-zA-Z-]*")
+_PARTITIONS = (("cn-", "aws-cn"), ("us-gov-", "aws-us-gov"), ("us-isob-", "aws-iso-b"), ("us-iso-", "aws-iso"),
+               ("eusc-", "aws-eusc"))
+
+
+def partition(region: str) -> str:
+    """The partition of `region`: what its ARNs start with (arn:aws, arn:aws-cn, ...)."""
+    return next((name for prefix, name in _PARTITIONS if region.startswith(prefix)), "aws")
 
 
 class LambdaRequestError(Exception):
@@ -36,8 +45,8 @@ class FunctionRef:
     name: str
     qualifier: str | None  # None: unqualified ($LATEST)
 
-    def arn(self, region: str, account: str) -> str:
-        base = f"arn:aws:lambda:{region}:{account}:function:{self.name}"
+    def arn(self, region: str, account: str, partition_name: str | None = None) -> str:
+        base = f"arn:{partition_name or partition(region)}:lambda:{region}:{account}:function:{self.name}"
         return f"{base}:{self.qualifier}" if self.qualifier else base
 
 
@@ -50,12 +59,12 @@ def _invalid_name(value: str) -> LambdaRequestError:
 def resolve_function_name(function_name: str, qualifier: str | None, region: str, account: str) -> FunctionRef:
     """The function and qualifier an Invoke addresses in `region` of `account`; LambdaRequestError if none."""
     parts = function_name.split(":")
-    named_account = named_region = None
+    named_account = named_region = named_partition = None
     if parts[0] == "arn":
         if (len(parts) not in (7, 8) or not _PARTITION.fullmatch(parts[1]) or parts[2] != "lambda"
                 or not _REGION.fullmatch(parts[3]) or not _ACCOUNT.fullmatch(parts[4]) or parts[5] != "function"):
             raise _invalid_name(function_name)
-        named_region, named_account, rest = parts[3], parts[4], parts[6:]
+        named_partition, named_region, named_account, rest = parts[1], parts[3], parts[4], parts[6:]
     elif len(parts) in (3, 4) and parts[1] == "function":
         if not _ACCOUNT.fullmatch(parts[0]):
             raise _invalid_name(function_name)
@@ -76,10 +85,11 @@ def resolve_function_name(function_name: str, qualifier: str | None, region: str
         raise LambdaRequestError(400, "InvalidParameterValueException",
                                  "The derived qualifier from the function name does not match the specified qualifier.")
     ref = FunctionRef(name, in_name or qualifier or None)
-    if named_account is not None and named_account != account:
-        arn = ref.arn(named_region or region, named_account)
+    own_partition = partition(region)
+    if (named_account is not None and named_account != account) or named_partition not in (None, own_partition):
+        arn = ref.arn(named_region or region, named_account, named_partition or own_partition)
         raise LambdaRequestError(403, "AccessDeniedException",
-                                 f"User: arn:aws:iam::{account}:root is not authorized to perform: "
+                                 f"User: arn:{own_partition}:iam::{account}:root is not authorized to perform: "
                                  f"lambda:InvokeFunction on resource: {arn} because no resource-based policy allows "
                                  f"the lambda:InvokeFunction action")
     if named_region is not None and named_region != region:

@@ -10,8 +10,11 @@ Each request goes through the artifact's transform_fn(model, body, content_type,
 as the serving toolkit calls it, with a RequestContext on which a refused request sets its status,
 so a bad request answers here exactly as on SageMaker. A body over MAX_REQUEST_BYTES is refused 413
 (by its Content-Length before it is read). Any exception answers 500 and is logged, and the
-process keeps serving. The worker exits by itself when the process that started it
-(--parent-pid) goes away, so a killed gateway never leaves instances behind.
+process keeps serving. Like the gateway, the worker answers only to Host 127.0.0.1:PORT or
+localhost:PORT and to no foreign Origin (guard.py's RequestGuard; PORT: the one it listens on), so
+a web page that finds its port cannot reach the model through DNS rebinding. The worker exits by
+itself when the process that started it (--parent-pid) goes away, so a killed gateway never leaves
+instances behind.
 """
 from __future__ import annotations
 
@@ -173,7 +176,10 @@ def main(argv: list[str] | None = None) -> int:
                 write_json(args.ready_file, {"port": port, "pid": os.getpid(), "model_version": version})
                 log.info("serving on %s:%d", args.host, port)
 
-    config = uvicorn.Config(build_app(inference, model, max(1, args.max_concurrency)), host=args.host,
+    from backends.local.gateway.guard import RequestGuard
+
+    app = RequestGuard(build_app(inference, model, max(1, args.max_concurrency)))  # PORT: the one it listens on
+    config = uvicorn.Config(app, host=args.host,
                             port=args.port, loop="uvloop", http="httptools", lifespan="off", access_log=False,
                             log_level="info", timeout_keep_alive=75, timeout_graceful_shutdown=10)
     Server(config).run()

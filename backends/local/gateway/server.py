@@ -10,6 +10,10 @@ gateway. A recorded gateway that does not answer within 5 s is not taken for dea
 process lives and its port accepts connections: it is busy, and is waited for (and never killed
 for being slow). Only a gateway process that no longer listens is replaced; a recorded pid that now
 belongs to another program (reused) is left alone.
+
+uvicorn answers 503 to a request once MAX_CONNECTIONS connections are open or requests running (its
+limit_concurrency; it keeps the gateway well within the usual limit of 1024 open files); what request
+bodies hold while they are read is bounded by guard.py's BodyBudget.
 """
 from __future__ import annotations
 
@@ -38,6 +42,7 @@ GATEWAY_FILE = "gateway.json"
 START_TIMEOUT_S = 60
 BUSY_TIMEOUT_S = 60  # how long a gateway that accepts connections but does not answer is waited for
 PROBE_TIMEOUT_S = 5
+MAX_CONNECTIONS = 512  # a load test's 256 requests in flight through a function use two each
 SERVER_MODULE = "backends.local.gateway.server"
 PROJECT_ROOT = Path(__file__).resolve().parents[3]
 
@@ -128,22 +133,35 @@ def stop_gateway(state: LocalState, timeout_s: float = 30) -> bool:
     return True
 
 
+def loopback_socket(port: int = 0) -> socket.socket:
+    """A TCP socket bound to 127.0.0.1:port (0: a free port), for uvicorn to listen on."""
+    # IPPROTO_TCP, not 0: asyncio turns Nagle off (TCP_NODELAY) only on sockets that say they are TCP;
+    # without it every response waits ~40 ms for the client's delayed ACK.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))
+    return sock
+
+
+def server_config(app):
+    """How uvicorn serves the gateway's app."""
+    import uvicorn
+
+    return uvicorn.Config(app, log_level="warning", access_log=False, timeout_keep_alive=75,
+                          limit_concurrency=MAX_CONNECTIONS)
+
+
 def serve(home: str, port: int) -> None:
     import uvicorn
     import uvloop
 
     from backends.local.gateway.app import create_app
 
-    # IPPROTO_TCP, not 0: asyncio turns Nagle off (TCP_NODELAY) only on sockets that say they are TCP;
-    # without it every response waits ~40 ms for the client's delayed ACK.
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", port))
+    sock = loopback_socket(port)
     port = sock.getsockname()[1]
     url, secret = f"http://127.0.0.1:{port}", secrets.token_urlsafe(32)
     app, gateway = create_app(home, url, secret)
-    config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_keep_alive=75)
-    server = uvicorn.Server(config)
+    server = uvicorn.Server(server_config(app))
 
     async def main() -> None:
         task = asyncio.create_task(server.serve(sockets=[sock]))
