@@ -34,11 +34,12 @@ class Storage(Protocol):
         """
 
     def describe_prefix(self, prefix_uri: str) -> StagedDataset:
-        """A prefix staged earlier (a data.source of s3://...), with its checksum.
+        """A prefix staged earlier, or any data.source of s3://..., with its checksum (objects that carry
+        no SHA-256 are read once to compute it).
 
         Raises:
             NotFoundError: nothing is stored under the prefix.
-            InvalidRequestError: it is not completely staged, or changed since, or cannot be checksummed.
+            InvalidRequestError: it is not completely staged, or changed since it was.
         """
 
     def upload_file(self, path: str, uri: str) -> str:
