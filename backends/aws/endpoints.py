@@ -34,8 +34,9 @@ from typing import Any, ContextManager
 
 from botocore.exceptions import ClientError
 
-from backends.aws.errors import (ROLE_PROPAGATION_BUDGET_S, error_code, error_message, if_exists, or_none,
-                                 while_role_propagates)
+from backends.aws.errors import (
+    ROLE_PROPAGATION_BUDGET_S, already_exists, error_code, error_message, if_exists, or_none, while_role_propagates,
+)
 from backends.aws.waiters import wait_until
 from backends.errors import DeploymentFailedError
 from backends.types import EndpointState, ModelVersion
@@ -294,7 +295,7 @@ def _create(create: Callable[[], Any]) -> bool:
         create()
         return True
     except ClientError as exc:
-        if error_code(exc) == "ValidationException" and "already existing" in error_message(exc):
+        if already_exists(exc):
             log.info("%s (a resent or concurrent create): using what exists", error_message(exc))
             return False
         raise

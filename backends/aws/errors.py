@@ -51,6 +51,20 @@ def is_not_found(exc: BaseException) -> bool:
     return code == "ValidationException" and any(m in error_message(exc).lower() for m in _NOT_FOUND_MESSAGES)
 
 
+ALREADY_EXISTS_CODES = frozenset({"EntityAlreadyExists", "ResourceInUse", "ResourceInUseException"})
+
+
+def already_exists(exc: BaseException) -> bool:
+    """Whether `exc` is AWS refusing a create because the resource exists: the answer to botocore's resend
+    of a create whose first send went through, or to a concurrent run's create. IAM says
+    EntityAlreadyExists, SageMaker ResourceInUse for jobs and ValidationException "Cannot create already
+    existing ..." for models, endpoint configurations and endpoints."""
+    if not isinstance(exc, ClientError):
+        return False
+    code = error_code(exc)
+    return code in ALREADY_EXISTS_CODES or (code == "ValidationException" and "already existing" in error_message(exc))
+
+
 def or_none(call: Callable[..., Any], **params) -> Any:
     """`call(**params)`, or None when AWS says the resource does not exist (a describe)."""
     try:

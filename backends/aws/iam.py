@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 
 from botocore.exceptions import ClientError
 
-from backends.aws.errors import error_code, or_none
+from backends.aws.errors import already_exists, error_code, or_none
 from core import iam as policies
 from core.iam import UNAVOIDABLE_WILDCARD_SIDS, assume_role_policy, wildcard_resources
 from core.names import PipelineNames
@@ -75,7 +75,7 @@ def ensure_role(iam, name: str, trusted_service: str, policy_name: str, policy_d
                 Tags=[{"Key": k, "Value": v} for k, v in wanted_tags.items()])["Role"]
             created = True
         except ClientError as error:  # created meanwhile by a concurrent run: converge it instead
-            if error_code(error) != "EntityAlreadyExists":
+            if not already_exists(error):
                 raise
             role = _get_role(iam, name)
     if not created:
@@ -107,7 +107,7 @@ def ensure_instance_profile(iam, name: str, role_name: str) -> str:
             profile = iam.create_instance_profile(
                 InstanceProfileName=name, Tags=[{"Key": MANAGED_TAG, "Value": "true"}])["InstanceProfile"]
         except ClientError as error:  # a resend, or a concurrent run: converge what exists
-            if error_code(error) != "EntityAlreadyExists":
+            if not already_exists(error):
                 raise
             profile = iam.get_instance_profile(InstanceProfileName=name)["InstanceProfile"]
     attached = [r["RoleName"] for r in profile.get("Roles", [])]

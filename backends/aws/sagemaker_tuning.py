@@ -36,7 +36,7 @@ from pathlib import Path
 import boto3
 from botocore.exceptions import ClientError
 
-from backends.aws.errors import error_code, or_none, while_role_propagates
+from backends.aws.errors import already_exists, or_none, while_role_propagates
 from backends.errors import WaitTimedOutError
 from backends.types import TrialCallback, TrialProgressCallback, TrialSummary, TuningOutcome, TuningRequest
 from backends.waiting import SYSTEM_CLOCK, Clock, wait_for
@@ -235,7 +235,7 @@ class SageMakerTuning:
                 self.start(request, role_arn=role_arn, region=region, source_dir=source_dir, code_uri=code_uri,
                            timeout_s=timeout_s, tags=wanted_tags)
             except ClientError as exc:  # started meanwhile, or a resend of a create whose answer was lost
-                if error_code(exc) not in ("ResourceInUse", "ResourceInUseException"):
+                if not already_exists(exc):
                     raise
                 logger.info("tuning job %s already exists: attaching to it", request.job_name)
         try:

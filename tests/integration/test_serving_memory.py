@@ -87,7 +87,7 @@ def test_big_pixel_requests_take_bounded_memory_and_give_it_back(model_dir, tmp_
 
         # Refused from its Content-Length before the body is read: none is sent.
         reader, writer = await asyncio.open_connection("127.0.0.1", worker.port)
-        writer.write(f"POST /invocations HTTP/1.1\r\nHost: worker\r\nContent-Type: image/png\r\n"
+        writer.write(f"POST /invocations HTTP/1.1\r\nHost: 127.0.0.1:{worker.port}\r\nContent-Type: image/png\r\n"
                      f"Content-Length: {inference.MAX_REQUEST_BYTES + 1}\r\n\r\n".encode())
         await writer.drain()
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 60)
