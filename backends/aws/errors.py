@@ -51,18 +51,21 @@ def is_not_found(exc: BaseException) -> bool:
     return code == "ValidationException" and any(m in error_message(exc).lower() for m in _NOT_FOUND_MESSAGES)
 
 
-ALREADY_EXISTS_CODES = frozenset({"EntityAlreadyExists", "ResourceInUse", "ResourceInUseException"})
+# SageMaker's "a job of that name exists". Only for jobs: on an endpoint, ResourceInUse is a conflicting
+# operation in progress (transient), not a name that is taken.
+JOB_EXISTS_CODES = frozenset({"ResourceInUse", "ResourceInUseException"})
 
 
-def already_exists(exc: BaseException) -> bool:
+def already_exists(exc: BaseException, *, job: bool = False) -> bool:
     """Whether `exc` is AWS refusing a create because the resource exists: the answer to botocore's resend
     of a create whose first send went through, or to a concurrent run's create. IAM says
-    EntityAlreadyExists, SageMaker ResourceInUse for jobs and ValidationException "Cannot create already
-    existing ..." for models, endpoint configurations and endpoints."""
+    EntityAlreadyExists, SageMaker ValidationException "Cannot create already existing ..." for models,
+    endpoint configurations and endpoints, and (`job=True`) ResourceInUse for a training or tuning job."""
     if not isinstance(exc, ClientError):
         return False
     code = error_code(exc)
-    return code in ALREADY_EXISTS_CODES or (code == "ValidationException" and "already existing" in error_message(exc))
+    return (code == "EntityAlreadyExists" or (job and code in JOB_EXISTS_CODES)
+            or (code == "ValidationException" and "already existing" in error_message(exc)))
 
 
 def or_none(call: Callable[..., Any], **params) -> Any:

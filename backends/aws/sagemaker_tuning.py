@@ -235,7 +235,7 @@ class SageMakerTuning:
                 self.start(request, role_arn=role_arn, region=region, source_dir=source_dir, code_uri=code_uri,
                            timeout_s=timeout_s, tags=wanted_tags)
             except ClientError as exc:  # started meanwhile, or a resend of a create whose answer was lost
-                if not already_exists(exc):
+                if not already_exists(exc, job=True):
                     raise
                 logger.info("tuning job %s already exists: attaching to it", request.job_name)
         try:
