@@ -164,7 +164,7 @@ def print_caller_policies(documents: dict[str, dict], arns: dict[str, str], fold
     """`plan --caller-policy [FOLDER]`: each managed policy under a heading; with FOLDER, each written to
     FOLDER/NAME.json instead, and the commands that create them and attach them to the caller."""
     from backends.files import write_json
-    from core.iam import MANAGED_POLICY_MAX, policy_size
+    from core.caller_policy import MANAGED_POLICY_MAX, policy_size
 
     if folder is None:
         for name, document in documents.items():

@@ -31,6 +31,7 @@ from backends.aws.training import TRAINING_DIR
 from backends.planning import attempted, concurrency_check, plan_dataset, plan_weights, reason
 from backends.requests import tuning_request
 from backends.types import TrialSummary
+from core import caller_policy
 from core import iam as policies
 from core.best_trial import NoSuccessfulTrialError, choose_best_trial
 from core.config import PipelineConfig
@@ -439,23 +440,23 @@ class AwsPlanning:
 
     def caller_policies(self, config: PipelineConfig) -> dict[str, dict]:
         """The least-privilege identity policy of whoever runs `config` as managed policies by name
-        (core.iam.caller_policies), for the bucket and SSE-KMS keys as they are now, the caller allowed to
+        (core.caller_policy.caller_policies), for the bucket and SSE-KMS keys as they are now, the caller allowed to
         simulate its own policy."""
         bucket = self.bucket_name()
         keys = self.roles.key_arns([f"s3://{bucket}/", *self.roles.readable_uris])
         caller = self.account.client("sts").get_caller_identity()["Arn"]
-        return policies.caller_policies(config.names, self.account.account_id, self.account.region, bucket,
+        return caller_policy.caller_policies(config.names, self.account.account_id, self.account.region, bucket,
                                         mode=config.training.mode, readable_uris=self.roles.readable_uris,
                                         key_arns=keys, caller_arn=self._principal(caller))
 
     def policy_arn(self, name: str) -> str:
         """The ARN a managed policy called `name` has in this account."""
-        return policies.policy_arn(self.account.region, self.account.account_id, name)
+        return caller_policy.policy_arn(self.account.region, self.account.account_id, name)
 
     def _principal(self, caller: str) -> str | None:
         """The caller's principal; for a role, its own ARN (the session's lacks the role's path) when the
         caller may read it."""
-        principal = policies.caller_principal_arn(caller)
+        principal = caller_policy.caller_principal_arn(caller)
         if principal is None or ":role/" not in principal:
             return principal
         try:
@@ -466,7 +467,7 @@ class AwsPlanning:
         return found["Role"]["Arn"] if found else principal
 
     def _permissions(self, config: PipelineConfig, bucket: str, keys: list[str]) -> Check:
-        """SimulatePrincipalPolicy of the caller's principal on everything the run does (core.iam.caller_actions)."""
+        """SimulatePrincipalPolicy of the caller's principal on everything the run does (core.caller_policy.caller_actions)."""
         iam = self.account.client("iam")
         caller = self.account.client("sts").get_caller_identity()["Arn"]
         principal = self._principal(caller)
@@ -474,7 +475,7 @@ class AwsPlanning:
             return Check("caller permissions", "warn", f"{caller} cannot be simulated (the root user or a federated "
                                                        "user): compare its permissions with `sagemaker-flows plan "
                                                        "--caller-policy`")
-        actions = [a for a in policies.caller_actions(
+        actions = [a for a in caller_policy.caller_actions(
             config.names, self.account.account_id, self.account.region, bucket, mode=config.training.mode,
             readable_uris=self.roles.readable_uris, key_arns=keys, caller_arn=principal) if not a.teardown]
         denied: list[tuple[str, str, str]] = []

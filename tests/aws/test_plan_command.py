@@ -8,6 +8,7 @@ import pytest
 from moto import mock_aws
 
 import backends.aws.backend as aws_backend
+from core import caller_policy
 from core import iam
 from flows.cli import main
 from tests.aws.fakes import answer
@@ -56,8 +57,8 @@ def test_caller_policy_is_the_least_privilege_policy_of_the_seed_run(account, ca
                                for group in ("storage", "roles", "sagemaker", "function", "scaling")]
     sids = {}
     for document in documents.values():
-        assert document["Version"] == "2012-10-17" and iam.policy_size(document) <= iam.MANAGED_POLICY_MAX
-        assert set(iam.wildcard_resources(document)) <= iam.CALLER_WILDCARD_SIDS
+        assert document["Version"] == "2012-10-17" and caller_policy.policy_size(document) <= caller_policy.MANAGED_POLICY_MAX
+        assert set(iam.wildcard_resources(document)) <= caller_policy.CALLER_WILDCARD_SIDS
         sids.update({s["Sid"]: s for s in document["Statement"]})
     assert sids["PipelineObjects"]["Resource"] == "arn:aws:s3:::sagemaker-flows-123456789012-us-east-1/dog-breeds/dev/*"
     assert sids["ReadGivenLocations"]["Resource"] == ["arn:aws:s3:::my-ml-data/dogImages/*",
@@ -80,7 +81,7 @@ def test_caller_policy_is_printed_under_headings_or_written_to_a_folder_with_its
     written = sorted(folder.iterdir())
     assert [p.name for p in written] == sorted(f"dog-breeds-dev-caller-{group}.json"
                                                for group in ("storage", "roles", "sagemaker", "function", "scaling"))
-    assert all(iam.policy_size(json.loads(p.read_text())) <= iam.MANAGED_POLICY_MAX for p in written)
+    assert all(caller_policy.policy_size(json.loads(p.read_text())) <= caller_policy.MANAGED_POLICY_MAX for p in written)
     name = "dog-breeds-dev-caller-sagemaker"
     assert (f"  aws iam create-policy --policy-name {name} --policy-document file://{folder}/{name}.json\n" in out)
     assert (f"  aws iam attach-user-policy --user-name USER --policy-arn arn:aws:iam::123456789012:policy/{name}\n"

@@ -34,6 +34,7 @@ from backends.local.gateway.instances import MAX_LOCAL_INSTANCES
 from backends.local.gateway.server import MAX_CONNECTIONS, ensure_gateway, running_gateway, stop_gateway
 from backends.local.state import DEFAULT_BUCKET, LocalState
 from backends.local.store import LocalStore
+from backends.waiting import wait_for
 from tests.helpers import CLASSES, image_bytes, make_model_artifact
 
 pytestmark = pytest.mark.integration
@@ -534,12 +535,17 @@ def test_bodies_held_open_are_bounded_by_the_gateways_budget(gateway):
     print(f"gateway RSS before {before:.0f} MB, with 12 x 6 MB bodies held open {during:.0f} MB "
           f"(+{during - before:.0f}), after they closed {gateway_rss_mb(info.pid):.0f} MB")
     assert during - before < BODY_BUDGET_BYTES / MB + 16
-    deadline = time.monotonic() + 30  # the held reads end with their connections; invocations go on
-    while time.monotonic() < deadline:
+    assert_invocations_recover(info)  # the held reads end with their connections; invocations go on
+
+
+def assert_invocations_recover(info) -> None:
+    """Once the connections held open are gone, the gateway answers invocations again (within 30 s)."""
+    def answers() -> bool | None:
         with contextlib.suppress(ClientError):
             if invoke_json(info.url, {"n": 1}, FunctionName="echo")["event"] == {"n": 1}:
-                break
-        time.sleep(0.2)
+                return True
+        return None
+    wait_for(answers, what="the gateway to answer invocations again", timeout_s=30, interval_s=0.2)
     assert invoke_json(info.url, {"n": 2}, FunctionName="echo")["event"] == {"n": 2}
 
 
@@ -554,13 +560,7 @@ def test_past_its_connection_limit_the_gateway_answers_503_and_recovers(gateway)
     finally:
         for sock in idle:
             sock.close()
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        with contextlib.suppress(ClientError):
-            if invoke_json(info.url, {"n": 1}, FunctionName="echo")["event"] == {"n": 1}:
-                break
-        time.sleep(0.2)
-    assert invoke_json(info.url, {"n": 2}, FunctionName="echo")["event"] == {"n": 2}
+    assert_invocations_recover(info)
 
 
 # -- the real app in this process, with its limits made small --------------------------------------

@@ -9,6 +9,7 @@ import botocore.session
 import pytest
 from botocore import xform_name
 
+from core import caller_policy
 from core import iam
 from core.names import PipelineNames
 
@@ -67,24 +68,24 @@ def _grants(documents) -> set[tuple[str, str, str]]:
 
 @pytest.mark.parametrize("mode", ["tuning", "instance"])
 def test_each_policy_fits_a_managed_policy_and_has_a_stable_name(mode):
-    documents = iam.caller_policies(NAMES, ACCOUNT, REGION, BUCKET, mode=mode, **OPTIONS)
+    documents = caller_policy.caller_policies(NAMES, ACCOUNT, REGION, BUCKET, mode=mode, **OPTIONS)
     groups = ["storage", "roles", "sagemaker", *(["instances"] if mode == "instance" else []), "function", "scaling"]
     assert list(documents) == [f"dog-breeds-dev-caller-{group}" for group in groups]
     for name, document in documents.items():
         text = json.dumps(document)
-        assert len(re.sub(r"\s", "", text)) == iam.policy_size(document) <= iam.MANAGED_POLICY_MAX, name
+        assert len(re.sub(r"\s", "", text)) == caller_policy.policy_size(document) <= caller_policy.MANAGED_POLICY_MAX, name
         sids = [s["Sid"] for s in document["Statement"]]
         assert document["Version"] == "2012-10-17" and len(sids) == len(set(sids))
-        assert set(iam.wildcard_resources(document)) <= iam.CALLER_WILDCARD_SIDS
+        assert set(iam.wildcard_resources(document)) <= caller_policy.CALLER_WILDCARD_SIDS
         # one service group each: its name says what it holds
         services = {a.split(":")[0] for s in document["Statement"] for a in _listify(s["Action"])}
-        assert {iam.CALLER_POLICY_GROUPS[service] for service in services} == {name.rsplit("-", 1)[1]}
-    assert sum(iam.policy_size(d) for d in documents.values()) > iam.MANAGED_POLICY_MAX  # why it is split
+        assert {caller_policy.CALLER_POLICY_GROUPS[service] for service in services} == {name.rsplit("-", 1)[1]}
+    assert sum(caller_policy.policy_size(d) for d in documents.values()) > caller_policy.MANAGED_POLICY_MAX  # why it is split
 
 
 @pytest.mark.parametrize("mode", ["tuning", "instance"])
 def test_together_they_grant_what_the_one_document_did_with_the_fixes(mode):
-    documents = iam.caller_policies(NAMES, ACCOUNT, REGION, BUCKET, mode=mode, **OPTIONS)
+    documents = caller_policy.caller_policies(NAMES, ACCOUNT, REGION, BUCKET, mode=mode, **OPTIONS)
     before = {tuple(grant) for grant in BEFORE[mode]}
     removed = COMMON_FIXES[0] | MODE_FIXES[mode][0]
     added = COMMON_FIXES[1] | MODE_FIXES[mode][1]
@@ -94,10 +95,10 @@ def test_together_they_grant_what_the_one_document_did_with_the_fixes(mode):
 
 def test_many_locations_to_read_go_on_in_a_second_storage_policy():
     many = [f"s3://data-bucket-{n:03d}/a-rather-long-prefix-of-images-{n:03d}/" for n in range(60)]
-    documents = iam.caller_policies(NAMES, ACCOUNT, REGION, BUCKET, readable_uris=many)
+    documents = caller_policy.caller_policies(NAMES, ACCOUNT, REGION, BUCKET, readable_uris=many)
     assert "dog-breeds-dev-caller-storage-2" in documents
-    assert all(iam.policy_size(d) <= iam.MANAGED_POLICY_MAX for d in documents.values())
-    one = iam.caller_policies(NAMES, ACCOUNT, REGION, BUCKET, readable_uris=many[:1])
+    assert all(caller_policy.policy_size(d) <= caller_policy.MANAGED_POLICY_MAX for d in documents.values())
+    one = caller_policy.caller_policies(NAMES, ACCOUNT, REGION, BUCKET, readable_uris=many[:1])
     assert ("s3:GetObject", "arn:aws:s3:::data-bucket-059/a-rather-long-prefix-of-images-059/*", "") in _grants(
         documents.values()) and "dog-breeds-dev-caller-storage-2" not in one
 
@@ -145,7 +146,7 @@ def test_every_aws_call_of_the_code_is_granted():
                 if name in operations and name not in NOT_AWS_CALLS or name in TRANSFERS:
                     called.setdefault(name, set()).add(str(path.relative_to(ROOT)))
     granted = {a for mode in ("tuning", "instance")
-               for a in (a for action in iam.caller_actions(NAMES, ACCOUNT, REGION, BUCKET, mode=mode, **OPTIONS)
+               for a in (a for action in caller_policy.caller_actions(NAMES, ACCOUNT, REGION, BUCKET, mode=mode, **OPTIONS)
                          for a in action.actions)} | NEEDS_NO_PERMISSION
     assert {"invoke_endpoint", "get_function_configuration", "list_aws_default_service_quotas",
             "published_version_active", "list_role_tags"} <= called.keys()  # the scan sees each kind of call

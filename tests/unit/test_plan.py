@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from core import caller_policy
 from core import iam
 from core.costs import CostLine
 from core.names import PipelineNames
@@ -160,7 +161,7 @@ def test_vcpu_quota_check():
     ("arn:aws:sts::123456789012:federated-user/bob", None),
 ])
 def test_the_simulated_principal_of_a_caller(caller, principal):
-    assert iam.caller_principal_arn(caller) == principal
+    assert caller_policy.caller_principal_arn(caller) == principal
 
 
 def test_denied_pairs_from_simulation_results():
@@ -184,7 +185,7 @@ def test_denied_pairs_from_simulation_results():
 
 def _policy(**options) -> dict:
     """The caller's managed policies as one document (their statements together)."""
-    documents = iam.caller_policies(NAMES, ACCOUNT, REGION, BUCKET, caller_arn=f"arn:aws:iam::{ACCOUNT}:user/ci",
+    documents = caller_policy.caller_policies(NAMES, ACCOUNT, REGION, BUCKET, caller_arn=f"arn:aws:iam::{ACCOUNT}:user/ci",
                                     **options)
     return {"Version": "2012-10-17", "Statement": [s for d in documents.values() for s in d["Statement"]]}
 
@@ -200,9 +201,9 @@ def test_caller_policy_is_valid_and_wildcards_only_where_aws_has_no_resource(mod
                                              key_arns=[f"arn:aws:kms:{REGION}:{ACCOUNT}:key/abcd"])))
     sids = [s["Sid"] for s in document["Statement"]]
     assert len(sids) == len(set(sids)) and all(sid.isalnum() for sid in sids)
-    assert set(iam.wildcard_resources(document)) <= iam.CALLER_WILDCARD_SIDS
+    assert set(iam.wildcard_resources(document)) <= caller_policy.CALLER_WILDCARD_SIDS
     for statement in document["Statement"]:
-        if statement["Sid"] in iam.CALLER_WILDCARD_SIDS:  # only list, describe and account-wide reads there
+        if statement["Sid"] in caller_policy.CALLER_WILDCARD_SIDS:  # only list, describe and account-wide reads there
             assert all(a.split(":")[1].startswith(("List", "Describe", "Get", "Register", "Put", "Delete", "Deregister"))
                        for a in statement["Action"])
             assert not any(a.startswith(("iam:", "s3:", "sagemaker:Create")) for a in statement["Action"])
@@ -238,7 +239,7 @@ def test_roles_are_passed_only_to_their_own_service():
 
 
 def test_every_condition_key_has_a_value_for_the_simulation():
-    for action in iam.caller_actions(NAMES, ACCOUNT, REGION, BUCKET, mode="instance",
+    for action in caller_policy.caller_actions(NAMES, ACCOUNT, REGION, BUCKET, mode="instance",
                                      readable_uris=["s3://data-bucket/dogImages/"],
                                      key_arns=[f"arn:aws:kms:{REGION}:{ACCOUNT}:key/abcd"]):
         keys = {key for operator in (action.condition or {}).values() for key in operator}
