@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from backends.local.gateway.functions import (
-    FunctionManager, FunctionNotFoundError, InvalidPayloadError, TooManyRequestsError,
-)
+from backends.local.gateway.function_types import FunctionNotFoundError, InvalidPayloadError, TooManyRequestsError
+from backends.local.gateway.functions import FunctionManager
 from backends.local.gateway.guard import ControlInputError
 
 pytestmark = pytest.mark.integration

@@ -28,9 +28,8 @@ from backends.local.gateway.autoscaler import parse_policy
 from backends.local.gateway.endpoints import (
     EndpointManager, EndpointNotFoundError, EndpointUnavailableError, EndpointUpdateError,
 )
-from backends.local.gateway.functions import (
-    MAX_EVENT_BYTES, FunctionManager, FunctionNotFoundError, InvalidPayloadError, TooManyRequestsError,
-)
+from backends.local.gateway.function_types import FunctionNotFoundError, InvalidPayloadError, TooManyRequestsError
+from backends.local.gateway.functions import MAX_EVENT_BYTES, FunctionManager
 from backends.local.gateway.guard import (
     BodyBudget, BodyBudgetError, BodyReadTimeoutError, BodyTooLargeError, ControlInputError, RequestGuard,
     discard_disconnects, read_body, read_json_object,

@@ -29,14 +29,15 @@ import shutil
 import sys
 import time
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 
 from backends.aws.functions import ALIAS
-from backends.errors import InvalidRequestError, NotFoundError, ServiceUnavailableError
 from backends.local.gateway.environments import (
     MAX_LOCAL_ENVIRONMENTS, Config, Environment, EnvironmentGoneError, Generation, HostedFunction, copy_and_hash,
     error_payload, now_iso, process_env, validate,
+)
+from backends.local.gateway.function_types import (
+    FunctionInfo, FunctionNotFoundError, FunctionReply, InvalidPayloadError, QueuedEvent, TooManyRequestsError,
 )
 from backends.local.gateway.guard import ControlInputError
 from backends.local.gateway.lambda_names import partition
@@ -54,76 +55,6 @@ MAX_QUEUED_EVENTS = 256  # Event invocations waiting for a worker, all functions
 MAX_QUEUED_EVENT_BYTES = 32 * 1024 * 1024  # their payloads, until each is delivered or dropped
 EVENT_WORKERS = 8  # Event invocations running at once
 EVENT_RETRY_DELAYS_S = (1.0, 2.0, 4.0, 8.0)  # a throttled event waits this long before each new try
-
-
-class FunctionNotFoundError(NotFoundError):
-    """No function of that name (or no such version or alias of it)."""
-
-    status_code, error_type = 404, "ResourceNotFoundException"  # what the Invoke API answers
-
-
-class InvalidPayloadError(InvalidRequestError):
-    """The payload is not JSON: Lambda refuses it before the handler runs."""
-
-    status_code, error_type = 400, "InvalidRequestContentException"
-
-    def __init__(self, reason: str):
-        super().__init__(f"Could not parse request body into json: Could not parse payload into json: {reason}")
-
-
-class TooManyRequestsError(ServiceUnavailableError):
-    """Lambda's throttle: the reserved (or the account's) concurrency is in use."""
-
-    status_code, error_type = 429, "TooManyRequestsException"
-
-    def __init__(self, name: str, reason: str = "ReservedFunctionConcurrentInvocationLimitExceeded",
-                 detail: str = ""):
-        super().__init__(f"Rate Exceeded. ({name}: {reason}{'; ' + detail if detail else ''})")
-        self.reason = reason
-
-
-@dataclass
-class QueuedEvent:
-    name: str
-    payload: bytes
-    qualifier: str | None
-
-
-@dataclass
-class FunctionInfo:
-    name: str
-    code_sha256: str  # base64 of a sha256 over the folder's files (Lambda's CodeSha256 format)
-    handler: str
-    environment: dict[str, str]
-    memory_mb: int
-    timeout_s: int
-    reserved_concurrency: int | None
-    provisioned_concurrency: int
-    last_modified: str
-    invocations: int = 0
-    cold_starts: int = 0
-    throttles: int = 0
-    errors: int = 0
-    environments: int = 0  # alive (starting, idle or busy), old configurations' draining ones included
-    busy: int = 0  # invocations in flight
-    arn: str = ""
-    code_dir: str = ""  # the immutable copy the environments run
-    last_init_error: str | None = None
-    async_events_received: int = 0  # Event invocations queued (Lambda's AsyncEventsReceived)
-    async_events_dropped: int = 0  # ... given up on after throttles (Lambda's AsyncEventsDropped)
-
-
-@dataclass
-class FunctionReply:
-    payload: bytes
-    status_code: int = 200
-    function_error: str | None = None  # "Unhandled": the handler raised, timed out, or its runtime failed
-    executed_version: str = "$LATEST"
-    log_result: str = ""  # the invocation's log lines (last 4 KB), plain text
-    cold_start: bool = False
-    duration_ms: float = 0.0
-    request_id: str = ""
-    init_duration_ms: float | None = None
 
 
 class FunctionManager:
