@@ -39,8 +39,6 @@ import io
 import json
 import os
 import platform
-import re
-import statistics
 import sys
 import tempfile
 import threading
@@ -49,7 +47,10 @@ import traceback
 from dataclasses import asdict
 from pathlib import Path
 
-from serving_load import merge_cells, run_cell  # bench/ is on sys.path when run as a script
+from serving_callers import (ENDPOINT_NAME, FUNCTION_NAME, PLAIN_ENDPOINT_NAME, endpoint_caller, in_process_caller,
+                             lambda_caller, plain_caller)  # bench/ is on sys.path when run as a script
+from serving_hop import lambda_breakdown
+from serving_load import merge_cells, run_cell
 from serving_report import LAMBDA_PROVISIONED, LAMBDA_RESERVED, PATHS, PHOTO_SIZE, _fmt, report
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -57,12 +58,6 @@ if str(REPO_ROOT) not in sys.path:  # run as a script: make `training`, `backend
     sys.path.insert(0, str(REPO_ROOT))
 
 LAMBDA_SOURCE = REPO_ROOT / "lambda_src"
-ENDPOINT_NAME = "bench-serving"
-PLAIN_ENDPOINT_NAME = "bench-serving-plain"
-FUNCTION_NAME = "bench-serving-fn"
-REGION = "us-east-1"
-FAKE_CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing",
-                    "aws_session_token": "testing"}  # only the local gateway is ever called
 JPEG_QUALITY = 95
 QUICK = dict(architecture="resnet18", image_size=64, requests=16, warmup=2, time_limit=60.0, breakdown=8,
              agreement=8, stages=5)
@@ -155,80 +150,6 @@ def make_plain_artifact(folder: Path, model_dir: Path) -> Path:
     return pack_model_artifact(plain, folder / "plain-model.tar.gz")
 
 
-# -- callers: one per thread, created before the clock starts ----------------------------------
-def _check_predictions(answer: dict) -> None:
-    if not isinstance(answer, dict) or not answer.get("predictions"):
-        raise RuntimeError(f"answer without predictions: {str(answer)[:200]}")
-
-
-def in_process_caller(model, body: bytes):
-    from training.inference import handle
-
-    def call(image: bytes = body) -> dict:
-        answer = json.loads(handle(image, "image/jpeg", "application/json", model))
-        _check_predictions(answer)
-        return answer
-    return call
-
-
-def plain_caller(model, body: bytes):
-    from bench.serving_baseline import handle
-
-    def call(image: bytes = body) -> dict:
-        answer = json.loads(handle(image, model))
-        _check_predictions(answer)
-        return answer
-    return call
-
-
-def _boto_config(read_timeout: float):
-    from botocore.config import Config
-
-    return Config(connect_timeout=10, read_timeout=read_timeout, retries={"total_max_attempts": 1},
-                  max_pool_connections=4)
-
-
-def endpoint_caller(url: str, body: bytes, read_timeout: float, endpoint: str = ENDPOINT_NAME):
-    import boto3
-
-    client = boto3.client("sagemaker-runtime", endpoint_url=url, region_name=REGION,
-                          config=_boto_config(read_timeout), **FAKE_CREDENTIALS)
-
-    def call(image: bytes = body) -> dict:
-        response = client.invoke_endpoint(EndpointName=endpoint, ContentType="image/jpeg",
-                                          Accept="application/json", Body=image)
-        answer = json.loads(response["Body"].read())
-        _check_predictions(answer)
-        return answer
-    call.client = client
-    return call
-
-
-def lambda_caller(url: str, payload: str, read_timeout: float):
-    import boto3
-
-    client = boto3.client("lambda", endpoint_url=url, region_name=REGION,
-                          config=_boto_config(read_timeout), **FAKE_CREDENTIALS)
-
-    def call() -> None:
-        response = client.invoke(FunctionName=FUNCTION_NAME, Payload=payload)
-        _check_lambda(response)
-    call.client = client
-    return call
-
-
-def _check_lambda(response: dict) -> dict:
-    raw = response["Payload"].read()
-    if response.get("FunctionError") or response.get("StatusCode") != 200:
-        raise RuntimeError(f"function error {response.get('FunctionError')}: {raw[:300]!r}")
-    answer = json.loads(raw)
-    if not isinstance(answer, dict) or answer.get("statusCode") != 200:
-        raise RuntimeError(f"handler answered {str(answer)[:300]}")
-    body = json.loads(answer["body"])
-    _check_predictions(body)
-    return body
-
-
 # -- the gateway side --------------------------------------------------------------------------
 def function_counters(gateway) -> dict:
     for fn in gateway.status().get("functions", []):
@@ -251,74 +172,6 @@ def endpoint_threads(gateway) -> list[str]:
             except OSError:
                 found.append("?")
     return found
-
-
-NOOP_FUNCTION = "bench-serving-noop"
-NOOP_HANDLER = "def lambda_handler(event, context):\n    return {'statusCode': 200, 'body': '{}'}\n"
-
-
-def lambda_breakdown(url: str, gateway, code_dir: Path, body: bytes, payload: str, n: int,
-                     read_timeout: float) -> dict:
-    """Where the Lambda hop goes, at concurrency 1, after the timed cells: (b) and (c) requests alternate,
-    (c) asking for its log tail (LogType=Tail) to read the runtime's REPORT Duration and the handler's own
-    latency_ms; plus the gateway's no-op round trip and a no-op function invoked with the same payload."""
-    import boto3
-    import httpx
-
-    code_dir.mkdir(parents=True, exist_ok=True)
-    (code_dir / "handler.py").write_text(NOOP_HANDLER)
-    gateway.put_function(NOOP_FUNCTION, str(code_dir), reserved_concurrency=1, provisioned_concurrency=1)
-    runtime = boto3.client("sagemaker-runtime", endpoint_url=url, region_name=REGION,
-                           config=_boto_config(read_timeout), **FAKE_CREDENTIALS)
-    lam = boto3.client("lambda", endpoint_url=url, region_name=REGION,
-                       config=_boto_config(read_timeout), **FAKE_CREDENTIALS)
-    http = httpx.Client(timeout=read_timeout, headers={"Authorization": f"Bearer {gateway.secret}"})
-    rows: dict[str, list[float]] = {k: [] for k in ("noop_http", "noop_function", "b_total", "c_total", "c_report",
-                                                    "c_handler")}
-
-    def timed(key: str | None, fn):
-        began = time.perf_counter()
-        out = fn()
-        if key:
-            rows[key].append((time.perf_counter() - began) * 1000)
-        return out
-
-    def noop_http():
-        http.get(f"{url}/_local/status").raise_for_status()
-
-    def noop_function():
-        response = lam.invoke(FunctionName=NOOP_FUNCTION, Payload=payload)
-        response["Payload"].read()
-        if response.get("FunctionError"):
-            raise RuntimeError("the no-op function failed")
-
-    def endpoint():
-        response = runtime.invoke_endpoint(EndpointName=ENDPOINT_NAME, ContentType="image/jpeg", Body=body)
-        _check_predictions(json.loads(response["Body"].read()))
-
-    def function():
-        response = lam.invoke(FunctionName=FUNCTION_NAME, Payload=payload, LogType="Tail")
-        _check_lambda(response)
-        return base64.b64decode(response.get("LogResult", "")).decode("utf-8", "replace")
-
-    try:
-        for key, fn in (("noop_http", noop_http), ("noop_function", noop_function)):  # back to back, as the cells
-            for i in range(n + 2):
-                timed(key if i >= 2 else None, fn)
-        for i in range(n + 2):  # (b) and (c) alternate; the first two rounds warm the clients up
-            keep = i >= 2
-            timed("b_total" if keep else None, endpoint)
-            log = timed("c_total" if keep else None, function)
-            report = re.search(r"REPORT RequestId: \S+\tDuration: ([\d.]+) ms", log)
-            handler = re.search(r'"message": "request completed".*?"latency_ms": ([\d.]+)', log)
-            if keep and report and handler:
-                rows["c_report"].append(float(report.group(1)))
-                rows["c_handler"].append(float(handler.group(1)))
-    finally:
-        runtime.close()
-        lam.close()
-        http.close()
-    return {k: statistics.median(v) if v else None for k, v in rows.items()} | {"requests": n}
 
 
 # -- the run -----------------------------------------------------------------------------------

@@ -126,6 +126,9 @@ def report(args: argparse.Namespace, results: dict) -> None:
         print(f"  gateway no-op round trip (GET /_local/status, keep-alive): {_fmt(bd['noop_http'], 2)} ms")
         print(f"  a no-op function invoked with the same {results['request']['lambda_payload_bytes'] / 1024:.0f} KiB "
               f"payload: {_fmt(bd['noop_function'], 2)} ms (boto3 lambda client + gateway + runtime, no endpoint call)")
+        if bd.get("wait_function") is not None:
+            print(f"  the same no-op told to sleep as long as (b) takes: {_fmt(bd['wait_function'], 2)} ms beyond its "
+                  f"sleep (the same round trip after the processes on it idled that long)")
         print(f"  (b) {_fmt(bd['b_total'])} ms, (c) {_fmt(bd['c_total'])} ms: hop "
               f"{_fmt(_sub(bd['c_total'], bd['b_total']), 2)} ms =")
         print(f"    {_fmt(_sub(bd['c_total'], bd['c_report']), 2)} ms outside the handler's process: boto3 lambda "
