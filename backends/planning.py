@@ -10,6 +10,7 @@ from typing import TypeVar
 
 from backends.errors import InvalidRequestError, NotFoundError
 from backends.services import Functions, Storage
+from backends.types import ModelVersion
 from core.config import PipelineConfig
 from core.datasets import DatasetError, check_layout, folder_checksum
 from core.plan import Check, PlannedChange
@@ -39,6 +40,15 @@ def attempted(checks: list[Check], name: str, observe: Callable[[], T], default:
         log.warning("plan: could not check %s: %s", name, reason(exc))
         checks.append(Check(name, "warn", f"could not check: {reason(exc)}"))
         return default
+
+
+def released_version_change(release: ModelVersion) -> PlannedChange:
+    """The registry's change when a run serves `release` again (a rollback): it becomes the champion
+    after its smoke test, unless it is the champion already."""
+    if release.champion:
+        return PlannedChange("model version", release.label, "keep", "the champion")
+    return PlannedChange("model version", release.label, "update", f"{release.status} -> the champion after its "
+                                                                   "smoke test")
 
 
 @dataclass(frozen=True)

@@ -174,9 +174,12 @@ class Planning(Protocol):
     """What a run of a configuration will do, before it does anything: `sagemaker-flows plan`, and the
     first step of every training flow."""
 
-    def plan(self, config: PipelineConfig) -> Plan:
+    def plan(self, config: PipelineConfig, release: ModelVersion | None = None) -> Plan:
         """Each resource the run will create, update, keep or delete (found by the names and tags the
         tasks use), its costs (config.preflight's price table and estimates; 0 locally), and the
         pre-flight checks, each failure saying what to change. Only reads: nothing is made, not even
         the bucket. A check that cannot be made (an API refused or missing) is a warn saying so.
+
+        release: plan serving this registered version again (a rollback) instead of a run that stages,
+        trains and registers: no data, training, quota or permission check of training can stop it.
         """

@@ -32,7 +32,8 @@ class CallerAction:
     """Actions the caller needs on exactly these resources (each action applies to each resource, so a
     policy simulation of the pairs is meaningful). `condition` narrows the grant in the policy; `context`
     holds the values a run's calls carry for those condition keys, for the simulation. `teardown`:
-    needed by the teardown flow only."""
+    needed by the teardown flow only. `training`: needed to train, not to serve a registered version (a
+    rollback's plan leaves these out)."""
 
     sid: str
     actions: tuple[str, ...]
@@ -40,6 +41,7 @@ class CallerAction:
     condition: dict | None = None
     context: tuple[tuple[str, tuple[str, ...]], ...] = ()
     teardown: bool = False
+    training: bool = False
 
     def statement(self) -> dict:
         statement = {"Sid": self.sid, "Effect": "Allow", "Action": list(self.actions),
@@ -132,7 +134,7 @@ def caller_actions(names: PipelineNames, account_id: str, region: str, bucket: s
         operator = "StringEqualsIfExists" if kind == "ec2" else "StringEquals"
         found.append(CallerAction(f"Pass{kind.capitalize()}RoleToItsService", ("iam:PassRole",), (arn,),
                                   {operator: {"iam:PassedToService": service}},
-                                  (("iam:PassedToService", (service,)),)))
+                                  (("iam:PassedToService", (service,)),), training=kind == "ec2"))
     if key_arns:
         found.append(CallerAction("DescribeBucketKeys", ("kms:DescribeKey",), tuple(sorted(set(key_arns)))))
         found += _as_actions(kms_statements(write_key_arns=key_arns),
@@ -143,23 +145,23 @@ def caller_actions(names: PipelineNames, account_id: str, region: str, bucket: s
         found += [
             CallerAction("TrainingInstanceProfile", ("iam:GetInstanceProfile", "iam:CreateInstanceProfile",
                                                      "iam:TagInstanceProfile", "iam:AddRoleToInstanceProfile",
-                                                     "iam:RemoveRoleFromInstanceProfile"), (profile,)),
+                                                     "iam:RemoveRoleFromInstanceProfile"), (profile,), training=True),
             CallerAction("RemoveTrainingInstanceProfile", ("iam:DeleteInstanceProfile",), (profile,), teardown=True),
             CallerAction("LaunchTrainingInstance", ("ec2:RunInstances",),
                          (f"{ec2}:instance/*", f"{ec2}:volume/*", f"{ec2}:network-interface/*", f"{ec2}:subnet/*",
-                          f"{ec2}:security-group/*", f"arn:{part}:ec2:{region}::image/*")),
+                          f"{ec2}:security-group/*", f"arn:{part}:ec2:{region}::image/*"), training=True),
             CallerAction("TagTrainingInstanceAtLaunch", ("ec2:CreateTags",), (f"{ec2}:instance/*", f"{ec2}:volume/*"),
                          {"StringEquals": {"ec2:CreateAction": "RunInstances"}},
-                         (("ec2:CreateAction", ("RunInstances",)),)),
+                         (("ec2:CreateAction", ("RunInstances",)),), training=True),
             CallerAction("TerminatePipelineInstances", ("ec2:TerminateInstances",), (f"{ec2}:instance/*",),
                          {"StringEquals": {f"aws:ResourceTag/{k}": v for k, v in names.tags.items()}},
-                         tuple((f"aws:ResourceTag/{k}", (v,)) for k, v in names.tags.items())),
+                         tuple((f"aws:ResourceTag/{k}", (v,)) for k, v in names.tags.items()), training=True),
             CallerAction("Ec2DescribesOnlyAllowWildcard", ("ec2:DescribeInstances", "ec2:DescribeInstanceTypes",
-                                                           "ec2:DescribeInstanceTypeOfferings"), ("*",)),
+                                                           "ec2:DescribeInstanceTypeOfferings"), ("*",), training=True),
             CallerAction("DeepLearningAmiParameter", ("ssm:GetParameter",),
-                         (f"arn:{part}:ssm:{region}::parameter/aws/service/deeplearning/*",)),
+                         (f"arn:{part}:ssm:{region}::parameter/aws/service/deeplearning/*",), training=True),
             CallerAction("Ec2InstanceQuotas", ("servicequotas:GetServiceQuota",),
-                         (f"arn:{part}:servicequotas:{region}:{account_id}:ec2/*",)),
+                         (f"arn:{part}:servicequotas:{region}:{account_id}:ec2/*",), training=True),
         ]
     else:
         # A tuning job's name (32 characters) holds the stage but not the project (core.names), so the
@@ -171,14 +173,16 @@ def caller_actions(names: PipelineNames, account_id: str, region: str, bucket: s
         request_tags, resource_tags = _tag_condition(names, "aws:RequestTag"), _tag_condition(names, "aws:ResourceTag")
         found += [
             CallerAction("CreateTuningJobsWithPipelineTags", ("sagemaker:CreateHyperParameterTuningJob",
-                                                              "sagemaker:AddTags"), (jobs,), *request_tags),
-            CallerAction("TagTrialTrainingJobsWithPipelineTags", ("sagemaker:AddTags",), (trials,), *request_tags),
+                                                              "sagemaker:AddTags"), (jobs,), *request_tags,
+                         training=True),
+            CallerAction("TagTrialTrainingJobsWithPipelineTags", ("sagemaker:AddTags",), (trials,), *request_tags,
+                         training=True),
             CallerAction("StopPipelineTuningJobs", ("sagemaker:StopHyperParameterTuningJob",), (jobs,),
-                         *resource_tags),
+                         *resource_tags, training=True),
             CallerAction("ReadStageTuningJobs", ("sagemaker:DescribeHyperParameterTuningJob",
                                                  "sagemaker:ListTrainingJobsForHyperParameterTuningJob",
-                                                 "sagemaker:ListTags"), (jobs,)),
-            CallerAction("ReadStageTrialTrainingJobs", ("sagemaker:DescribeTrainingJob",), (trials,)),
+                                                 "sagemaker:ListTags"), (jobs,), training=True),
+            CallerAction("ReadStageTrialTrainingJobs", ("sagemaker:DescribeTrainingJob",), (trials,), training=True),
         ]
     found += [
         CallerAction("SageMakerListsOnlyAllowWildcard", ("sagemaker:ListHyperParameterTuningJobs",

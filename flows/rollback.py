@@ -1,8 +1,10 @@
 """rollback: serve an earlier model version again (deploy, publish the function for it, smoke test,
 make it the champion); its own smoke test failing rolls back to what served before.
 
-plan_run (pre-flight, as every flow that deploys: a failed check stops here unless preflight.enforce is
-off) -> release of the version (a blue/green update of the endpoint, paid by the hour)."""
+the version, looked up in the registry -> plan_run of serving it again (pre-flight, as every flow that
+deploys: a failed check stops here unless preflight.enforce is off; nothing is trained, so no data or
+training check can stop a rollback) -> release of the version (a blue/green update of the endpoint,
+paid by the hour)."""
 # No `from __future__ import annotations` in flow modules: Prefect builds the parameter model from
 # the real annotations.
 from prefect import flow
@@ -29,13 +31,13 @@ def rollback(config: PipelineConfig, version: int) -> RollbackResult:
     backend = get_backend(config.backend, config)
     timer = StepTimer()
     try:
-        with timer.step("plan_run"):
-            plan_run(config, backend)
         versions = {v.version: v for v in backend.registry.list_model_versions(config.names.model_group)}
         if version not in versions:
             known = ", ".join(str(n) for n in sorted(versions)) or "none"
             raise NotFoundError(f"model group {config.names.model_group} has no version {version} (versions: {known})")
         target = versions[version]
+        with timer.step("plan_run"):
+            plan_run(config, backend, target)
         # The smoke test uses the data the version was tested on, when it is still staged.
         dataset = (backend.storage.describe_prefix(target.dataset_uri) if target.dataset_uri
                    else stage_dataset(config, backend))

@@ -6,6 +6,7 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 
 from backends.backend import Backend
+from backends.types import ModelVersion
 from core.config import PipelineConfig
 from core.plan import Plan, PreflightFailedError, markdown
 from tasks import artifacts
@@ -13,11 +14,12 @@ from tasks.retry_policy import TASK_OPTIONS
 
 
 @task(name="plan_run", **TASK_OPTIONS)
-def plan_run(config: PipelineConfig, backend: Backend) -> Plan:
+def plan_run(config: PipelineConfig, backend: Backend, release: ModelVersion | None = None) -> Plan:
     """Raises PreflightFailedError (not retried) listing each failed check and what to change, when
-    preflight.enforce is on; otherwise the failures are logged as warnings."""
+    preflight.enforce is on; otherwise the failures are logged as warnings. release: the registered
+    version a rollback serves again (nothing is staged or trained, so nothing of that is checked)."""
     logger = get_run_logger()
-    plan = backend.planning.plan(config)
+    plan = backend.planning.plan(config, release)
     documents = markdown(plan)
     counts = plan.counts()
     artifacts.markdown(f"{config.stage}-plan", "## Plan\n\n" + documents["changes"],

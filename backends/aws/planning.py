@@ -28,9 +28,11 @@ from backends.aws.sagemaker_tuning import (
 )
 from backends.aws.storage import S3Storage
 from backends.aws.training import TRAINING_DIR
-from backends.planning import attempted, concurrency_check, plan_dataset, plan_weights, reason
+from backends.planning import (
+    attempted, concurrency_check, plan_dataset, plan_weights, reason, released_version_change,
+)
 from backends.requests import tuning_request
-from backends.types import TrialSummary
+from backends.types import ModelVersion, TrialSummary
 from core import caller_policy
 from core import iam as policies
 from core.best_trial import NoSuccessfulTrialError, choose_best_trial
@@ -63,32 +65,38 @@ class AwsPlanning:
         self.autoscaling, self.functions = autoscaling, functions
         self.bucket_name, self.roles = bucket_name, roles
 
-    def plan(self, config: PipelineConfig) -> Plan:
+    def plan(self, config: PipelineConfig, release: ModelVersion | None = None) -> Plan:
         prices = load_prices(config.preflight.prices_file)  # a bad file is the user's to fix: raised
         account, names, region = self.account, config.names, self.account.region
+        training = release is None
         checks: list[Check] = []
         bucket = self.bucket_name()
         bucket_exists = self._bucket(bucket, checks)
         changes = [change("S3 bucket", f"s3://{bucket}", bucket_exists,
                           detail="" if bucket_exists else "public access blocked, SSE-S3")]
-        dataset = plan_dataset(config, self.storage, bucket, bucket_exists)
-        changes.append(dataset.change)
-        checks.append(dataset.check)
-        weights, weight_changes = plan_weights(config, self.storage, bucket, self.storage.exists, checks)
-        changes += weight_changes
+        if training:
+            dataset = plan_dataset(config, self.storage, bucket, bucket_exists)
+            changes.append(dataset.change)
+            checks.append(dataset.check)
+            weights, weight_changes = plan_weights(config, self.storage, bucket, self.storage.exists, checks)
+            changes += weight_changes
         keys = attempted(checks, "bucket encryption keys",
                          lambda: self.roles.key_arns([f"s3://{bucket}/", *self.roles.readable_uris]), [])
         role_arns: dict[str, str] = {}
-        changes += attempted(checks, "IAM roles", lambda: self._roles(config, bucket, role_arns), [])
+        changes += attempted(checks, "IAM roles", lambda: self._roles(config, bucket, role_arns, training), [])
 
-        followed = attempted(checks, "tuning jobs",
-                             lambda: self._followed_tuning_job(config, bucket, dataset.uri, dataset.checksum, weights),
-                             None)
-        changes.append(self._training_change(config, followed))
-        best = attempted(checks, "best training job", lambda: self._best_trial(config, followed), None)
-        label, artifact, registry_changes = attempted(checks, "model registry", lambda: self._registry(config, best),
-                                                      (None, None, []))
-        changes += registry_changes
+        followed = None
+        if training:
+            followed = attempted(checks, "tuning jobs", lambda: self._followed_tuning_job(
+                config, bucket, dataset.uri, dataset.checksum, weights), None)
+            changes.append(self._training_change(config, followed))
+            best = attempted(checks, "best training job", lambda: self._best_trial(config, followed), None)
+            label, artifact, registry_changes = attempted(checks, "model registry",
+                                                          lambda: self._registry(config, best), (None, None, []))
+            changes += registry_changes
+        else:
+            label, artifact = release.label, release.model_artifact
+            changes.append(released_version_change(release))
 
         served = attempted(checks, "endpoint", lambda: self._served(names.endpoint), None)
         image = self._image(config, checks)
@@ -104,16 +112,19 @@ class AwsPlanning:
         changes += attempted(checks, "Lambda function", lambda: self._function(config, bucket, label, role_arns), [])
 
         checks.append(endpoint_update_check(names.endpoint, served, hosting))
+        ec2_training = training and config.training.mode == "instance"
         for name, run_checks in (
                 ("function concurrency", lambda: [concurrency_check(self.functions, config)]),
-                ("EC2 instance", lambda: self._ec2_checks(config) if config.training.mode == "instance" else []),
-                ("SageMaker quotas", lambda: self._quota_checks(config, served, hosting)),
-                ("caller permissions", lambda: [self._permissions(config, bucket, keys)])):
+                ("EC2 instance", lambda: self._ec2_checks(config) if ec2_training else []),
+                ("SageMaker quotas", lambda: self._quota_checks(config, served, hosting, training)),
+                ("caller permissions", lambda: [self._permissions(config, bucket, keys, training)])):
             checks += attempted(checks, name, run_checks, [])
 
         costs = estimate(config, prices, region, expected_hours_per_job=config.preflight.expected_training_hours,
                          request_duration_ms=config.preflight.request_duration_ms)
-        if followed is not None:
+        if not training:
+            costs = without_training(costs, f"serves {label} again: nothing is trained")
+        elif followed is not None:
             costs = without_training(costs, f"follows tuning job {followed[0]} ({followed[1]}) of the same "
                                             "configuration: nothing new is trained")
         return Plan("aws", region, changes, costs, checks, prices.currency, prices.as_of, prices.source)
@@ -147,20 +158,22 @@ class AwsPlanning:
             raise
 
     # -- roles --------------------------------------------------------------------------------------
-    def _documents(self, config: PipelineConfig, bucket: str) -> dict[str, dict]:
-        """The roles' inline policies as PipelineRoles makes them (from the bucket's name: nothing is made)."""
+    def _documents(self, config: PipelineConfig, bucket: str, training: bool = True) -> dict[str, dict]:
+        """The roles' inline policies as PipelineRoles makes them (from the bucket's name: nothing is made);
+        without the training instance's role when the run trains nothing."""
         names = config.names
         documents = {"sagemaker": self.roles.sagemaker_document(bucket),
                      "lambda": self.roles.lambda_document(bucket, names.function, names.endpoint,
                                                           readable_s3_prefixes(names.prefix_uri(bucket), config.function))}
-        if config.training.mode == "instance":
+        if training and config.training.mode == "instance":
             documents["ec2"] = self.roles.ec2_document(bucket)
         return documents
 
-    def _roles(self, config: PipelineConfig, bucket: str, arns: dict[str, str]) -> list[PlannedChange]:
+    def _roles(self, config: PipelineConfig, bucket: str, arns: dict[str, str],
+               training: bool = True) -> list[PlannedChange]:
         iam, names = self.account.client("iam"), config.names
         changes = []
-        for kind, document in self._documents(config, bucket).items():
+        for kind, document in self._documents(config, bucket, training).items():
             name, service = names.role(kind), policies.SERVICE_FOR_ROLE[kind]
             found = or_none(iam.get_role, RoleName=name)
             if found is None:
@@ -179,7 +192,7 @@ class AwsPlanning:
             if any(tags.get(k) != v for k, v in {**names.tags, MANAGED_TAG: "true"}.items()):
                 changed.append("its tags")
             changes.append(change("IAM role", name, True, changed))
-        if config.training.mode == "instance":
+        if training and config.training.mode == "instance":
             profile = or_none(iam.get_instance_profile, InstanceProfileName=names.role("ec2"))
             held = [r["RoleName"] for r in (profile or {}).get("InstanceProfile", {}).get("Roles", [])]
             changes.append(change("instance profile", names.role("ec2"), profile is not None,
@@ -366,11 +379,11 @@ class AwsPlanning:
 
     # -- checks -----------------------------------------------------------------------------------------
     def _quota_checks(self, config: PipelineConfig, served: ServedModel | None,
-                      hosting: list[PlannedChange]) -> list[Check]:
-        """SageMaker's per-type instance quotas: training at max_parallel_jobs at once, the endpoint at its
-        maximum capacity (and, while a blue/green update runs, the new fleet beside the old one). A type
-        with no quota in the region, applied or default, is not offered there."""
-        region = self.account.region
+                      hosting: list[PlannedChange], training: bool = True) -> list[Check]:
+        """SageMaker's per-type instance quotas: training at max_parallel_jobs at once (when the run trains),
+        the endpoint at its maximum capacity (and, while a blue/green update runs, the new fleet beside the
+        old one). A type with no quota in the region, applied or default, is not offered there."""
+        region, trains = self.account.region, training
         training, scaling, endpoint = config.training, config.autoscaling, config.hosting
         need = scaling.max_capacity if scaling.enabled else endpoint.initial_instance_count
         updating = any(c.kind == "endpoint" and c.action == "update" for c in hosting)
@@ -378,7 +391,7 @@ class AwsPlanning:
             need = max(need, 2 * served.instance_count)
         wanted = [("endpoint instances", endpoint.instance_type, "endpoint", need, "hosting.instance_type",
                    "autoscaling.max_capacity" if scaling.enabled else "hosting.initial_instance_count")]
-        if training.mode == "tuning":
+        if trains and training.mode == "tuning":
             wanted.insert(0, ("training instances", training.instance_type, "training job",
                               training.tuning.max_parallel_jobs, "training.instance_type",
                               "training.tuning.max_parallel_jobs"))
@@ -466,8 +479,9 @@ class AwsPlanning:
             return principal
         return found["Role"]["Arn"] if found else principal
 
-    def _permissions(self, config: PipelineConfig, bucket: str, keys: list[str]) -> Check:
-        """SimulatePrincipalPolicy of the caller's principal on everything the run does (core.caller_policy.caller_actions)."""
+    def _permissions(self, config: PipelineConfig, bucket: str, keys: list[str], training: bool = True) -> Check:
+        """SimulatePrincipalPolicy of the caller's principal on everything the run does
+        (core.caller_policy.caller_actions; a run that trains nothing, without what training needs)."""
         iam = self.account.client("iam")
         caller = self.account.client("sts").get_caller_identity()["Arn"]
         principal = self._principal(caller)
@@ -477,7 +491,8 @@ class AwsPlanning:
                                                        "--caller-policy`")
         actions = [a for a in caller_policy.caller_actions(
             config.names, self.account.account_id, self.account.region, bucket, mode=config.training.mode,
-            readable_uris=self.roles.readable_uris, key_arns=keys, caller_arn=principal) if not a.teardown]
+            readable_uris=self.roles.readable_uris, key_arns=keys, caller_arn=principal)
+            if not a.teardown and (training or not a.training)]
         denied: list[tuple[str, str, str]] = []
         for action in actions:
             params: dict = {"PolicySourceArn": principal, "ActionNames": list(action.actions)}

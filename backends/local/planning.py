@@ -18,8 +18,11 @@ from backends.local.registry import LocalRegistry
 from backends.local.state import LocalState
 from backends.local.storage import LocalStorage
 from backends.local.training import LocalTraining, request_digest
-from backends.planning import DatasetPlan, attempted, concurrency_check, plan_dataset, plan_weights
+from backends.planning import (
+    DatasetPlan, attempted, concurrency_check, plan_dataset, plan_weights, released_version_change,
+)
 from backends.requests import training_request, tuning_request
+from backends.types import ModelVersion
 from core.config import PipelineConfig
 from core.costs import CostLine
 from core.plan import Check, Plan, PlannedChange, change, differences
@@ -44,13 +47,28 @@ class LocalPlanning:
         self.functions, self.gateway = functions, gateway
         self.cpus, self.disk_usage = cpus, disk_usage
 
-    def plan(self, config: PipelineConfig) -> Plan:
+    def plan(self, config: PipelineConfig, release: ModelVersion | None = None) -> Plan:
+        running = self.gateway.running()
+        if release is None:  # a run that stages, trains and registers
+            changes, checks, label, staged_bytes = self._training_changes(config)
+        else:  # a rollback: serves a registered version again
+            changes, checks, label, staged_bytes = [released_version_change(release)], [], release.label, None
+        changes += self._serving_changes(config, label, running, checks)
+        checks.append(concurrency_check(self.functions, config))
+        if staged_bytes is not None:
+            checks += [self._disk_check(staged_bytes), self._cores_check(config)]
+        checks.append(self._instances_check(config))
+        costs = [CostLine("everything", "the local backend runs on this machine", 0.0, "once")]
+        return Plan("local", REGION, changes, costs, checks)
+
+    def _training_changes(self, config: PipelineConfig) -> tuple[list[PlannedChange], list[Check], str, int]:
+        """What staging, training and registering make, the checks they need, the version's label and the
+        bytes staging copies."""
         names, training, checks = config.names, config.training, []
         bucket = self.storage.default_bucket()
         dataset = plan_dataset(config, self.storage, bucket, bucket_exists=True)
         checks.append(dataset.check)
         weights, weight_changes = plan_weights(config, self.storage, bucket, self.storage.store.exists, checks)
-        running = self.gateway.running()
         changes = [dataset.change, *weight_changes]
         followed = attempted(checks, "training jobs", lambda: self._followed_job(config, bucket, dataset, weights), None)
         if followed is not None:
@@ -76,6 +94,12 @@ class LocalPlanning:
             label = f"{names.model_group}/{max((v.version for v in versions), default=0) + 1}"
             changes.append(PlannedChange("model version", label, "create", f"in {self.state.registry}; approved "
                                                                            "after its smoke test"))
+        return changes, checks, label, dataset.bytes_to_stage
+
+    def _serving_changes(self, config: PipelineConfig, label: str, running: bool,
+                         checks: list[Check]) -> list[PlannedChange]:
+        """The gateway, endpoint, autoscaling and function serving `label`."""
+        names, changes = config.names, []
         changes.append(change("local gateway", "127.0.0.1", running, detail="" if running else
                               "started on a free port, left running after the run"))
         served = attempted(checks, "local endpoint", lambda: self._hosted("endpoints", names.endpoint, running), None)
@@ -99,11 +123,7 @@ class LocalPlanning:
         changes.append(change("function", names.function, hosted is not None, [f"MODEL_VERSION -> {label}"],
                               detail="" if hosted else f"reserved {config.function.reserved_concurrency}, "
                                                        f"provisioned {config.function.provisioned_concurrency}"))
-
-        checks.append(concurrency_check(self.functions, config))
-        checks += [self._disk_check(dataset.bytes_to_stage), self._cores_check(config), self._instances_check(config)]
-        costs = [CostLine("everything", "the local backend runs on this machine", 0.0, "once")]
-        return Plan("local", REGION, changes, costs, checks)
+        return changes
 
     def _followed_job(self, config: PipelineConfig, bucket: str, dataset: DatasetPlan,
                       weights: str | None) -> tuple[str, str, str, str | None] | None:

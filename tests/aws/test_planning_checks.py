@@ -254,6 +254,17 @@ def test_a_failed_check_stops_the_flow_before_anything_is_made(world, prefect_ap
     assert session.client("lambda").list_functions()["Functions"] == []
 
 
+def register_version(session, config):
+    """Version 1 of the pipeline's model group, as a finished run registers it (nothing else is made)."""
+    backend = AwsBackend(session, config.project, config.stage, poll_seconds=0, role_propagation_s=0)
+    try:
+        return backend.registry.register_model_version(
+            config.names.model_group, "s3://somewhere/model.tar.gz", {"test_accuracy": 0.9}, {"lr": "0.01"},
+            "sha256:0", "sagemaker-flows-demo-t1")
+    finally:
+        backend.close()
+
+
 def test_a_rollback_plans_first_and_a_failed_check_stops_it_unless_enforce_is_off(world, prefect_api, monkeypatch):
     import flows.rollback as rollback_flow
     from backends.errors import NotFoundError
@@ -262,12 +273,42 @@ def test_a_rollback_plans_first_and_a_failed_check_stops_it_unless_enforce_is_of
     FakeAccountSettings(session.events, limit=50)  # nothing can be reserved in this account
     monkeypatch.setattr(rollback_flow, "get_backend", lambda name, cfg: AwsBackend(session, cfg.project, cfg.stage,
                                                                                     poll_seconds=0, role_propagation_s=0))
+    with pytest.raises(NotFoundError, match="has no version 1"):  # a version that is not there: before the plan
+        rollback_flow.rollback(config, 1)
+    register_version(session, config)
+    buckets = session.client("s3").list_buckets()["Buckets"]
 
     with pytest.raises(PreflightFailedError, match=r"function concurrency: .*reserved_concurrency=10 does not fit"):
         rollback_flow.rollback(config, 1)
-    assert session.client("s3").list_buckets()["Buckets"] == []  # nothing was made
-    with pytest.raises(NotFoundError, match="has no version 1"):  # past the plan: on to the version to serve
-        rollback_flow.rollback(with_settings(config, preflight={"enforce": False}), 1)
+    assert session.client("s3").list_buckets()["Buckets"] == buckets  # nothing was made
+    assert [r["RoleName"] for r in session.client("iam").list_roles()["Roles"]] == []
+
+
+def test_a_rollback_is_planned_as_serving_the_version_again_so_training_checks_cannot_stop_it(world):
+    session, config = world
+    FakeAccountSettings(session.events)
+    FakeServiceQuotas(session.events, {"ml.m5.large for endpoint usage": 20.0})  # no training quota at all
+    simulator = FakePolicySimulator(session.events, deny=[("ec2:*", "*"), ("sagemaker:CreateHyperParameterTuningJob", "*")])
+    gone = with_settings(config, data={"source": "/no/such/folder"}, training={"mode": "instance"})
+    version = register_version(session, gone)
+    backend = AwsBackend(session, config.project, config.stage, poll_seconds=0, role_propagation_s=0)
+    try:
+        release = backend.planning.plan(gone, version)
+        simulated = {a for call in simulator.calls for a in call["ActionNames"]}
+        run = backend.planning.plan(gone)
+    finally:
+        backend.close()
+
+    assert release.failed == [] and check(run, "data").status == "fail"  # the run would stop; the rollback does not
+    assert {c.name for c in release.checks} == {"existing endpoint", "function concurrency", "endpoint instances",
+                                               "caller permissions"}
+    kinds = {c.kind for c in release.changes}
+    assert not kinds & {"dataset", "training job", "tuning job", "instance profile"}
+    assert ("model version", "sagemaker-flows-demo-models/1", "update") in {
+        (c.kind, c.name, c.action) for c in release.changes}
+    assert not any(c.name.endswith("-ec2") for c in release.changes)  # the training instance's role is not needed
+    assert next(c for c in release.costs if c.item == "training").amount == 0.0
+    assert "sagemaker:UpdateEndpoint" in simulated and not any(a.startswith("ec2:") for a in simulated)
 
 
 def test_with_enforce_off_a_failed_check_is_a_warning(world, prefect_api):

@@ -40,6 +40,22 @@ def test_the_demo_plan_creates_everything_at_no_cost_and_passes(local):
     assert running_gateway(backend.state) is None  # planning never starts the gateway
 
 
+def test_a_rollback_plans_serving_the_version_again_even_with_its_data_gone_and_no_disk(local, tmp_path):
+    backend, config = local
+    version = backend.registry.register_model_version(config.names.model_group, str(tmp_path / "model.tar.gz"),
+                                                      {"test_accuracy": 0.9}, {}, "sha256:0", "t1")
+    gone = demo_config(str(tmp_path / "deleted"), local={"home": str(backend.state.home), "cpus": 2})
+    backend.planning.disk_usage = lambda path: Usage(10**9, 10**9 - 10**6, 10**6)  # 1 MB free
+
+    plan = backend.planning.plan(gone, version)
+
+    assert [(c.kind, c.name, c.action) for c in plan.changes][:1] == [
+        ("model version", "sagemaker-flows-demo-models/1", "update")]
+    assert [c.kind for c in plan.changes[1:]] == ["local gateway", "endpoint", "autoscaling", "function"]
+    assert {c.name: c.status for c in plan.checks} == {"function concurrency": "pass", "local instances": "pass"}
+    assert check(backend.planning.plan(gone), "data").status == "fail"  # a run of it would stop
+
+
 def test_a_disk_too_small_for_the_dataset_fails(local):
     backend, config = local
     backend.planning.disk_usage = lambda path: Usage(10**9, 10**9 - 10**6, 10**6)  # 1 MB free
