@@ -21,8 +21,9 @@ from core.traffic import alarm_names
 # Statements of the caller's policy whose actions AWS authorizes on no particular resource: List and
 # Describe calls, Lambda's account settings, Service Quotas' listing, Application Auto Scaling.
 CALLER_WILDCARD_SIDS = frozenset({
-    "SageMakerListsOnlyAllowWildcard", "Ec2DescribesOnlyAllowWildcard", "AutoscalingOnlyAllowsWildcard",
-    "LambdaAccountSettingsOnlyAllowWildcard", "QuotaListingOnlyAllowsWildcard",
+    "SageMakerListsOnlyAllowWildcard", "Ec2DescribesOnlyAllowWildcard", "AutoscalingDescribesOnlyAllowWildcard",
+    "SageMakerScalingOnly", "LambdaAccountSettingsOnlyAllowWildcard", "QuotaReadsOnlyAllowWildcard",
+    "Ec2QuotaOnlyAllowsWildcard",
 })
 AUTOSCALING_SERVICE = "sagemaker.application-autoscaling.amazonaws.com"
 
@@ -158,10 +159,11 @@ def caller_actions(names: PipelineNames, account_id: str, region: str, bucket: s
                          tuple((f"aws:ResourceTag/{k}", (v,)) for k, v in names.tags.items()), training=True),
             CallerAction("Ec2DescribesOnlyAllowWildcard", ("ec2:DescribeInstances", "ec2:DescribeInstanceTypes",
                                                            "ec2:DescribeInstanceTypeOfferings"), ("*",), training=True),
+            # A public parameter's ARN has no account ("region::parameter/..."); "*" matches that too.
             CallerAction("DeepLearningAmiParameter", ("ssm:GetParameter",),
-                         (f"arn:{part}:ssm:{region}::parameter/aws/service/deeplearning/*",), training=True),
-            CallerAction("Ec2InstanceQuotas", ("servicequotas:GetServiceQuota",),
-                         (f"arn:{part}:servicequotas:{region}:{account_id}:ec2/*",), training=True),
+                         (f"arn:{part}:ssm:{region}:*:parameter/aws/service/deeplearning/*",), training=True),
+            # GetServiceQuota has no resource-level permissions: a quota's ARN in Resource never matches.
+            CallerAction("Ec2QuotaOnlyAllowsWildcard", ("servicequotas:GetServiceQuota",), ("*",), training=True),
         ]
     else:
         # A tuning job's name (32 characters) holds the stage but not the project (core.names), so the
@@ -214,11 +216,16 @@ def caller_actions(names: PipelineNames, account_id: str, region: str, bucket: s
                                               "cloudwatch:DeleteAlarms"),
                      (f"arn:{part}:cloudwatch:{region}:{account_id}:alarm:"
                       f"TargetTracking-endpoint/{names.endpoint}/*",)),
-        CallerAction("AutoscalingOnlyAllowsWildcard", (
-            "application-autoscaling:RegisterScalableTarget", "application-autoscaling:DescribeScalableTargets",
-            "application-autoscaling:PutScalingPolicy", "application-autoscaling:DescribeScalingPolicies",
-            "application-autoscaling:DeleteScalingPolicy", "application-autoscaling:DeregisterScalableTarget"),
+        CallerAction("AutoscalingDescribesOnlyAllowWildcard", ("application-autoscaling:DescribeScalableTargets",
+                                                               "application-autoscaling:DescribeScalingPolicies"),
                      ("*",)),
+        # A scalable target's ARN holds an id AWS makes when it is registered: the service namespace is
+        # what keeps these to SageMaker's targets (no ECS service, DynamoDB table ... of the account).
+        CallerAction("SageMakerScalingOnly", (
+            "application-autoscaling:RegisterScalableTarget", "application-autoscaling:PutScalingPolicy",
+            "application-autoscaling:DeleteScalingPolicy", "application-autoscaling:DeregisterScalableTarget"),
+                     ("*",), {"StringEquals": {"application-autoscaling:service-namespace": "sagemaker"}},
+                     (("application-autoscaling:service-namespace", ("sagemaker",)),)),
         CallerAction("AutoscalingServiceLinkedRole", ("iam:CreateServiceLinkedRole",),
                      (f"arn:{part}:iam::{account_id}:role/aws-service-role/{AUTOSCALING_SERVICE}/"
                       "AWSServiceRoleForApplicationAutoScaling_SageMakerEndpoint",),
@@ -241,7 +248,7 @@ def caller_actions(names: PipelineNames, account_id: str, region: str, bucket: s
         CallerAction("RemovePipelineFunction", ("lambda:DeleteFunction", "lambda:ListAliases", "lambda:DeleteAlias"),
                      (function,), teardown=True),
         CallerAction("LambdaAccountSettingsOnlyAllowWildcard", ("lambda:GetAccountSettings",), ("*",)),
-        CallerAction("QuotaListingOnlyAllowsWildcard", ("servicequotas:ListServiceQuotas",
+        CallerAction("QuotaReadsOnlyAllowWildcard", ("servicequotas:ListServiceQuotas",
                                                         "servicequotas:ListAWSDefaultServiceQuotas"), ("*",)),
     ]
     if caller_arn:  # a role also reads its own ARN, which has the path its session's ARN lacks

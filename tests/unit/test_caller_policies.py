@@ -34,15 +34,20 @@ REQUEST_TAGS = _condition(StringEquals={"aws:RequestTag/sagemaker-flows:project"
                                         "aws:RequestTag/sagemaker-flows:stage": "dev"})
 RESOURCE_TAGS = _condition(StringEquals={"aws:ResourceTag/sagemaker-flows:project": "dog-breeds",
                                          "aws:ResourceTag/sagemaker-flows:stage": "dev"})
+SAGEMAKER_SCALING = _condition(StringEquals={"application-autoscaling:service-namespace": "sagemaker"})
+SCALING_WRITES = [f"application-autoscaling:{a}" for a in ("RegisterScalableTarget", "PutScalingPolicy",
+                                                           "DeleteScalingPolicy", "DeregisterScalableTarget")]
 # What changed since the one document: (removed, added) grants of (action, resource, condition).
 COMMON_FIXES = (
-    {("sagemaker:UpdateEndpointWeightsAndCapacities", f"{SM}:endpoint/dog-breeds-dev-endpoint", "")},  # never called
+    {("sagemaker:UpdateEndpointWeightsAndCapacities", f"{SM}:endpoint/dog-breeds-dev-endpoint", ""),  # never called
+     *((action, "*", "") for action in SCALING_WRITES)},
     {("sagemaker:InvokeEndpoint", f"{SM}:endpoint/dog-breeds-dev-endpoint", ""),  # loadtest's default target
      ("lambda:GetFunctionConfiguration", f"{FUNCTION}:*", ""),  # a version's state, by its qualified ARN
      ("lambda:GetFunction", f"{FUNCTION}:*", ""),
      ("s3:GetEncryptionConfiguration", "arn:aws:s3:::my-ml-data", ""),  # the data bucket's SSE-KMS key
      ("s3:AbortMultipartUpload", "arn:aws:s3:::my-bucket/dog-breeds/dev/*", ""),  # a failed upload's parts
-     ("servicequotas:ListAWSDefaultServiceQuotas", "*", "")},  # quotas with no applied value
+     ("servicequotas:ListAWSDefaultServiceQuotas", "*", ""),  # quotas with no applied value
+     *((action, "*", SAGEMAKER_SCALING) for action in SCALING_WRITES)},  # SageMaker's scalable targets only
 )
 MODE_FIXES = {
     "tuning": (  # every project's jobs of the stage match the name: what changes them needs the pipeline's tags
@@ -50,9 +55,14 @@ MODE_FIXES = {
          ("sagemaker:AddTags", JOBS, ""), ("sagemaker:AddTags", TRIALS, "")},
         {("sagemaker:CreateHyperParameterTuningJob", JOBS, REQUEST_TAGS), ("sagemaker:AddTags", JOBS, REQUEST_TAGS),
          ("sagemaker:AddTags", TRIALS, REQUEST_TAGS), ("sagemaker:StopHyperParameterTuningJob", JOBS, RESOURCE_TAGS)}),
-    "instance": (  # AddRoleToInstanceProfile checks iam:PassRole without iam:PassedToService
-        {("iam:PassRole", EC2_ROLE, _condition(StringEquals={"iam:PassedToService": "ec2.amazonaws.com"}))},
-        {("iam:PassRole", EC2_ROLE, _condition(StringEqualsIfExists={"iam:PassedToService": "ec2.amazonaws.com"}))}),
+    "instance": (  # AddRoleToInstanceProfile checks iam:PassRole without iam:PassedToService; GetServiceQuota
+        # has no resource-level permissions (parliament's IAM definitions: test_iam_definitions.py)
+        {("iam:PassRole", EC2_ROLE, _condition(StringEquals={"iam:PassedToService": "ec2.amazonaws.com"})),
+         ("servicequotas:GetServiceQuota", f"arn:aws:servicequotas:{REGION}:{ACCOUNT}:ec2/*", ""),
+         ("ssm:GetParameter", f"arn:aws:ssm:{REGION}::parameter/aws/service/deeplearning/*", "")},
+        {("iam:PassRole", EC2_ROLE, _condition(StringEqualsIfExists={"iam:PassedToService": "ec2.amazonaws.com"})),
+         ("servicequotas:GetServiceQuota", "*", ""),
+         ("ssm:GetParameter", f"arn:aws:ssm:{REGION}:*:parameter/aws/service/deeplearning/*", "")}),
 }
 
 
