@@ -98,7 +98,8 @@ def test_big_pixel_requests_take_bounded_memory_and_give_it_back(model_dir, tmp_
         refused = await post_json([png("L", 6320)] * 64)
         assert (refused.status_code, refused.json()["error"]) == (413, "ImageTooLarge"), refused.text
         assert "6320x6320" in refused.json()["message"]
-        assert memory.peak() - baseline < request_bound_mb(64)
+        refused_peak = memory.peak() - baseline
+        assert refused_peak < request_bound_mb(64)
         # Each within the image limit, together over the request's: refused before the first is decoded,
         # which alone would be 100 MB (5000x5000 RGB, 4 bytes a pixel).
         refused = await post_json([png("RGB", 5000)] * 5)
@@ -113,6 +114,9 @@ def test_big_pixel_requests_take_bounded_memory_and_give_it_back(model_dir, tmp_
         assert len(served.json()["predictions"]) == 4
         peak = memory.peak() - baseline
         assert peak < request_bound_mb(4) and peak < 2 * 4 * inference.MAX_IMAGE_PIXELS / MB
+        print(f"worker RSS {baseline:.0f} MB; peak +{refused_peak:.0f} MB refusing 64 PNGs of 6320x6320, "
+              f"+{peak:.0f} MB serving 4 of 5000x5000 (bound {request_bound_mb(4):.0f} MB), "
+              f"{memory.rss() - baseline:+.0f} MB after")
         assert memory.rss() - baseline < 64
 
         answer = await post_json([png("RGB", 64)])
