@@ -27,15 +27,15 @@ from datetime import datetime, timezone
 
 from botocore.exceptions import ClientError
 
-from backends.aws.errors import error_code, is_not_found, or_none, while_role_propagates
+from backends.aws.ec2_job_files import JobFiles, LogFollower
+from backends.aws.errors import error_code, is_not_found, while_role_propagates
 from backends.errors import WaitTimedOutError
 from backends.types import EpochCallback, LogCallback, TrainingOutcome, TrainingRequest
 from backends.waiting import SYSTEM_CLOCK, Clock, wait_for
-from core.ec2_user_data import DLAMI_SSM_PARAMETER, job_prefix, launch_token, render_user_data
-from core.metrics import epoch_rows, final_metrics, parse_metric_line, parse_metric_log
+from core.ec2_user_data import DLAMI_SSM_PARAMETER, launch_token, render_user_data
+from core.metrics import epoch_rows, final_metrics, parse_metric_log
 from core.names import PipelineNames, configuration_digest
 from core.retry import is_transient
-from core.uris import S3Uri, parse_s3_uri
 
 log = logging.getLogger(__name__)
 
@@ -47,35 +47,6 @@ WATCHDOG_MARGIN_S = 300  # the instance's own shutdown comes this long after our
 _LIVE = ("pending", "running")
 _FOLLOWED = (*_LIVE, "shutting-down")  # shutting down: its marker may still be on its way
 _ENDED = ("terminated", "stopped")
-
-
-@dataclass(frozen=True)
-class _JobObjects:
-    prefix: S3Uri
-
-    @classmethod
-    def of(cls, request: TrainingRequest) -> "_JobObjects":
-        return cls(parse_s3_uri(job_prefix(request.output_uri, request.job_name)))
-
-    @property
-    def model(self) -> S3Uri:
-        return self.prefix.join("output", "model.tar.gz")
-
-    @property
-    def log(self) -> S3Uri:
-        return self.prefix.join("training.log")
-
-    @property
-    def partial_log(self) -> S3Uri:
-        return self.prefix.join("training.log.partial")
-
-    @property
-    def status(self) -> S3Uri:
-        return self.prefix.join("status.json")
-
-    @property
-    def attempt(self) -> S3Uri:
-        return self.prefix.join("attempt.json")
 
 
 @dataclass(frozen=True)
@@ -91,31 +62,6 @@ class _Launch:
     subnet_id: str | None = None
     security_group_ids: tuple[str, ...] = ()
     tags: tuple[tuple[str, str], ...] = ()
-
-
-class _LogFollower:
-    """Hands each log line to on_log (and each epoch line to on_epoch) once, in order, from the
-    partial log while the job runs and from the final log at the end; keeps every line."""
-
-    def __init__(self, on_log: LogCallback | None, on_epoch: EpochCallback | None):
-        self.on_log, self.on_epoch = on_log, on_epoch
-        self.offset = 0  # bytes consumed, always just after a newline
-        self.lines: list[str] = []
-
-    def feed(self, data: bytes, final: bool = False) -> None:
-        """`data` is the log from byte `offset` on; only whole lines are taken unless final."""
-        end = len(data) if final else data.rfind(b"\n") + 1
-        if end <= 0:
-            return
-        self.offset += end
-        for line in data[:end].decode("utf-8", errors="replace").splitlines():
-            self.lines.append(line)
-            if self.on_log:
-                self.on_log(line)
-            if self.on_epoch:
-                values = parse_metric_line(line)
-                if "epoch" in values:
-                    self.on_epoch(values)
 
 
 class Ec2Training:
@@ -139,7 +85,7 @@ class Ec2Training:
         cancellation. The outcome names the job followed: another job's, when one with the same
         configuration was already running."""
         started = time.time()
-        objects = _JobObjects.of(request)
+        objects = JobFiles.of(self.s3, request)
         hyperparameters = self._hyperparameters(request)
         done = self._completed(request, objects, hyperparameters)
         if done is not None:
@@ -151,10 +97,10 @@ class Ec2Training:
                          ami_id, subnet_id, tuple(security_group_ids or ()), tuple((tags or {}).items()))
 
         request, instance = self._attach_or_launch(request, hyperparameters, launch)
-        objects = _JobObjects.of(request)  # another job's, when attached to one of the same configuration
+        objects = JobFiles.of(self.s3, request)  # another job's, when attached to one of the same configuration
         instance_id, elapsed = instance["InstanceId"], _age_seconds(instance)
 
-        follower = _LogFollower(on_log, on_epoch)
+        follower = LogFollower(on_log, on_epoch)
         marker: dict | None = None
         try:
             marker = self._wait(instance_id, objects, timeout, elapsed, follower, request.max_runtime_seconds)
@@ -164,7 +110,7 @@ class Ec2Training:
             else:
                 self._terminate(instance_id)  # failure, timeout, or an exception on its way up
         try:
-            final_log = self._read(objects.log)
+            final_log = objects.read(objects.log)
         except ClientError as exc:  # the result stands; only the log lines after the last sync are missing
             log.warning("could not read %s: %s", objects.log.uri, exc)
             final_log = None
@@ -182,14 +128,14 @@ class Ec2Training:
             hyperparameters.setdefault("pretrained-file", request.pretrained_uri.rsplit("/", 1)[1])
         return hyperparameters
 
-    def _completed(self, request: TrainingRequest, objects: _JobObjects,
+    def _completed(self, request: TrainingRequest, objects: JobFiles,
                    hyperparameters: dict[str, str]) -> TrainingOutcome | None:
         """The outcome of an earlier run of this job that completed (its model still stored), else None."""
-        marker = self._read_marker(objects)
-        if not marker or marker.get("status") != "Completed" or not self._exists(objects.model):
+        marker = objects.read_marker()
+        if not marker or marker.get("status") != "Completed" or not objects.exists(objects.model):
             return None
         log.info("training job %s: already completed, reusing %s", request.job_name, objects.model.uri)
-        data = self._read(objects.log) or self._read(objects.partial_log) or b""
+        data = objects.read(objects.log) or objects.read(objects.partial_log) or b""
         lines = data.decode("utf-8", errors="replace").splitlines()
         duration = float(marker.get("ended_at", 0) or 0) - float(marker.get("started_at", 0) or 0)
         return self._outcome(request, hyperparameters, marker, objects, lines, max(0.0, duration))
@@ -209,7 +155,7 @@ class Ec2Training:
         """The instance to follow, and the request of the job it runs: this job's current attempt while
         its instance lives; else a live instance of this job or of one with the same configuration;
         else a new attempt."""
-        objects = _JobObjects.of(request)
+        objects = JobFiles.of(self.s3, request)
         digest = self._digest(request, hyperparameters, launch)
         attempt = self._recorded_attempt(objects)
         if attempt is not None:
@@ -243,8 +189,8 @@ class Ec2Training:
                  launch.instance_type)
         return request, instance
 
-    def _recorded_attempt(self, objects: _JobObjects) -> int | None:
-        data = self._read(objects.attempt)
+    def _recorded_attempt(self, objects: JobFiles) -> int | None:
+        data = objects.read(objects.attempt)
         if data is None:
             return None
         try:
@@ -252,7 +198,7 @@ class Ec2Training:
         except (ValueError, KeyError, TypeError) as exc:
             raise RuntimeError(f"unreadable attempt record {objects.attempt.uri}: {exc}") from None
 
-    def _record_attempt(self, objects: _JobObjects, attempt: int, token: str) -> None:
+    def _record_attempt(self, objects: JobFiles, attempt: int, token: str) -> None:
         body = json.dumps({"attempt": attempt, "client_token": token}).encode()
         self.s3.put_object(Bucket=objects.attempt.bucket, Key=objects.attempt.key, Body=body,
                            ContentType="application/json")
@@ -265,7 +211,7 @@ class Ec2Training:
         instances = [i for page in pages for r in page["Reservations"] for i in r["Instances"]]
         return max(instances, key=lambda i: i["LaunchTime"]) if instances else None
 
-    def _clear_previous_attempt(self, objects: _JobObjects) -> None:
+    def _clear_previous_attempt(self, objects: JobFiles) -> None:
         """A failed earlier attempt's marker and logs must not be read as this attempt's."""
         for obj in (objects.status, objects.log, objects.partial_log):
             self.s3.delete_object(Bucket=obj.bucket, Key=obj.key)
@@ -326,8 +272,8 @@ class Ec2Training:
         return max(found, key=lambda i: i["LaunchTime"]) if found else None
 
     # -- while it runs ----------------------------------------------------------------------------
-    def _wait(self, instance_id: str, objects: _JobObjects, timeout: float, elapsed: float,
-              follower: _LogFollower, max_runtime: int) -> dict:
+    def _wait(self, instance_id: str, objects: JobFiles, timeout: float, elapsed: float,
+              follower: LogFollower, max_runtime: int) -> dict:
         """The instance's status marker, or one made up here when it ended silently or took too long."""
         def probe() -> dict | None:
             try:
@@ -346,17 +292,17 @@ class Ec2Training:
                     f"MaxRuntimeExceeded: no status from {instance_id} within {timeout:.0f} s "
                     f"(max runtime {max_runtime} s plus boot and upload); the instance was terminated"}
 
-    def _poll(self, instance_id: str, objects: _JobObjects, follower: _LogFollower) -> dict | None:
+    def _poll(self, instance_id: str, objects: JobFiles, follower: LogFollower) -> dict | None:
         """One look: the marker if there is one, new log lines, and whether the instance is gone."""
-        marker = self._read_marker(objects, instance_id)
+        marker = objects.read_marker(instance_id)
         if marker is not None:
             return marker
-        partial = self._read(objects.partial_log, start=follower.offset)
+        partial = objects.read(objects.partial_log, start=follower.offset)
         if partial:
             follower.feed(partial)
         state, reason = self._state(instance_id)
         if state in _ENDED:
-            marker = self._read_marker(objects, instance_id)  # written just before it shut down?
+            marker = objects.read_marker(instance_id)  # written just before it shut down?
             if marker is not None:
                 return marker
             return {"status": "Failed", "failure_reason":
@@ -398,43 +344,9 @@ class Ec2Training:
         except Exception as exc:  # noqa: BLE001 - never hide the exception on its way up
             log.error("could not look for instances of %s to terminate: %s", job_name, exc)
 
-    # -- S3 ---------------------------------------------------------------------------------------
-    def _read(self, obj: S3Uri, start: int = 0) -> bytes | None:
-        """The object's bytes from `start` on; None when it does not exist, b"" when nothing is new."""
-        try:
-            if start:
-                size = self.s3.head_object(Bucket=obj.bucket, Key=obj.key)["ContentLength"]
-                if size <= start:
-                    return b""
-                return self.s3.get_object(Bucket=obj.bucket, Key=obj.key, Range=f"bytes={start}-")["Body"].read()
-            return self.s3.get_object(Bucket=obj.bucket, Key=obj.key)["Body"].read()
-        except ClientError as exc:
-            if is_not_found(exc):
-                return None
-            raise
-
-    def _exists(self, obj: S3Uri) -> bool:
-        return or_none(self.s3.head_object, Bucket=obj.bucket, Key=obj.key) is not None
-
-    def _read_marker(self, objects: _JobObjects, instance_id: str | None = None) -> dict | None:
-        """status.json, if there is one from this instance (a marker naming another instance is an
-        earlier attempt's, arriving late)."""
-        data = self._read(objects.status)
-        if data is None:
-            return None
-        try:
-            marker = json.loads(data)
-            if not isinstance(marker, dict) or marker.get("status") not in ("Completed", "Failed", "Stopped"):
-                raise ValueError(f"unexpected content {data[:200]!r}")
-        except ValueError as exc:
-            return {"status": "Failed", "failure_reason": f"unreadable status marker {objects.status.uri}: {exc}"}
-        if instance_id and marker.get("instance_id") and marker["instance_id"] != instance_id:
-            return None
-        return marker
-
     # -- the result -------------------------------------------------------------------------------
     @staticmethod
-    def _outcome(request: TrainingRequest, hyperparameters: dict[str, str], marker: dict, objects: _JobObjects,
+    def _outcome(request: TrainingRequest, hyperparameters: dict[str, str], marker: dict, objects: JobFiles,
                  lines: list[str], duration: float) -> TrainingOutcome:
         status = marker.get("status", "Failed")
         reason = marker.get("failure_reason") or None
