@@ -23,8 +23,9 @@ from backends.aws.iam import MANAGED_TAG, POLICY_NAMES, PipelineRoles, canonical
 from backends.aws.images import inference_image_uri, training_image_uri
 from backends.aws.preflight import AccountChecks
 from backends.aws.registry import ModelRegistry
-from backends.aws.sagemaker_tuning import (
-    SageMakerTuning, grid_size, source_digest, trial_from_summary, trial_index, tuning_digest,
+from backends.aws.sagemaker_tuning import SageMakerTuning
+from backends.aws.tuning_conversions import (
+    grid_size, source_digest, trial_from_summary, trial_index, tuning_digest,
 )
 from backends.aws.storage import S3Storage
 from backends.aws.training import TRAINING_DIR

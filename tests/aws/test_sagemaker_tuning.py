@@ -41,8 +41,9 @@ from moto import mock_aws  # noqa: E402
 from moto.core import DEFAULT_ACCOUNT_ID  # noqa: E402
 
 from backends.aws import images  # noqa: E402
-from backends.aws.sagemaker_tuning import (  # noqa: E402
-    SageMakerTuning, grid_size, pretrained_manifest, sdk_parameter_ranges, trial_from_summary, trial_index)
+from backends.aws.sagemaker_tuning import SageMakerTuning  # noqa: E402
+from backends.aws.tuning_conversions import (  # noqa: E402
+    grid_size, pretrained_manifest, sdk_parameter_ranges, trial_from_summary, trial_index)
 from backends.types import TuningRequest  # noqa: E402
 from backends.waiting import Clock  # noqa: E402
 from core.names import PipelineNames  # noqa: E402

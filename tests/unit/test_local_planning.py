@@ -133,7 +133,7 @@ def test_a_finished_tuning_job_of_the_same_configuration_is_followed_and_its_mod
 def test_the_same_data_uri_with_other_content_is_another_job():
     """An s3:// source trained in place keeps its URI when its objects change: the content's checksum is
     part of what both backends digest to find the job a run would follow."""
-    from backends.aws.sagemaker_tuning import tuning_digest
+    from backends.aws.tuning_conversions import tuning_digest
     from backends.local.training import request_digest
     from backends.requests import training_request, tuning_request
 
