@@ -9,6 +9,7 @@ import signal
 import time
 
 import pytest
+import uvloop
 from PIL import Image
 
 from backends.local.gateway.endpoints import (EndpointManager, EndpointNotFoundError, EndpointUnavailableError,
@@ -101,6 +102,29 @@ def test_unknown_endpoints_and_bad_arguments(tmp_path):
             await manager.close()
 
     asyncio.run(scenario())
+
+
+def test_instances_started_while_the_monitor_prunes_are_listed_and_stopped(artifacts, tmp_path):
+    """The monitor prunes exited workers from the manager's registry every interval; an instance whose
+    process was being spawned meanwhile must still be registered: listed in status, stopped on close.
+    (A prune that made a new registry lost it: invisible in status, and left running until its
+    parent-watch saw the gateway gone. CI caught it once; a 1 ms interval makes it certain.)"""
+    good, _, _ = artifacts
+    pids: list[int] = []
+
+    async def scenario():
+        manager = EndpointManager(tmp_path / "state", threads_per_instance=1, monitor_interval=0.001)
+        await manager.start()
+        try:
+            info = await manager.create_or_update("digits", good, instance_count=3, model_version="v1")
+            assert info.current_instance_count == 3
+            assert len(info.instances) == 3, info.instances  # every routed instance is listed
+            pids.extend(i["pid"] for i in info.instances)
+        finally:
+            await manager.close()
+
+    uvloop.run(scenario())  # the gateway's loop: its spawn gives the monitor a turn before the process returns
+    assert len(pids) == 3 and not any(alive(pid) for pid in pids)  # close stopped all of them
 
 
 @pytest.mark.timeout(240)

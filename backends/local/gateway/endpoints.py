@@ -283,7 +283,9 @@ class EndpointManager:
         return [i for i in self._workers if i.deployment.id in ep.deployments and not i.exited()]
 
     def _prune(self) -> None:
-        self._workers = {i for i in self._workers if not i.exited()}
+        # In place: a start in flight holds this set as its registry and adds its instance when the
+        # process exists; a new set would lose it (unlisted, and never stopped by close()).
+        self._workers.difference_update([i for i in self._workers if i.exited()])
 
     def _info(self, ep: HostedEndpoint) -> EndpointInfo:
         dep = ep.deployment
