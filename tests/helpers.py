@@ -58,3 +58,15 @@ def image_bytes(fmt: str = "PNG", color=(200, 30, 30), size=(64, 48)) -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", size, color).save(buffer, fmt)
     return buffer.getvalue()
+
+
+def make_special_file(path: Path, kind: str) -> None:
+    """What a code folder must not hold: "link loop", "link to /" or "named pipe", at `path`."""
+    if kind == "link loop":
+        path.symlink_to(path)
+    elif kind == "link to /":
+        path.symlink_to("/")
+    elif kind == "named pipe":
+        os.mkfifo(path)
+    else:
+        raise ValueError(kind)

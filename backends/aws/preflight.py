@@ -34,11 +34,11 @@ class AccountChecks:
         self.account, self.roles, self.bucket_name = account, roles, bucket_name
 
     def quota_checks(self, config: PipelineConfig, served: ServedModel | None,
-                      hosting: list[PlannedChange], training: bool = True) -> list[Check]:
+                      hosting: list[PlannedChange], trains: bool = True) -> list[Check]:
         """SageMaker's per-type instance quotas: training at max_parallel_jobs at once (when the run trains),
         the endpoint at its maximum capacity (and, while a blue/green update runs, the new fleet beside the
         old one). A type with no quota in the region, applied or default, is not offered there."""
-        region, trains = self.account.region, training
+        region = self.account.region
         training, scaling, endpoint = config.training, config.autoscaling, config.hosting
         need = scaling.max_capacity if scaling.enabled else endpoint.initial_instance_count
         updating = any(c.kind == "endpoint" and c.action == "update" for c in hosting)

@@ -9,7 +9,6 @@ import asyncio
 import base64
 import contextlib
 import json
-import os
 import select
 import socket
 import subprocess
@@ -35,7 +34,7 @@ from backends.local.gateway.server import MAX_CONNECTIONS, ensure_gateway, runni
 from backends.local.state import DEFAULT_BUCKET, LocalState
 from backends.local.store import LocalStore
 from backends.waiting import wait_for
-from tests.helpers import CLASSES, image_bytes, make_model_artifact
+from tests.helpers import CLASSES, image_bytes, make_model_artifact, make_special_file
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -432,12 +431,7 @@ def test_a_code_folder_with_links_or_special_files_is_a_400_and_leaves_nothing(g
     code = factory.mktemp("linked")
     (code / "handler.py").write_text(textwrap.dedent(ECHO))
     bad = code / "bad"
-    if kind == "link loop":
-        bad.symlink_to(bad)
-    elif kind == "link to /":
-        bad.symlink_to("/")
-    else:
-        os.mkfifo(bad)
+    make_special_file(bad, kind)
     response = httpx.put(f"{info.url}/_local/functions/f5", json={"code_dir": str(code)}, timeout=30,
                          headers={"Authorization": f"Bearer {info.secret}"})
     assert response.status_code == 400, response.text

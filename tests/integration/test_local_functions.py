@@ -14,6 +14,7 @@ import pytest
 from backends.local.gateway.function_types import FunctionNotFoundError, InvalidPayloadError, TooManyRequestsError
 from backends.local.gateway.functions import FunctionManager
 from backends.local.gateway.guard import ControlInputError
+from tests.helpers import make_special_file
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -460,17 +461,10 @@ async def test_events_past_the_cap_wait_for_a_place_and_all_run(tmp_path):
 @pytest.mark.parametrize("kind", ["link loop", "link to /", "named pipe"])
 @run_async
 async def test_a_code_folder_with_links_or_special_files_is_refused_naming_the_path(tmp_path, kind):
-    import os
-
     code = Path(write_code(tmp_path / "code", ECHO))
     (code / "pkg").mkdir()
     bad = code / "pkg" / "bad"
-    if kind == "link loop":
-        bad.symlink_to(bad)
-    elif kind == "link to /":
-        bad.symlink_to("/")
-    else:
-        os.mkfifo(bad)
+    make_special_file(bad, kind)
     async with functions(tmp_path) as manager:
         with pytest.raises(ControlInputError) as refused:
             await manager.create_or_update("fn", str(code))

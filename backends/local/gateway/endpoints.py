@@ -283,8 +283,7 @@ class EndpointManager:
         return [i for i in self._workers if i.deployment.id in ep.deployments and not i.exited()]
 
     def _prune(self) -> None:
-        # In place: a start in flight holds this set as its registry and adds its instance when the
-        # process exists; a new set would lose it (unlisted, and never stopped by close()).
+        # In place: a start in flight holds this set as its registry (a new set would lose its instance).
         self._workers.difference_update([i for i in self._workers if i.exited()])
 
     def _info(self, ep: HostedEndpoint) -> EndpointInfo:
