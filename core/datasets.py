@@ -146,6 +146,7 @@ def _extract_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path) -> N
                 out.write(chunk)
     except (FileExistsError, NotADirectoryError, IsADirectoryError):
         raise DatasetError(f"zip member {name!r} is both a file and a folder in the archive; refusing it") from None
+    # zipfile raises NotImplementedError for a compression method it lacks (e.g. deflate64).
     except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as exc:
         raise DatasetError(f"zip member {name!r} cannot be read ({exc or type(exc).__name__}); refusing the archive"
                            ) from None
